@@ -1,0 +1,72 @@
+// Backend choice and seeding: where the tensors run, and how a run is made repeatable.
+import * as tf from "@tensorflow/tfjs";
+
+export type BackendName = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";
+export const BACKENDS: BackendName[] = ["auto", "tensorflow", "webgpu", "wasm", "cpu"];
+
+/** Loads the native TensorFlow binding (CUDA when tfjs-node-gpu was installed with its scripts). */
+async function loadTensorflow(): Promise<string | null> {
+  try {
+    await import("@tensorflow/tfjs-node-gpu");
+    return null;
+  } catch (e) {
+    const why = (e instanceof Error ? e.message : String(e)).split("\n")[0];
+    return `tfjs-node-gpu did not load (${why}); install it on a CUDA 11.2 + cuDNN 8 machine with ` +
+      "`deno install --allow-scripts=npm:@tensorflow/tfjs-node-gpu`";
+  }
+}
+
+/** WebGPU through Deno; `realOnly` refuses software adapters such as llvmpipe. */
+async function loadWebgpu(realOnly: boolean): Promise<string | null> {
+  const gpu = (navigator as { gpu?: GPU }).gpu;
+  const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) return "no WebGPU adapter";
+  const info = adapter.info;
+  const software = (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter ||
+    /llvmpipe|swiftshader|software/i.test(`${info?.device} ${info?.description}`);
+  if (realOnly && software) return `WebGPU adapter is software (${info?.description || "fallback"})`;
+  await import("@tensorflow/tfjs-backend-webgpu");
+  return null;
+}
+
+async function loadWasm(): Promise<string | null> {
+  const { registerWasmKernels } = await import("./wasm_kernels.ts");
+  await registerWasmKernels();
+  return null;
+}
+
+/** Sets the tfjs backend; `auto` tries the native GPU build, then a real WebGPU adapter, then wasm. */
+export async function setBackend(name: BackendName, log = console.log): Promise<string> {
+  const loaders: Record<Exclude<BackendName, "auto">, () => Promise<string | null>> = {
+    tensorflow: loadTensorflow,
+    webgpu: () => loadWebgpu(name === "auto"),
+    wasm: loadWasm,
+    cpu: () => Promise.resolve(null),
+  };
+  const order: Exclude<BackendName, "auto">[] = name === "auto" ? ["tensorflow", "webgpu", "wasm", "cpu"] : [name];
+  for (const b of order) {
+    const why = await loaders[b]();
+    if (why === null && await tf.setBackend(b)) {
+      if (b === "cpu") (tf.backend() as unknown as { firstUse: boolean }).firstUse = false; // no tfjs-node banner
+      return b;
+    }
+    if (name !== "auto") throw new Error(`backend ${b} is not available: ${why ?? "setBackend failed"}`);
+    log(`backend ${b} skipped: ${why}`);
+  }
+  throw new Error("no tfjs backend could be set");
+}
+
+// A seeded stream of seeds for tf.random* ops: setSeed(s) makes every draw after it repeatable.
+let seedState = (Math.random() * 2 ** 31) | 0;
+
+export function setSeed(seed: number) {
+  seedState = seed | 0;
+}
+
+/** The next seed of the stream (mulberry32 step). */
+export function nextSeed(): number {
+  let t = (seedState = (seedState + 0x6d2b79f5) | 0);
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) % 2 ** 31;
+}
