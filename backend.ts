@@ -22,7 +22,7 @@ async function loadWebgpu(realOnly: boolean): Promise<string | null> {
   const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) return "no WebGPU adapter";
   const info = adapter.info;
-  const software = (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter ||
+  const software = (info as { isFallbackAdapter?: boolean })?.isFallbackAdapter ||
     /llvmpipe|swiftshader|software/i.test(`${info?.device} ${info?.description}`);
   if (realOnly && software) return `WebGPU adapter is software (${info?.description || "fallback"})`;
   await import("@tensorflow/tfjs-backend-webgpu");
@@ -70,3 +70,6 @@ export function nextSeed(): number {
   t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
   return ((t ^ (t >>> 14)) >>> 0) % 2 ** 31;
 }
+
+/** The stream's position, saved in checkpoints so that a resumed run draws what a straight run would. */
+export const getSeedState = () => seedState;

@@ -1,10 +1,24 @@
 /**
- * Built-in procedural datasets, so that everything runs offline:
- * - landscapes: sky, sun or moon, layered mountain ridges, water or ground;
- * - shapes: 10 classes of simple shapes and patterns in random colours.
- * Images are drawn directly at the requested size as uint8 RGB (HWC).
+ * Where the data comes from:
+ * - built-in procedural sets, drawn directly at the requested size as uint8
+ *   RGB (HWC), so that everything runs offline: landscapes (sky, sun or moon,
+ *   layered mountain ridges, water or ground) and shapes (10 classes);
+ * - image folders: listing and decoding;
+ * - the CIFAR-10 binary files: download, checksum, tar extraction, parsing.
  */
-import type { Rand } from "./utils.ts";
+import { createHash } from "node:crypto";
+import { decode, Image } from "imagescript";
+import { basename, extname, join, resolve } from "node:path";
+import { gunzipSync } from "node:zlib";
+import type { Rand, RGBImage } from "./utils.ts";
+
+/** Bad input data; the message is one line naming the file or folder. */
+export class DataError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DataError";
+  }
+}
 
 type RGB = [number, number, number];
 
@@ -14,126 +28,111 @@ const mix = (a: RGB, b: RGB, t: number): RGB => [
   a[1] + (b[1] - a[1]) * t,
   a[2] + (b[2] - a[2]) * t,
 ];
-const scale = (a: RGB, s: number): RGB => [a[0] * s, a[1] * s, a[2] * s];
 
 /** Alpha-blends colour c into the float image at pixel p. */
 function blend(img: Float32Array, p: number, c: RGB, a: number) {
-  for (let k = 0; k < 3; k++) img[p * 3 + k] += (c[k] - img[p * 3 + k]) * a;
-}
-
-function toUint8(img: Float32Array, out: Uint8Array, offset: number) {
-  for (let i = 0; i < img.length; i++) {
-    out[offset + i] = Math.max(0, Math.min(255, Math.round(img[i])));
-  }
+  img[p * 3] += (c[0] - img[p * 3]) * a;
+  img[p * 3 + 1] += (c[1] - img[p * 3 + 1]) * a;
+  img[p * 3 + 2] += (c[2] - img[p * 3 + 2]) * a;
 }
 
 // ---------------------------------------------------------------- landscapes
 
 /** Draws one landscape of size×size into out (uint8 RGB) at offset. */
-export function drawLandscape(
-  size: number,
-  rand: Rand,
-  out: Uint8Array,
-  offset: number,
-) {
+export function drawLandscape(size: number, rand: Rand, out: Uint8Array, offset: number) {
   const u = (lo: number, hi: number) => lo + (hi - lo) * rand();
   const img = new Float32Array(size * size * 3);
   const time = rand() < 0.45 ? "day" : rand() < 0.65 ? "sunset" : "night";
 
-  // Sky: gradient from the top colour to a hazy horizon colour.
-  let top: RGB, hor: RGB, land: RGB, light: RGB;
+  // Colours of the sky (top, horizon), the land, the rocks and the sun/moon.
+  let top: RGB, hor: RGB, land: RGB, rock: RGB, light: RGB;
   if (time === "day") {
     top = [u(20, 60), u(70, 120), u(170, 225)];
     hor = [u(160, 205), u(200, 228), u(230, 250)];
     land = rand() < 0.6
       ? [u(50, 90), u(95, 140), u(40, 70)] // green
       : [u(120, 160), u(100, 130), u(60, 85)]; // dry brown
+    rock = [u(40, 75), u(60, 95), u(60, 85)];
     light = [255, 250, 225];
   } else if (time === "sunset") {
     top = [u(40, 90), u(30, 60), u(90, 150)];
-    hor = mix([255, 150, 60], [245, 115, 140], rand());
+    hor = mix([255, 150, 60], [245, 115, 140], rand()); // orange to pink
     land = [u(60, 90), u(40, 60), u(50, 75)];
+    rock = [u(45, 75), u(25, 45), u(55, 85)];
     light = [255, u(200, 235), u(120, 170)];
   } else {
     top = [u(2, 10), u(4, 14), u(18, 40)];
     hor = [u(25, 45), u(35, 55), u(70, 100)];
     land = [u(10, 20), u(14, 26), u(22, 38)];
+    rock = [u(6, 14), u(8, 16), u(16, 30)];
     light = [235, 235, 215];
   }
-  const horizon = size * u(0.58, 0.72);
-  const rows = Math.min(size, Math.ceil(horizon));
-  for (let y = 0; y < rows; y++) {
-    const c = mix(top, hor, Math.pow(clamp01((y + 0.5) / horizon), 0.8));
-    for (let x = 0; x < size; x++) img.set(c, (y * size + x) * 3);
-  }
 
-  // Sun or moon with a soft glow; a sunset sun sits low, behind the ridges.
+  // Sky: a gradient down to the horizon, with a sun or moon and its glow
+  // (a sunset sun sits low, partly behind the ridges).
+  const horizon = size * u(0.58, 0.72), rows = Math.min(size, Math.ceil(horizon));
   const r = Math.max(1.2, size * (time === "sunset" ? u(0.07, 0.11) : u(0.045, 0.075)));
   const cx = size * u(0.15, 0.85);
-  const cy = time === "sunset" ? horizon - size * u(0.08, 0.25) : size * u(0.1, 0.32);
+  const cy = time === "sunset" ? horizon - size * u(0.1, 0.25) : size * u(0.1, 0.3);
   const glow = time === "sunset" ? 0.55 : time === "day" ? 0.3 : 0.15;
   for (let y = 0; y < rows; y++) {
+    const sky = mix(top, hor, ((y + 0.5) / horizon) ** 0.8);
     for (let x = 0; x < size; x++) {
-      const d = Math.hypot(x + 0.5 - cx, y + 0.5 - cy);
-      const p = y * size + x;
-      blend(img, p, light, glow * Math.exp(-((d / (4 * r)) ** 2)));
-      blend(img, p, light, clamp01(r - d + 0.5));
+      const p = y * size + x, d = Math.hypot(x + 0.5 - cx, y + 0.5 - cy);
+      img.set(sky, p * 3);
+      if (d < 10 * r) blend(img, p, light, glow * Math.exp(-((d / (4 * r)) ** 2)));
+      if (d < r + 1) blend(img, p, light, clamp01(r - d + 0.5));
     }
   }
   if (time === "night") { // a few stars
-    for (let s = 0; s < size * size / 120; s++) {
-      const p = Math.floor(u(0, size)) + size * Math.floor(u(0, rows * 0.8));
-      blend(img, p, [255, 255, 240], u(0.3, 0.9));
+    for (let s = 0; s < size * size / 200; s++) {
+      const p = Math.floor(u(0, size)) + size * Math.floor(u(0, rows * 0.7));
+      blend(img, p, [255, 255, 240], u(0.2, 0.8));
     }
   }
 
-  // Mountain ridges, far to near: smooth sums of sines; farther ridges are
-  // higher, smoother and hazier (aerial perspective), with mist in valleys.
+  // Mountain ridges, far to near: smooth sums of sines. Farther ridges are
+  // higher, smoother and hazier (aerial perspective); mist fills the valleys.
   const layers = rand() < 0.5 ? 2 : 3;
-  const rock: RGB = time === "day"
-    ? [u(40, 75), u(60, 95), u(60, 85)]
-    : time === "sunset"
-    ? [u(45, 75), u(25, 45), u(55, 85)]
-    : [u(6, 14), u(8, 16), u(16, 30)];
   for (let k = 0; k < layers; k++) {
     const near = k / (layers - 1); // 0 = farthest, 1 = nearest
-    const height = size * (near ? u(0.04, 0.13) : u(0.18, 0.3)) * (1 - 0.3 * near);
-    const amp = size * (0.1 - 0.05 * near) * u(0.6, 1.2);
+    const height = size * (near ? u(0.05, 0.14) : u(0.2, 0.34)) * (1 - 0.3 * near);
+    const amp = size * (0.12 - 0.06 * near) * u(0.6, 1.2);
     const waves = [1, 2, 4].map((f, j) => ({
-      f: (f + rand() * f * (1 + near)) * 2 * Math.PI / size,
-      ph: u(0, 2 * Math.PI),
-      a: 1 / (1 + j) / 1.83,
+      f: f * u(1, 1.8) * 2 * Math.PI / size,
+      phase: u(0, 2 * Math.PI),
+      a: amp / (1 + j) / 1.83,
     }));
-    const col = scale(mix(rock, hor, 0.6 * (1 - near) ** 1.3), 1 - 0.15 * near);
-    const face = near === 1 && time !== "night" ? mix(col, land, 0.6) : col;
+    let face = mix(mix(rock, hor, 0.55 * (1 - near) ** 1.3), [0, 0, 0], 0.15 * near);
+    if (near === 1 && time !== "night") face = mix(face, land, 0.6); // green hills
     for (let x = 0; x < size; x++) {
       let ridge = horizon - height;
-      for (const w of waves) ridge -= amp * w.a * Math.sin(w.f * (x + 0.5) + w.ph);
+      for (const w of waves) ridge -= w.a * Math.sin(w.f * (x + 0.5) + w.phase);
       for (let y = Math.max(0, Math.floor(ridge)); y < rows; y++) {
-        const mist = clamp01((y + 0.5 - ridge) / (0.25 * size));
-        const c = mix(face, hor, 0.3 * mist * (1 - near * 0.5));
-        blend(img, y * size + x, c, clamp01(y + 1 - ridge));
+        const mist = 0.3 * (1 - near / 2) * clamp01((y + 0.5 - ridge) / (0.25 * size));
+        blend(img, y * size + x, face, clamp01(y + 1 - ridge));
+        blend(img, y * size + x, hor, mist);
       }
     }
   }
 
-  // Below the horizon: a lake reflecting the scene, or ground.
+  // Below the horizon: a lake reflecting the scene above, or the ground.
   const water = rand() < 0.4;
   for (let y = rows; y < size; y++) {
     const depth = (y + 0.5 - horizon) / (size - horizon); // 0..1
     const mirror = Math.max(0, Math.min(rows - 1, Math.floor(2 * horizon - y - 0.5)));
+    const ground = mix(mix(land, hor, 0.35 * (1 - depth) ** 2), [0, 0, 0], 0.35 * depth);
     for (let x = 0; x < size; x++) {
-      const p = (y * size + x) * 3;
-      if (water) {
-        const q = (mirror * size + x) * 3;
-        const c: RGB = [img[q], img[q + 1], img[q + 2]];
-        img.set(scale(mix(c, [20, 45, 80], 0.25 + 0.2 * depth), 0.85), p);
-      } else {
-        img.set(scale(mix(land, hor, 0.35 * (1 - depth) ** 2), 1 - 0.35 * depth), p);
+      const p = y * size + x;
+      if (!water) img.set(ground, p * 3);
+      else {
+        img.copyWithin(p * 3, (mirror * size + x) * 3, (mirror * size + x) * 3 + 3);
+        blend(img, p, [20, 45, 80], 0.25 + 0.2 * depth);
+        blend(img, p, [0, 0, 0], 0.15);
       }
     }
   }
-  toUint8(img, out, offset);
+  new Uint8ClampedArray(out.buffer, out.byteOffset + offset, img.length).set(img); // clamps, rounds
 }
 
 // -------------------------------------------------------------------- shapes
@@ -161,20 +160,14 @@ function hsv(h: number, s: number, v: number): RGB {
 
 const luma = (c: RGB) => 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
 
-/** Signed distance (pixels) to the edge of stripes of period P: < 0 inside. */
+/** Signed distance (pixels) to the edges of stripes of period P: < 0 inside. */
 function stripe(v: number, P: number) {
   const t = ((v % P) + P) % P;
   return t < P / 2 ? -Math.min(t, P / 2 - t) : Math.min(t - P / 2, P - t);
 }
 
 /** Draws one image of shape class `label` into out (uint8 RGB) at offset. */
-export function drawShape(
-  label: number,
-  size: number,
-  rand: Rand,
-  out: Uint8Array,
-  offset: number,
-) {
+export function drawShape(label: number, size: number, rand: Rand, out: Uint8Array, offset: number) {
   const u = (lo: number, hi: number) => lo + (hi - lo) * rand();
   // Random foreground/background colours with a clear brightness contrast.
   let fg: RGB, bg: RGB;
@@ -185,50 +178,226 @@ export function drawShape(
 
   const r = size * u(0.22, 0.38); // half-extent of an object
   const cx = u(r + 1, size - r - 1), cy = u(r + 1, size - r - 1);
-  const t = Math.max(1, 0.3 * r); // ring/cross thickness
-  const P = Math.max(4, size * u(0.22, 0.34)); // pattern period
-  const ph = u(0, P), dir = rand() < 0.5 ? 1 : -1;
+  const t = Math.max(1, 0.3 * r); // ring and cross thickness
+  const P = Math.max(4, size * u(0.22, 0.34)), ph = u(0, P); // pattern period, phase
+  const dir = rand() < 0.5 ? 1 : -1;
   const box = (dx: number, dy: number, a: number, b: number) => Math.max(Math.abs(dx) - a, Math.abs(dy) - b);
-
   // Signed distance to the shape's edge in pixels (negative = inside).
-  const sdf = (x: number, y: number): number => {
-    const dx = x - cx, dy = y - cy;
-    switch (label) {
-      case 0:
-        return Math.hypot(dx, dy) - r;
-      case 1:
-        return box(dx, dy, 0.85 * r, 0.85 * r);
-      case 2: { // equilateral triangle pointing up (y grows downwards)
-        const R = 1.15 * r, yy = dy - 0.2 * R;
-        return Math.max(yy, 0.866 * dx - 0.5 * yy, -0.866 * dx - 0.5 * yy) - R / 2;
-      }
-      case 3:
-        return (Math.abs(dx) + Math.abs(dy) - 1.1 * r) / Math.SQRT2;
-      case 4:
-        return Math.min(box(dx, dy, r, t / 1.5), box(dx, dy, t / 1.5, r));
-      case 5:
-        return Math.abs(Math.hypot(dx, dy) - r + t / 2) - t / 2;
-      case 6:
-        return stripe(y + ph, P);
-      case 7:
-        return stripe(x + ph, P);
-      case 8:
-        return stripe((x + dir * y) / Math.SQRT2 + ph, P / Math.SQRT2);
-      default:
-        return NaN; // checkerboard: handled below
-    }
-  };
-  const img = new Float32Array(size * size * 3);
+  const sdf: ((dx: number, dy: number, x: number, y: number) => number)[] = [
+    (dx, dy) => Math.hypot(dx, dy) - r,
+    (dx, dy) => box(dx, dy, 0.85 * r, 0.85 * r),
+    (dx, dy) => { // equilateral triangle pointing up (y grows downwards)
+      const R = 1.15 * r, y = dy - 0.2 * R;
+      return Math.max(y, 0.866 * dx - 0.5 * y, -0.866 * dx - 0.5 * y) - R / 2;
+    },
+    (dx, dy) => (Math.abs(dx) + Math.abs(dy) - 1.1 * r) / Math.SQRT2,
+    (dx, dy) => Math.min(box(dx, dy, r, t / 1.5), box(dx, dy, t / 1.5, r)),
+    (dx, dy) => Math.abs(Math.hypot(dx, dy) - r + t / 2) - t / 2,
+    (_dx, _dy, _x, y) => stripe(y + ph, P),
+    (_dx, _dy, x) => stripe(x + ph, P),
+    (_dx, _dy, x, y) => stripe((x + dir * y) / Math.SQRT2 + ph, P / Math.SQRT2),
+  ];
+  const dst = new Uint8ClampedArray(out.buffer, out.byteOffset + offset, size * size * 3);
   for (let y = 0; y < size; y++) {
     for (let x = 0; x < size; x++) {
       const px = x + 0.5, py = y + 0.5;
-      let a: number;
-      if (label === 9) { // XOR of two anti-aliased stripe patterns
+      let a: number; // anti-aliased coverage of the pixel by the shape
+      if (label === 9) { // checkerboard: XOR of two stripe patterns
         const ax = clamp01(0.5 - stripe(px + ph, P)), ay = clamp01(0.5 - stripe(py + ph, P));
         a = ax * (1 - ay) + ay * (1 - ax);
-      } else a = clamp01(0.5 - sdf(px, py));
-      img.set(mix(bg, fg, a), (y * size + x) * 3);
+      } else a = clamp01(0.5 - sdf[label](px - cx, py - cy, px, py));
+      const o = (y * size + x) * 3;
+      for (let k = 0; k < 3; k++) dst[o + k] = bg[k] + (fg[k] - bg[k]) * a;
     }
   }
-  toUint8(img, out, offset);
+}
+
+// ------------------------------------------------------------- image folders
+
+const IMAGE_EXTS = [".png", ".jpg", ".jpeg"];
+
+/** The entries of dir, sorted, without hidden ones; symbolic links are followed. */
+async function listDir(dir: string) {
+  const entries: { name: string; isFile: boolean; isDirectory: boolean }[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (e.name.startsWith(".")) continue;
+    const info = e.isSymlink ? await Deno.stat(join(dir, e.name)).catch(() => null) : e;
+    if (info) entries.push({ name: e.name, isFile: info.isFile, isDirectory: info.isDirectory });
+  }
+  return entries.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+}
+
+/** Image files in dir (recursively, sorted). */
+async function listImages(dir: string, recursive: boolean): Promise<string[]> {
+  const files: string[] = [];
+  for (const e of await listDir(dir)) {
+    const path = join(dir, e.name);
+    if (e.isDirectory && recursive) files.push(...await listImages(path, true));
+    else if (e.isFile && IMAGE_EXTS.includes(extname(e.name).toLowerCase())) files.push(path);
+  }
+  return files;
+}
+
+/** Decodes a PNG/JPEG to RGB; alpha is dropped (like PIL's convert("RGB")). */
+export async function decodeRGB(bytes: Uint8Array): Promise<RGBImage> {
+  const decoded = await decode(bytes, true);
+  const im = decoded instanceof Image ? decoded : decoded[0]; // GIF: first frame
+  const rgba = im.bitmap, pix = new Uint8Array(im.width * im.height * 3);
+  for (let p = 0; p < im.width * im.height; p++) {
+    pix[p * 3] = rgba[p * 4];
+    pix[p * 3 + 1] = rgba[p * 4 + 1];
+    pix[p * 3 + 2] = rgba[p * 4 + 2];
+  }
+  return { w: im.width, h: im.height, pix };
+}
+
+/** The image files of a folder, like torchvision's ImageFolder: class
+ * sub-folders (labels = sorted names, searched recursively), or a flat folder
+ * of images (one class named after the folder). Other files are ignored. */
+export async function listImageFolder(path: string, log: (s: string) => void) {
+  const stat = await Deno.stat(path).catch(() => null);
+  if (!stat) throw new DataError(`data folder not found: ${path}`);
+  if (!stat.isDirectory) throw new DataError(`not a folder: ${path}`);
+  const subdirs = (await listDir(path)).filter((e) => e.isDirectory).map((e) => e.name);
+  const classes = subdirs.length ? subdirs : [basename(resolve(path))];
+  const files: { file: string; label: number }[] = [];
+  for (const [label, c] of classes.entries()) {
+    const dir = subdirs.length ? join(path, c) : path;
+    const found = await listImages(dir, subdirs.length > 0);
+    if (!found.length && subdirs.length) log(`warning: no .png/.jpg images in ${dir}`);
+    files.push(...found.map((file) => ({ file, label })));
+  }
+  if (!files.length) throw new DataError(`no .png/.jpg/.jpeg images found in ${path}`);
+  return { classes, files };
+}
+
+// ------------------------------------------------------------------ CIFAR-10
+
+const CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+const CIFAR_MD5 = "c32a1d4ab5d03f1284b67883e8d87530";
+const CIFAR_FILES = [1, 2, 3, 4, 5].map((k) => `data_batch_${k}.bin`);
+export const CIFAR_CLASSES = [
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+];
+
+/** Parses CIFAR-10 binary records (1 label byte + 1024 R + 1024 G + 1024 B) to HWC images. */
+export function parseCifarBatch(bytes: Uint8Array): { images: Uint8Array[]; labels: number[] } {
+  if (bytes.length % 3073) throw new DataError(`CIFAR-10 batch size ${bytes.length} is not a multiple of 3073 bytes`);
+  const images: Uint8Array[] = [], labels: number[] = [];
+  for (let r = 0; r < bytes.length; r += 3073) {
+    const img = new Uint8Array(3072);
+    for (let p = 0; p < 1024; p++) {
+      for (let c = 0; c < 3; c++) img[p * 3 + c] = bytes[r + 1 + c * 1024 + p];
+    }
+    images.push(img);
+    labels.push(bytes[r]);
+  }
+  return { images, labels };
+}
+
+/** The files of a tar archive (512-byte headers; regular files only). */
+export function readTar(tar: Uint8Array): { name: string; data: Uint8Array }[] {
+  const text = (a: number, n: number) => new TextDecoder().decode(tar.subarray(a, a + n)).replace(/\0[^]*$/, "");
+  const files = [];
+  for (let off = 0; off + 512 <= tar.length;) {
+    const name = text(off, 100), size = parseInt(text(off + 124, 12).trim() || "0", 8);
+    if (!name) break; // end-of-archive zero block
+    const prefix = text(off + 257, 6) === "ustar" ? text(off + 345, 155) : "";
+    const type = text(off + 156, 1);
+    if (type === "0" || type === "") {
+      files.push({
+        name: prefix ? `${prefix}/${name}` : name,
+        data: new Uint8Array(tar.subarray(off + 512, off + 512 + size)),
+      });
+    }
+    off += 512 + Math.ceil(size / 512) * 512;
+  }
+  return files;
+}
+
+async function exists(path: string) {
+  return await Deno.stat(path).then(() => true, () => false);
+}
+
+/** Downloads url into memory, logging a progress bar about once a second. */
+async function download(url: string, log: (s: string) => void): Promise<Uint8Array> {
+  const res = await fetch(url);
+  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+  const total = Number(res.headers.get("content-length") ?? 0), chunks: Uint8Array[] = [];
+  const mb = (n: number) => (n / 1e6).toFixed(1);
+  let got = 0, last = 0;
+  for await (const chunk of res.body) {
+    chunks.push(chunk);
+    got += chunk.length;
+    if (Date.now() - last > 1000 || got === total) {
+      const bar = total ? "#".repeat(Math.round(20 * got / total)).padEnd(20, ".") : "";
+      log(`downloading [${bar}] ${mb(got)}/${total ? mb(total) : "?"} MB`);
+      last = Date.now();
+    }
+  }
+  const bytes = new Uint8Array(got);
+  chunks.reduce((o, c) => (bytes.set(c, o), o + c.length), 0);
+  return bytes;
+}
+
+/** Paths of data_batch_1..5.bin, downloading and extracting them if needed. */
+async function cifarFiles(dir: string, url = CIFAR_URL, log: (s: string) => void) {
+  for (const d of [dir, join(dir, "cifar-10-batches-bin")]) {
+    const paths = CIFAR_FILES.map((f) => join(d, f));
+    if ((await Promise.all(paths.map(exists))).every(Boolean)) return paths;
+  }
+  const help = `put cifar-10-binary.tar.gz or data_batch_1..5.bin into ${dir} by hand, or use --data DIR`;
+  const tgz = join(dir, "cifar-10-binary.tar.gz");
+  let bytes: Uint8Array, source = tgz;
+  if (await exists(tgz)) bytes = await Deno.readFile(tgz);
+  else {
+    log(`downloading CIFAR-10 (163 MB) from ${url} to ${dir}`);
+    source = url;
+    bytes = await download(url, log).catch((e) => {
+      const why = String(e.message).replace(/\s+/g, " ");
+      throw new DataError(`could not download CIFAR-10 from ${url} (${why}); ${help}`);
+    });
+  }
+  const md5 = createHash("md5").update(bytes).digest("hex");
+  if (md5 !== CIFAR_MD5) throw new DataError(`bad MD5 checksum of ${source} (${md5}, not ${CIFAR_MD5}); ${help}`);
+  log(`extracting CIFAR-10 to ${dir}`);
+  await extractCifar(bytes, dir);
+  return CIFAR_FILES.map((f) => join(dir, f));
+}
+
+/** Writes the .bin files of cifar-10-binary.tar.gz into dir. */
+export async function extractCifar(tgz: Uint8Array, dir: string) {
+  await Deno.mkdir(dir, { recursive: true });
+  for (const { name, data } of readTar(gunzipSync(tgz))) {
+    if (!name.endsWith(".bin")) continue;
+    const path = join(dir, basename(name)); // write, then rename: no half files
+    await Deno.writeFile(path + ".tmp", data);
+    await Deno.rename(path + ".tmp", path);
+  }
+}
+
+/** Reads up to `count` CIFAR-10 training images (32×32 HWC) and labels. */
+export async function readCifar(dir: string, count: number, url: string | undefined, log: (s: string) => void) {
+  const images: Uint8Array[] = [], labels: number[] = [];
+  for (const file of await cifarFiles(dir, url, log)) {
+    if (images.length >= count) break;
+    const bytes = await Deno.readFile(file);
+    if (bytes.length % 3073) throw new DataError(`${file} is not a CIFAR-10 batch (size not a multiple of 3073)`);
+    const batch = parseCifarBatch(bytes);
+    for (let i = 0; i < batch.images.length && images.length < count; i++) {
+      if (batch.labels[i] > 9) throw new DataError(`${file}: bad CIFAR-10 label ${batch.labels[i]}`);
+      images.push(batch.images[i]);
+      labels.push(batch.labels[i]);
+    }
+  }
+  return { images, labels };
 }

@@ -34,7 +34,7 @@ export class Diffusion {
     this.imgSize = imgSize;
     this.beta = Float64Array.from(
       { length: noiseSteps },
-      (_, t) => betaStart + (betaEnd - betaStart) * t / (noiseSteps - 1),
+      (_, t) => betaStart + (betaEnd - betaStart) * t / Math.max(1, noiseSteps - 1),
     );
     this.alpha = this.beta.map((b) => 1 - b);
     let prod = 1;

@@ -1,0 +1,77 @@
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { setBackend, setSeed } from "../backend.ts";
+import { attention, UNet, UNetConditional } from "../modules.ts";
+
+await setBackend("wasm");
+
+Deno.test("parameter counts equal the PyTorch tutorial's at width 64", () => {
+  const u = new UNet();
+  const c = new UNetConditional({ numClasses: 10 });
+  assert.equal(u.parameterCount, 23_332_739);
+  assert.equal(c.parameterCount, 23_335_299);
+  u.dispose();
+  c.dispose();
+});
+
+Deno.test("U-Net output shape equals input shape at 16, 32 and 64 px", () => {
+  setSeed(0);
+  const m = new UNetConditional({ width: 8, numClasses: 3 });
+  for (const size of [16, 32, 64]) {
+    const out = tf.tidy(() => m.forward(tf.randomNormal([2, size, size, 3]), tf.tensor1d([0, 999], "int32"), tf.tensor1d([1, 2], "int32")));
+    assert.deepEqual(out.shape, [2, size, size, 3]);
+    out.dispose();
+  }
+  assert.throws(() => m.forward(tf.zeros([1, 20, 20, 3]), tf.tensor1d([0], "int32")), /not divisible by 8/);
+  m.dispose();
+});
+
+Deno.test("every weight of the conditional U-Net receives a non-zero gradient", async () => {
+  setSeed(1);
+  const m = new UNetConditional({ width: 8, numClasses: 3 });
+  const x = tf.randomNormal([2, 16, 16, 3]) as tf.Tensor4D;
+  const t = tf.tensor1d([10, 500], "int32"), y = tf.tensor1d([0, 2], "int32");
+  const { value, grads } = tf.variableGrads(() => m.forward(x, t, y).square().mean() as tf.Scalar);
+  assert.equal(Object.keys(grads).length, m.weights.size);
+  for (const [name, w] of m.weights) {
+    const g = grads[w.name];
+    assert.ok((await g.abs().max().data())[0] > 0, `zero gradient for ${name}`);
+  }
+  tf.dispose([x, t, y, value, ...Object.values(grads)]);
+  m.dispose();
+});
+
+Deno.test("the label changes the conditional prediction; labels = null is the unconditional path", async () => {
+  setSeed(2);
+  const m = new UNetConditional({ width: 8, numClasses: 3 });
+  const x = tf.randomNormal([1, 16, 16, 3]) as tf.Tensor4D, t = tf.tensor1d([3], "int32");
+  const [a, b, u] = [tf.tensor1d([0], "int32"), tf.tensor1d([1], "int32"), null].map((y) => m.forward(x, t, y));
+  const diff = async (p: tf.Tensor, q: tf.Tensor) => (await p.sub(q).abs().max().data())[0];
+  assert.ok(await diff(a, b) > 1e-4);
+  assert.ok(await diff(a, u) > 1e-4);
+  tf.dispose([x, t, a, b, u]);
+  m.dispose();
+});
+
+/** softmax(q·kᵀ/√d)·v computed in one piece, with tfjs's own gradients. */
+const naiveAttention = (q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D) =>
+  tf.matMul(tf.softmax(tf.matMul(q, k, false, true).div(Math.sqrt(q.shape[2]))), v);
+
+Deno.test("chunked attention equals the one-piece attention, values and gradients", async () => {
+  setSeed(3);
+  // bh·n = 20·1024 makes 819-row chunks: two chunks, the last one short.
+  const [q, k, v] = [0, 1, 2].map(() => tf.randomNormal([20, 1024, 4]) as tf.Tensor3D);
+  const dy = tf.randomNormal([20, 1024, 4]);
+  const loss = (f: typeof naiveAttention) => (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+    f(a as tf.Tensor3D, b as tf.Tensor3D, c as tf.Tensor3D).mul(dy).sum();
+  const [out, ref] = [attention(q, k, v), naiveAttention(q, k, v)];
+  assert.ok((await out.sub(ref).abs().max().data())[0] < 1e-5);
+  const g = tf.grads(loss(attention))([q, k, v]);
+  const gRef = tf.grads(loss(naiveAttention))([q, k, v]);
+  for (let i = 0; i < 3; i++) {
+    const err = (await g[i].sub(gRef[i]).abs().max().data())[0];
+    const scale = (await gRef[i].abs().max().data())[0];
+    assert.ok(err < 1e-4 * scale, `gradient ${i}: ${err} vs ${scale}`);
+  }
+  tf.dispose([q, k, v, dy, out, ref, ...g, ...gRef]);
+});
