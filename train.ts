@@ -138,7 +138,7 @@ export const DEFAULTS: Config = {
 };
 
 /** What a run keeps between sessions, beside the weights. */
-interface RunState {
+export interface RunState {
   config: Config;
   step: number;
   epoch: number;
@@ -157,8 +157,8 @@ export async function train(config: Config, resume = false, log = console.log) {
   const backend = await setBackend(config.backend, log);
   let state: RunState | null = null;
   if (resume) {
-    const ckpt = findCheckpoint(runDir, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]);
-    state = JSON.parse(await Deno.readTextFile(join(ckpt, "state.json"))) as RunState;
+    findCheckpoint(runDir, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]);
+    state = await readState(runDir);
     config = { ...state.config, ...pickChanged(config) };
   }
   await Deno.mkdir(join(runDir, "samples"), { recursive: true });
@@ -255,12 +255,12 @@ export async function train(config: Config, resume = false, log = console.log) {
         await checkpoint();
         const label = stepInEpoch ? `step_${String(step).padStart(7, "0")}` : `epoch_${String(epoch).padStart(4, "0")}`;
         await sampleGrids(config, diffusion, model, emaModel, data.classes, runDir, label, log);
-        await report(runDir, losses, config);
+        await writeReport(runDir);
       }
     }
     progress.done();
     await checkpoint();
-    await report(runDir, losses, config);
+    await writeReport(runDir);
     log(`${stopSignal.requested ? "stopped" : "done"} at step ${step}: open ${join(runDir, "index.html")}`);
   } finally {
     Deno.removeSignalListener("SIGINT", onSigint);
@@ -280,12 +280,15 @@ function pickChanged(given: Config): Partial<Config> {
   return { ...Object.fromEntries(changed), out: given.out, name: given.name };
 }
 
+async function readLossRows(runDir: string): Promise<{ step: number; epoch: number; loss: number }[]> {
+  const text = await Deno.readTextFile(join(runDir, "loss.jsonl")).catch(() => "");
+  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
+}
+
 /** The losses of steps 1..step from loss.jsonl (later lines, written after the checkpoint, are dropped). */
 async function readLosses(runDir: string, step: number): Promise<number[]> {
-  const path = join(runDir, "loss.jsonl");
-  const text = await Deno.readTextFile(path).catch(() => "");
-  const rows = text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l)).filter((r) => r.step <= step);
-  await Deno.writeTextFile(path, rows.map((r) => JSON.stringify(r) + "\n").join(""));
+  const rows = (await readLossRows(runDir)).filter((r) => r.step <= step);
+  await Deno.writeTextFile(join(runDir, "loss.jsonl"), rows.map((r) => JSON.stringify(r) + "\n").join(""));
   return rows.map((r) => r.loss);
 }
 
@@ -328,22 +331,32 @@ async function sampleGrids(
   }
 }
 
-/** loss.png and index.html: the samples and the loss curve on one page. */
-async function report(runDir: string, losses: number[], config: Config) {
+/** loss.png and index.html: the samples, the loss curve and the scores (eval.json) on one page. */
+export async function writeReport(runDir: string) {
+  const losses = (await readLossRows(runDir)).map((r) => r.loss);
+  const { config } = await readState(runDir);
   if (losses.length) await savePlot(join(runDir, "loss.png"), losses, { title: "training loss (MSE)", xlabel: "step" });
   const grids = [...Deno.readDirSync(join(runDir, "samples"))].map((e) => e.name).filter((f) => f.endsWith(".png"))
     .sort().reverse();
+  const scores = await Deno.readTextFile(join(runDir, "eval.json")).catch(() => null);
   const esc = (s: string) => s.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
   const html = `<!doctype html><meta charset="utf-8"><title>${esc(config.name)}</title>
 <style>body{font:14px system-ui;margin:2em}img{image-rendering:pixelated;margin:4px;border:1px solid #ccc}
 figure{display:inline-block;margin:8px}</style>
 <h1>${esc(config.name)}</h1><p>${esc(JSON.stringify(config))}</p>
 <h2>Loss (${losses.length} steps, last ${losses.at(-1)?.toFixed(4) ?? "-"})</h2><img src="loss.png">
+${scores ? `<h2>Scores (deno task eval)</h2><pre>${esc(scores)}</pre>` : ""}
 <h2>Samples</h2>${
     grids.map((g) => `<figure><img src="samples/${g}" width="${Math.min(512, 8 * config.imageSize)}">
 <figcaption>${esc(g)}</figcaption></figure>`).join("\n")
   }`;
   await Deno.writeTextFile(join(runDir, "index.html"), html);
+}
+
+/** The saved state of a run's newest complete checkpoint. */
+export async function readState(runDir: string): Promise<RunState> {
+  const ckpt = findCheckpoint(runDir, ["state.json"]);
+  return JSON.parse(await Deno.readTextFile(join(ckpt, "state.json")));
 }
 
 /** One progress line: step, loss (smoothed), images/s and ETA; redrawn on a terminal, every 5 s otherwise. */

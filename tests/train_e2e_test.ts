@@ -1,0 +1,131 @@
+// End-to-end runs on tiny settings: built-in sets, an image folder, the run folder, resume, the CLI.
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { Image } from "imagescript";
+import { type Config, DEFAULTS, parseConfig, train } from "../train.ts";
+
+const quiet = () => {};
+const tiny = (out: string, over: Partial<Config> = {}): Config => ({
+  ...DEFAULTS,
+  out,
+  name: "run",
+  backend: "wasm",
+  imageSize: 16,
+  width: 8,
+  batchSize: 4,
+  count: 12,
+  epochs: 2,
+  noiseSteps: 10,
+  sampleEvery: 1,
+  nSamples: 4,
+  ...over,
+});
+
+async function withTempDir(fn: (dir: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix: "ddpm_e2e_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("builtin:landscapes, unconditional: the run folder has every file", async () => {
+  await withTempDir(async (dir) => {
+    const { runDir, step, losses } = await train(tiny(dir, { emaBeta: 0.9, emaStart: 2 }), false, quiet);
+    assert.equal(step, 6); // 2 epochs of ceil(12 / 4) steps
+    assert.equal(losses.length, 6);
+    for (
+      const f of [
+        "loss.jsonl",
+        "loss.png",
+        "index.html",
+        "samples/epoch_0001.png",
+        "samples/epoch_0001_ema.png",
+        "samples/epoch_0002.png",
+        "checkpoint/model.bin",
+        "checkpoint/ema.bin",
+        "checkpoint/adam_m.bin",
+        "checkpoint/adam_v.bin",
+        "checkpoint/state.json",
+      ]
+    ) assert.ok(existsSync(join(runDir, f)), `missing ${f}`);
+    const rows = (await Deno.readTextFile(join(runDir, "loss.jsonl"))).trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(rows.map((r) => r.step), [1, 2, 3, 4, 5, 6]);
+    const html = await Deno.readTextFile(join(runDir, "index.html"));
+    assert.ok(html.includes("loss.png") && html.includes("samples/epoch_0002.png"));
+    assert.ok(!existsSync(join(runDir, "checkpoint.tmp")) && !existsSync(join(runDir, "checkpoint.old")));
+  });
+});
+
+Deno.test("builtin:shapes, conditional: one grid row per class; resume continues the step count", async () => {
+  await withTempDir(async (dir) => {
+    const config = tiny(dir, { data: "builtin:shapes", conditional: true, count: 20, epochs: 1, nSamples: 10 });
+    const first = await train(config, false, quiet);
+    assert.equal(first.step, 5);
+    const grid = await Image.decode(await Deno.readFile(join(first.runDir, "samples/epoch_0001.png")));
+    assert.equal(Math.round(grid.height / 18), 10); // 10 rows of 16 px tiles with 2 px gaps
+    const lines: string[] = [];
+    const second = await train({ ...config, epochs: 2 }, true, (l) => lines.push(l));
+    assert.equal(second.step, 10);
+    assert.ok(lines.some((l) => l.includes("resuming") && l.includes("step 5")));
+    const rows = (await Deno.readTextFile(join(first.runDir, "loss.jsonl"))).trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(rows.map((r) => r.step), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  });
+});
+
+Deno.test("an image folder (JPEG + PNG, RGB, grayscale, RGBA) trains; a non-image is skipped with a warning", async () => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, "images");
+    await Deno.mkdir(data);
+    for (let i = 0; i < 6; i++) {
+      const img = new Image(40, 30).fill(((i * 40) << 24) | (0x80 << 16) | (0x40 << 8) | 0xff);
+      await Deno.writeFile(join(data, `rgb${i}.png`), await img.encode());
+      await Deno.writeFile(join(data, `photo${i}.jpg`), await img.encodeJPEG(90));
+    }
+    await Deno.writeFile(join(data, "gray.png"), await new Image(20, 20).fill(0x777777ff).encode());
+    await Deno.writeFile(join(data, "broken.png"), new TextEncoder().encode("not a png"));
+    const lines: string[] = [];
+    const { step } = await train(tiny(dir, { data, epochs: 1, count: 0 }), false, (l) => lines.push(l));
+    assert.equal(step, Math.ceil(13 / 4));
+    assert.ok(lines.some((l) => l.includes("broken.png")), "warning names the file");
+    assert.ok(lines.some((l) => l.includes("13 images (1 skipped)")), lines.join("\n"));
+  });
+});
+
+/** Runs the CLI; returns exit code and output. */
+async function cli(...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", "train.ts", ...args], stdin: "null" })
+    .output();
+  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test("CLI: a training start prints the backend and parameter count; missing folder is one clear line", async () => {
+  await withTempDir(async (dir) => {
+    const ok = await cli("--data", "builtin:shapes", "--conditional", "--image-size", "16", "--width", "8", "--count", "8", "--batch-size", "4", "--max-steps", "1", "--noise-steps", "5", "--n-samples", "10", "--out", dir, "--backend", "wasm");
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /backend wasm \| conditional U-Net width 8: [\d,]+ parameters \| data builtin:shapes: 8 images/);
+    const missing = await cli("--data", join(dir, "nope"), "--out", dir);
+    assert.equal(missing.code, 1);
+    assert.equal(missing.stderr.trim().split("\n").length, 1, missing.stderr);
+    assert.ok(missing.stderr.includes(join(dir, "nope")));
+  });
+});
+
+Deno.test("flags: bad values are a usage error naming the flag", () => {
+  for (
+    const [args, re] of [
+      [["--epochs", "abc"], /--epochs abc/],
+      [["--image-size", "30"], /--image-size 30: must be divisible by 8/],
+      [["--lr=-1"], /--lr -1/],
+      [["--backend", "tpu"], /--backend tpu/],
+      [["--preset", "big"], /--preset big/],
+      [["--bogus"], /bogus/],
+    ] as [string[], RegExp][]
+  ) assert.throws(() => parseConfig(args), re);
+  const { config } = parseConfig(["--preset", "cifar", "--batch-size", "7"]);
+  assert.equal(config.batchSize, 7);
+  assert.equal(config.conditional, true);
+  assert.equal(config.emaBeta, 0.995);
+});
