@@ -142,7 +142,7 @@ const chunkRows = (bh: number, n: number) => Math.max(1, Math.min(n, Math.floor(
  * softmax(q·kᵀ·scale)·v for q, k, v of shape [b·heads, n, d], a chunk of query rows at a time.
  * The backward pass recomputes each chunk's probabilities, so no [n, n] matrix is ever kept.
  */
-export const attention = tf.customGrad((q, k, v, save) => {
+export const attention = tf.customGrad(((q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
   const [bh, n, d] = q.shape as [number, number, number];
   const scale = 1 / Math.sqrt(d);
   const rows = chunkRows(bh, n);
@@ -182,7 +182,7 @@ export const attention = tf.customGrad((q, k, v, save) => {
     return [dqAll, dk, dv];
   };
   return { value, gradFunc };
-}) as (q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D) => tf.Tensor3D;
+}) as unknown as Parameters<typeof tf.customGrad>[0]) as (q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D) => tf.Tensor3D;
 
 /** LayerNorm, 4-head self-attention, residual; LayerNorm-Linear-GELU-Linear, residual. */
 export class SelfAttention extends Module {
@@ -205,10 +205,9 @@ export class SelfAttention extends Module {
     const [b, h, w, c] = x.shape;
     const n = h * w, d = c / this.heads;
     const s = x.reshape([b, n, c]); // NHWC: the tokens are already rows
-    const qkv = this.inProj.forward(this.ln.forward(s)).reshape([b, n, 3, this.heads, d]);
-    const [q, k, v] = [0, 1, 2].map((i) =>
-      qkv.slice([0, 0, i, 0, 0], [b, n, 1, this.heads, d]).reshape([b, n, this.heads, d])
-        .transpose([0, 2, 1, 3]).reshape([b * this.heads, n, d]) as tf.Tensor3D
+    const qkv = tf.split(this.inProj.forward(this.ln.forward(s)), 3, -1); // q, k, v: [b, n, c] each
+    const [q, k, v] = qkv.map((p) =>
+      p.reshape([b, n, this.heads, d]).transpose([0, 2, 1, 3]).reshape([b * this.heads, n, d]) as tf.Tensor3D
     );
     const o = attention(q, k, v).reshape([b, this.heads, n, d]).transpose([0, 2, 1, 3]).reshape([b, n, c]);
     const a = this.outProj.forward(o).add(s);
@@ -225,9 +224,9 @@ export interface UNetOptions {
 
 /** The tutorial's U-Net: 3 Down + attention, a 3-conv bottleneck, 3 Up + attention, 1x1 output. */
 export class UNet extends Module {
-  readonly width: number;
-  readonly timeDim: number;
-  readonly numClasses: number;
+  readonly width!: number;
+  readonly timeDim!: number;
+  readonly numClasses!: number;
   inc: DoubleConv;
   down: Down[];
   saDown: SelfAttention[];
