@@ -28,9 +28,10 @@ export async function saveWeights(path: string, weights: Map<string, tf.Tensor>)
 
 export function loadWeights(path: string): Map<string, { shape: number[]; values: Float32Array }> {
   const bytes = Deno.readFileSync(path);
-  const n = new DataView(bytes.buffer).getUint32(0, true);
+  const n = bytes.length >= 4 ? new DataView(bytes.buffer).getUint32(0, true) : Infinity;
   let header: Record<string, [number[], number]>;
   try {
+    if (4 + n > bytes.length) throw new Error();
     header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + n)));
   } catch {
     throw new CheckpointError(`${path} is not a weights file (bad header)`);
@@ -54,11 +55,15 @@ export function assignWeights(path: string, variables: Map<string, tf.Variable>)
     const s = saved.get(name);
     if (!s) throw new CheckpointError(`${path} has no weight ${name}: saved from another model`);
     if (s.shape.join() !== v.shape.join()) {
-      throw new CheckpointError(`${path}: ${name} has shape [${s.shape}], the model [${v.shape}] (other width/classes?)`);
+      throw new CheckpointError(
+        `${path}: ${name} has shape [${s.shape}], the model [${v.shape}] (other width/classes?)`,
+      );
     }
     tf.tidy(() => v.assign(tf.tensor(s.values, s.shape)));
   }
-  if (saved.size !== variables.size) throw new CheckpointError(`${path} holds ${saved.size} weights, the model ${variables.size}`);
+  if (saved.size !== variables.size) {
+    throw new CheckpointError(`${path} holds ${saved.size} weights, the model ${variables.size}`);
+  }
 }
 
 /**
@@ -67,10 +72,15 @@ export function assignWeights(path: string, variables: Map<string, tf.Variable>)
  */
 export async function saveCheckpoint(dir: string, files: Map<string, Map<string, tf.Tensor>>, state: object) {
   const tmp = `${dir}.tmp`, old = `${dir}.old`;
-  await Deno.remove(tmp, { recursive: true }).catch(() => {});
-  await Deno.mkdir(tmp, { recursive: true });
-  for (const [name, weights] of files) await saveWeights(join(tmp, name), weights);
-  await Deno.writeTextFile(join(tmp, "state.json"), JSON.stringify(state, null, 1));
+  try {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    await Deno.mkdir(tmp, { recursive: true });
+    for (const [name, weights] of files) await saveWeights(join(tmp, name), weights);
+    await Deno.writeTextFile(join(tmp, "state.json"), JSON.stringify(state, null, 1));
+  } catch (e) { // disk full, no permission…: the previous checkpoint stays as it was
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw new CheckpointError(`could not write a checkpoint to ${tmp} (${(e as Error).message}); ${dir} is kept`);
+  }
   if (existsSync(dir)) {
     await Deno.remove(old, { recursive: true }).catch(() => {});
     await Deno.rename(dir, old);
@@ -85,5 +95,7 @@ export function findCheckpoint(runDir: string, required: string[]): string {
   for (const dir of ["checkpoint", "checkpoint.old"].map((d) => join(runDir, d))) {
     if (required.every((f) => existsSync(join(dir, f)))) return dir;
   }
-  throw new CheckpointError(`${runDir} has no complete checkpoint (needs ${required.join(", ")} in ${runDir}/checkpoint)`);
+  throw new CheckpointError(
+    `${runDir} has no complete checkpoint (needs ${required.join(", ")} in ${runDir}/checkpoint)`,
+  );
 }

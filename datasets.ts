@@ -215,6 +215,7 @@ export function drawShape(label: number, size: number, rand: Rand, out: Uint8Arr
 // ------------------------------------------------------------- image folders
 
 const IMAGE_EXTS = [".png", ".jpg", ".jpeg"];
+const OTHER_IMAGE_EXTS = [".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".avif"];
 
 /** The entries of dir, sorted, without hidden ones; symbolic links are followed. */
 async function listDir(dir: string) {
@@ -228,12 +229,15 @@ async function listDir(dir: string) {
 }
 
 /** Image files in dir (recursively, sorted). */
-async function listImages(dir: string, recursive: boolean): Promise<string[]> {
+async function listImages(dir: string, recursive: boolean, log: (s: string) => void): Promise<string[]> {
   const files: string[] = [];
   for (const e of await listDir(dir)) {
-    const path = join(dir, e.name);
-    if (e.isDirectory && recursive) files.push(...await listImages(path, true));
-    else if (e.isFile && IMAGE_EXTS.includes(extname(e.name).toLowerCase())) files.push(path);
+    const path = join(dir, e.name), ext = extname(e.name).toLowerCase();
+    if (e.isDirectory && recursive) files.push(...await listImages(path, true, log));
+    else if (e.isFile && IMAGE_EXTS.includes(ext)) files.push(path);
+    else if (e.isFile && OTHER_IMAGE_EXTS.includes(ext)) {
+      log(`warning: skipping ${path}: unsupported format (PNG, JPEG)`);
+    }
   }
   return files;
 }
@@ -263,7 +267,7 @@ export async function listImageFolder(path: string, log: (s: string) => void) {
   const files: { file: string; label: number }[] = [];
   for (const [label, c] of classes.entries()) {
     const dir = subdirs.length ? join(path, c) : path;
-    const found = await listImages(dir, subdirs.length > 0);
+    const found = await listImages(dir, subdirs.length > 0, log);
     if (!found.length && subdirs.length) log(`warning: no .png/.jpg images in ${dir}`);
     files.push(...found.map((file) => ({ file, label })));
   }

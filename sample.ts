@@ -2,7 +2,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, CheckpointError, findCheckpoint } from "./checkpoint.ts";
+import { assignWeights, CheckpointError } from "./checkpoint.ts";
 import { Diffusion } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
 import { readState, runCli, UsageError } from "./train.ts";
@@ -10,12 +10,16 @@ import { saveGrid } from "./utils.ts";
 
 /** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
 export async function loadRun(runDir: string, ema = false) {
-  const state = await readState(runDir);
   const file = ema ? "ema.bin" : "model.bin";
-  const ckpt = findCheckpoint(runDir, ["state.json", file]);
-  if (ema && !state.config.emaBeta) throw new CheckpointError(`${runDir} was trained without EMA (--ema-beta 0)`);
-  const model = new UNet({ width: state.config.width, numClasses: state.config.conditional ? state.classes.length : 0 });
-  assignWeights(join(ckpt, file), model.weights);
+  if (ema && !(await readState(runDir)).config.emaBeta) {
+    throw new CheckpointError(`${runDir} was trained without EMA (--ema-beta 0)`);
+  }
+  const state = await readState(runDir, ["state.json", file]);
+  const model = new UNet({
+    width: state.config.width,
+    numClasses: state.config.conditional ? state.classes.length : 0,
+  });
+  assignWeights(join(state.dir!, file), model.weights);
   return { model, config: state.config, classes: state.classes };
 }
 
@@ -24,7 +28,7 @@ const HELP = `Sample images from a trained run and save them as a PNG grid.
   deno task sample --run RUN [--n 16] [--labels 3,3,5] [--cfg-scale 3] [--ema] [--seed N] [--out FILE]
 
   --run RUN        run folder (or its name under runs/)
-  --n N            number of images (unconditional; conditional: per label list, default one row per class)
+  --n N            number of images (default 16; conditional: a row per class, n/classes per row)
   --labels L       comma-separated class indices (conditional runs)
   --cfg-scale X    classifier-free guidance scale (default: the run's)
   --ema            use the EMA weights
@@ -55,28 +59,36 @@ async function main() {
   const int = (flag: string, s: string | undefined, min: number, max: number) => {
     const x = Number(s);
     if (s === undefined) return undefined;
-    if (!Number.isInteger(x) || x < min || x > max) throw new UsageError(`--${flag} ${s}: expected an integer in [${min}, ${max}]`);
+    if (!Number.isInteger(x) || x < min || x > max) {
+      throw new UsageError(`--${flag} ${s}: expected an integer in [${min}, ${max}]`);
+    }
     return x;
   };
   const backend = (v.backend ?? "auto") as BackendName;
   if (!BACKENDS.includes(backend)) throw new UsageError(`--backend ${backend}: use one of ${BACKENDS.join(", ")}`);
   const cfgScale = v["cfg-scale"] === undefined ? undefined : Number(v["cfg-scale"]);
-  if (cfgScale !== undefined && !(cfgScale >= 0)) throw new UsageError(`--cfg-scale ${v["cfg-scale"]}: expected a number ≥ 0`);
+  if (cfgScale !== undefined && !(cfgScale >= 0)) {
+    throw new UsageError(`--cfg-scale ${v["cfg-scale"]}: expected a number ≥ 0`);
+  }
   console.log(`backend ${await setBackend(backend)}`);
   setSeed(int("seed", v.seed, 0, 2 ** 31 - 1) ?? Date.now() % 2 ** 31);
+  const nFlag = int("n", v.n, 1, 1024);
   const { model, config, classes } = await loadRun(runDir, v.ema);
   const k = model.numClasses;
   let labels: number[] | null = null;
   if (v.labels !== undefined) {
     if (!k) throw new UsageError(`--labels: ${runDir} is an unconditional model`);
     labels = v.labels.split(",").map((s) => int("labels", s.trim(), 0, k - 1)!);
-  } else if (k) labels = Array.from({ length: k }, (_, i) => i);
-  const n = labels?.length ?? int("n", v.n, 1, 1024) ?? 16;
+  } else if (k) { // one row per class
+    const perClass = Math.ceil((nFlag ?? k) / k);
+    labels = Array.from({ length: k * perClass }, (_, i) => Math.floor(i / perClass));
+  }
+  const n = labels?.length ?? nFlag ?? 16;
   const diffusion = new Diffusion({ noiseSteps: config.noiseSteps, imgSize: config.imageSize });
   const t0 = performance.now();
   const pixels = await diffusion.sample(model, n, { labels, cfgScale: cfgScale ?? config.cfgScale });
   const out = v.out ?? join(runDir, "samples", `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
-  await saveGrid(out, pixels, n, config.imageSize);
+  await saveGrid(out, pixels, n, config.imageSize, k && !v.labels ? n / k : undefined);
   const what = labels ? ` of ${labels.map((l) => classes[l]).join(", ")}` : "";
   console.log(`${n} samples${what} in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${out}`);
 }

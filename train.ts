@@ -147,20 +147,29 @@ export interface RunState {
   emaStep: number;
   adamStep: number;
   classes: string[];
+  dir?: string; // where it was read from
 }
 
 /** A Ctrl-C asks the loop to stop after the current step; a second one exits at once. */
 export const stopSignal = { requested: false };
 
-export async function train(config: Config, resume = false, log = console.log) {
+export interface TrainOptions {
+  resume?: boolean; // continue config.out/config.name from its checkpoint
+  given?: (keyof Config)[]; // the settings given as flags (on resume, only some may change)
+  log?: (line: string) => void;
+}
+
+/** Minutes of training between checkpoints within an epoch (one is also written at each epoch's end). */
+const CHECKPOINT_MINUTES = 10;
+
+export async function train(config: Config, { resume = false, given = [], log = console.log }: TrainOptions = {}) {
   const runDir = join(config.out, config.name);
-  const backend = await setBackend(config.backend, log);
   let state: RunState | null = null;
   if (resume) {
-    findCheckpoint(runDir, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]);
-    state = await readState(runDir);
-    config = { ...state.config, ...pickChanged(config) };
+    state = await readState(runDir, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]);
+    config = { ...state.config, ...changedOnResume(config, state.config, given) };
   }
+  const backend = await setBackend(config.backend, log);
   await Deno.mkdir(join(runDir, "samples"), { recursive: true });
   setSeed(config.seed);
   const data = await loadDataset(config.data, config.imageSize, {
@@ -181,7 +190,7 @@ export async function train(config: Config, resume = false, log = console.log) {
   const losses = resume ? await readLosses(runDir, state!.step) : [];
   let [step, epoch, stepInEpoch] = [0, 0, 0];
   if (state) {
-    const ckpt = findCheckpoint(runDir, ["state.json"]);
+    const ckpt = state.dir!;
     assignWeights(join(ckpt, "model.bin"), model.weights);
     if (emaModel) assignWeights(join(ckpt, "ema.bin"), emaModel.weights);
     assignWeights(join(ckpt, "adam_m.bin"), opt.m);
@@ -194,7 +203,9 @@ export async function train(config: Config, resume = false, log = console.log) {
   log(
     `backend ${backend} | ${config.conditional ? "conditional " : ""}U-Net width ${config.width}: ` +
       `${model.parameterCount.toLocaleString("en")} parameters | data ${data.name}: ${data.length} images` +
-      `${data.skipped ? ` (${data.skipped} skipped)` : ""}, ${data.classes.length} class(es), ${config.imageSize} px | ` +
+      `${
+        data.skipped ? ` (${data.skipped} skipped)` : ""
+      }, ${data.classes.length} class(es), ${config.imageSize} px | ` +
       `${totalSteps} steps of batch ${config.batchSize} | run folder ${runDir}`,
   );
 
@@ -216,7 +227,9 @@ export async function train(config: Config, resume = false, log = console.log) {
       classes: data.classes,
     };
     await saveCheckpoint(join(runDir, "checkpoint"), files, s);
+    lastCheckpoint = performance.now();
   };
+  let lastCheckpoint = performance.now();
   const onSigint = () => {
     if (stopSignal.requested) Deno.exit(130);
     stopSignal.requested = true;
@@ -248,18 +261,20 @@ export async function train(config: Config, resume = false, log = console.log) {
         await lossFile.write(new TextEncoder().encode(JSON.stringify({ step, epoch: epoch + 1, loss: value }) + "\n"));
         progress.update(step, epoch + 1, config.epochs, value);
         if (stopSignal.requested || step >= totalSteps) break;
+        if (performance.now() - lastCheckpoint > CHECKPOINT_MINUTES * 60e3) await checkpoint();
       }
       if (stepInEpoch >= stepsPerEpoch) epoch++, stepInEpoch = 0;
+      if (stopSignal.requested) break;
+      await checkpoint();
       const last = step >= totalSteps || epoch >= config.epochs;
-      if (!stopSignal.requested && ((stepInEpoch === 0 && epoch % config.sampleEvery === 0) || last)) {
-        await checkpoint();
+      if ((stepInEpoch === 0 && epoch % config.sampleEvery === 0) || last) {
         const label = stepInEpoch ? `step_${String(step).padStart(7, "0")}` : `epoch_${String(epoch).padStart(4, "0")}`;
         await sampleGrids(config, diffusion, model, emaModel, data.classes, runDir, label, log);
         await writeReport(runDir);
       }
     }
     progress.done();
-    await checkpoint();
+    if (stopSignal.requested) await checkpoint();
     await writeReport(runDir);
     log(`${stopSignal.requested ? "stopped" : "done"} at step ${step}: open ${join(runDir, "index.html")}`);
   } finally {
@@ -273,11 +288,26 @@ export async function train(config: Config, resume = false, log = console.log) {
 
 export class TrainingError extends Error {}
 
-/** On resume, the saved config holds; only these may be changed by flags given again. */
-function pickChanged(given: Config): Partial<Config> {
-  const changeable: (keyof Config)[] = ["epochs", "maxSteps", "backend", "sampleEvery", "nSamples", "cfgScale"];
-  const changed = changeable.filter((k) => given[k] !== DEFAULTS[k]).map((k) => [k, given[k]]);
-  return { ...Object.fromEntries(changed), out: given.out, name: given.name };
+const CHANGEABLE: (keyof Config)[] = [
+  "epochs",
+  "maxSteps",
+  "backend",
+  "sampleEvery",
+  "nSamples",
+  "cfgScale",
+  "cacheDir",
+];
+export const flagOf = (key: string) => "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+
+/** On resume the saved config holds: a few settings may change, the others must not be given otherwise. */
+function changedOnResume(config: Config, saved: Config, given: (keyof Config)[]): Partial<Config> {
+  for (const k of given) {
+    if (!CHANGEABLE.includes(k) && config[k] !== saved[k]) {
+      throw new UsageError(`${flagOf(k)} ${config[k]}: the run was trained with ${saved[k]}; a resumed run keeps it`);
+    }
+  }
+  const changed = given.filter((k) => CHANGEABLE.includes(k)).map((k) => [k, config[k]]);
+  return { ...Object.fromEntries(changed), out: config.out, name: config.name };
 }
 
 async function readLossRows(runDir: string): Promise<{ step: number; epoch: number; loss: number }[]> {
@@ -307,8 +337,10 @@ async function sampleGrids(
   const cols = k ? Math.max(1, Math.round(n / k)) : Math.ceil(Math.sqrt(n));
   const labels = k ? Array.from({ length: cols * k }, (_, i) => Math.floor(i / cols)) : null;
   const count = labels?.length ?? n;
+  const trainingSeeds = getSeedState(); // sample grids draw from their own seed: comparable across epochs
   for (const [m, suffix] of [[model, ""], [emaModel, "_ema"]] as const) {
     if (!m) continue;
+    setSeed(config.seed + 1);
     const t0 = performance.now();
     const pixels = await diffusion.sample(m, count, {
       labels,
@@ -323,11 +355,16 @@ async function sampleGrids(
       if (e instanceof TrainingError) return null;
       throw e;
     });
+    setSeed(trainingSeeds);
     if (!pixels) return;
     if (Deno.stdout.isTerminal()) Deno.stdout.writeSync(new TextEncoder().encode("\r\x1b[K"));
     const path = join(runDir, "samples", `${label}${suffix}.png`);
     await saveGrid(path, pixels, count, config.imageSize, cols);
-    log(`samples${k ? ` (rows: ${classes.join(", ")})` : ""} -> ${path} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+    log(
+      `samples${k ? ` (rows: ${classes.join(", ")})` : ""} -> ${path} (${
+        ((performance.now() - t0) / 1000).toFixed(0)
+      } s)`,
+    );
   }
 }
 
@@ -347,16 +384,22 @@ figure{display:inline-block;margin:8px}</style>
 <h2>Loss (${losses.length} steps, last ${losses.at(-1)?.toFixed(4) ?? "-"})</h2><img src="loss.png">
 ${scores ? `<h2>Scores (deno task eval)</h2><pre>${esc(scores)}</pre>` : ""}
 <h2>Samples</h2>${
-    grids.map((g) => `<figure><img src="samples/${g}" width="${Math.min(512, 8 * config.imageSize)}">
-<figcaption>${esc(g)}</figcaption></figure>`).join("\n")
+    grids.map((g) =>
+      `<figure><img src="samples/${g}" width="${Math.min(512, 8 * config.imageSize)}">
+<figcaption>${esc(g)}</figcaption></figure>`
+    ).join("\n")
   }`;
   await Deno.writeTextFile(join(runDir, "index.html"), html);
 }
 
-/** The saved state of a run's newest complete checkpoint. */
-export async function readState(runDir: string): Promise<RunState> {
-  const ckpt = findCheckpoint(runDir, ["state.json"]);
-  return JSON.parse(await Deno.readTextFile(join(ckpt, "state.json")));
+/** The saved state of a run's newest checkpoint that has the `required` files, and that folder (`dir`). */
+export async function readState(runDir: string, required = ["state.json", "model.bin"]): Promise<RunState> {
+  const dir = findCheckpoint(runDir, required), path = join(dir, "state.json");
+  try {
+    return { ...JSON.parse(await Deno.readTextFile(path)), dir };
+  } catch (e) {
+    throw new CheckpointError(`${path} is not readable (${(e as Error).message})`);
+  }
 }
 
 /** One progress line: step, loss (smoothed), images/s and ETA; redrawn on a terminal, every 5 s otherwise. */
@@ -385,9 +428,11 @@ class Progress {
 }
 
 const duration = (s: number) =>
-  s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor(s / 60) % 60).padStart(2, "0")}m` : s >= 60
-  ? `${Math.floor(s / 60)}m${String(Math.floor(s % 60)).padStart(2, "0")}s`
-  : `${Math.round(s)}s`;
+  s >= 3600
+    ? `${Math.floor(s / 3600)}h${String(Math.floor(s / 60) % 60).padStart(2, "0")}m`
+    : s >= 60
+    ? `${Math.floor(s / 60)}m${String(Math.floor(s % 60)).padStart(2, "0")}s`
+    : `${Math.round(s)}s`;
 
 // ------------------------------------------------------------------ the command line
 
@@ -435,7 +480,9 @@ const NUMBERS: [keyof Config, string, number, number, boolean][] = [
 ];
 
 /** Flags to a Config; any bad value is a UsageError naming the flag. */
-export function parseConfig(args: string[]): { config: Config; resume: boolean; help: boolean } {
+export function parseConfig(
+  args: string[],
+): { config: Config; resume: boolean; help: boolean; given: (keyof Config)[] } {
   const options = Object.fromEntries([
     ...NUMBERS.map(([, flag]) => [flag, { type: "string" }]),
     ...["preset", "data", "out", "name", "backend", "resume", "cache-dir"].map((f) => [f, { type: "string" }]),
@@ -449,13 +496,17 @@ export function parseConfig(args: string[]): { config: Config; resume: boolean; 
     throw new UsageError((e as Error).message.split("\n")[0] + " (see --help)");
   }
   const preset = values.preset as string | undefined;
-  if (preset && !PRESETS[preset]) throw new UsageError(`--preset ${preset}: use one of ${Object.keys(PRESETS).join(", ")}`);
+  if (preset && !PRESETS[preset]) {
+    throw new UsageError(`--preset ${preset}: use one of ${Object.keys(PRESETS).join(", ")}`);
+  }
   const config: Config = { ...DEFAULTS, ...(preset ? PRESETS[preset] : {}) };
   for (const [key, flag, min, max, integer] of NUMBERS) {
     if (values[flag] === undefined) continue;
     const v = Number(values[flag]);
     if (!Number.isFinite(v) || (integer && !Number.isInteger(v)) || v < min || v > max) {
-      throw new UsageError(`--${flag} ${values[flag]}: expected ${integer ? "an integer" : "a number"} in [${min}, ${max}]`);
+      throw new UsageError(
+        `--${flag} ${values[flag]}: expected ${integer ? "an integer" : "a number"} in [${min}, ${max}]`,
+      );
     }
     (config as unknown as Record<string, number>)[key] = v;
   }
@@ -469,14 +520,18 @@ export function parseConfig(args: string[]): { config: Config; resume: boolean; 
     }
     config.backend = values.backend as BackendName;
   }
-  if (config.imageSize % 8) throw new UsageError(`--image-size ${config.imageSize}: must be divisible by 8 (the U-Net halves it 3 times)`);
+  if (config.imageSize % 8) {
+    throw new UsageError(`--image-size ${config.imageSize}: must be divisible by 8 (the U-Net halves it 3 times)`);
+  }
   if (config.width % 4) throw new UsageError(`--width ${config.width}: must be divisible by 4 (4 attention heads)`);
   const resume = values.resume as string | undefined;
   if (resume) {
     const dir = resume.includes("/") ? resume : join(config.out, resume);
     [config.out, config.name] = [dirname(dir), basename(dir)];
   }
-  return { config, resume: !!resume, help: !!values.help };
+  const keys: (keyof Config)[] = [...NUMBERS.map(([key]) => key), "data", "cacheDir", "conditional", "backend"];
+  const given = keys.filter((k) => values[flagOf(k).slice(2)] !== undefined);
+  return { config, resume: !!resume, help: !!values.help, given };
 }
 
 /** Runs `main` and turns the errors a user can fix into one line and an exit code (2: usage, 1: input). */
@@ -492,8 +547,8 @@ export async function runCli(main: () => Promise<void>) {
       console.error(`error: ${e.message}`);
       Deno.exit(1);
     }
-    if (e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotFound) {
-      console.error(`error: ${e.message}`);
+    if (Object.values(Deno.errors).some((E) => e instanceof E)) { // file system: the message names the path
+      console.error(`error: ${(e as Error).message}`);
       Deno.exit(1);
     }
     throw e;
@@ -502,11 +557,11 @@ export async function runCli(main: () => Promise<void>) {
 
 if (import.meta.main) {
   await runCli(async () => {
-    const { config, resume, help } = parseConfig(Deno.args);
+    const { config, resume, help, given } = parseConfig(Deno.args);
     if (help) return console.log(HELP);
     if (!resume && config.data === "builtin:landscapes" && !Deno.args.includes("--data")) {
       console.log("no --data given: training on the built-in procedural landscapes (builtin:landscapes)");
     }
-    await train(config, resume);
+    await train(config, { resume, given });
   });
 }

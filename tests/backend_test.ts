@@ -37,7 +37,10 @@ async function assertMatchesCpu(backend: "wasm" | "webgpu") {
       err += (got.grads[i][j] - g[j]) ** 2;
       norm += g[j] ** 2;
     }
-    assert.ok(Math.sqrt(err) <= 2e-3 * Math.sqrt(norm) + 1e-7, `gradient ${i}: relative error ${Math.sqrt(err / norm)}`);
+    assert.ok(
+      Math.sqrt(err) <= 2e-3 * Math.sqrt(norm) + 1e-7,
+      `gradient ${i}: relative error ${Math.sqrt(err / norm)}`,
+    );
   });
 }
 

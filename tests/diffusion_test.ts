@@ -28,7 +28,10 @@ Deno.test("q(x_t|x_0) has mean √ᾱ_t·x_0 and variance 1-ᾱ_t (Eq. 4) over m
     const { mean, variance } = tf.moments(xt);
     const [m, v] = [(await mean.data())[0], (await variance.data())[0]];
     assert.ok(Math.abs(m - Math.sqrt(d.alphaHat[step]) * 0.7) < 0.01, `mean at t=${step}: ${m}`);
-    assert.ok(Math.abs(v - (1 - d.alphaHat[step])) < 0.01 * (1 - d.alphaHat[step]) + 1e-4, `variance at t=${step}: ${v}`);
+    assert.ok(
+      Math.abs(v - (1 - d.alphaHat[step])) < 0.01 * (1 - d.alphaHat[step]) + 1e-4,
+      `variance at t=${step}: ${v}`,
+    );
     // x_t is exactly √ᾱ·x_0 + √(1-ᾱ)·ε for the returned ε
     const rebuilt = x0.mul(Math.sqrt(d.alphaHat[step])).add(eps.mul(Math.sqrt(1 - d.alphaHat[step])));
     assert.ok((await rebuilt.sub(xt).abs().max().data())[0] < 1e-5);
@@ -52,7 +55,9 @@ Deno.test("training timesteps are uniform over all T steps, 0 and T-1 included",
 /** A model whose prediction is known: a constant for the unconditional call, another per label. */
 const fakeModel: NoiseModel = {
   forward: (x, _t, labels) =>
-    tf.tidy(() => labels ? tf.onesLike(x).mul(labels.toFloat().add(1).reshape([-1, 1, 1, 1])) : tf.zerosLike(x).sub(0.5)),
+    tf.tidy(() =>
+      labels ? tf.onesLike(x).mul(labels.toFloat().add(1).reshape([-1, 1, 1, 1])) : tf.zerosLike(x).sub(0.5)
+    ),
 };
 
 Deno.test("classifier-free guidance: lerp from the unconditional to the conditional prediction", async () => {
@@ -60,7 +65,9 @@ Deno.test("classifier-free guidance: lerp from the unconditional to the conditio
   const x = tf.zeros([2, 8, 8, 3]) as tf.Tensor4D;
   const t = tf.tensor1d([5, 5], "int32");
   const y = tf.tensor1d([0, 2], "int32"); // conditional predictions 1 and 3, unconditional -0.5
-  for (const [scale, expected] of [[1, [1, 3]], [3, [-0.5 + 3 * 1.5, -0.5 + 3 * 3.5]], [0, [1, 3]], [0.5, [0.25, 1.25]]]) {
+  for (
+    const [scale, expected] of [[1, [1, 3]], [3, [-0.5 + 3 * 1.5, -0.5 + 3 * 3.5]], [0, [1, 3]], [0.5, [0.25, 1.25]]]
+  ) {
     const eps = d.predictNoise(fakeModel, x, t, y, scale as number);
     const data = await eps.data();
     assert.deepEqual([data[0], data[8 * 8 * 3]], expected, `cfgScale ${scale}`);
@@ -96,4 +103,114 @@ Deno.test("Algorithm 2 step: x_{t-1} mean matches the formula; sampling is repea
   assert.deepEqual(Array.from(out), Array.from(expected));
   tf.dispose(xT);
   for (const x of [d, one]) x.dispose();
+});
+
+// ------------------------------------------------------------ beyond the tutorial: cosine schedule, DDIM
+
+Deno.test("cosine schedule (Nichol & Dhariwal Eq. 17): ᾱ_t = f(t)/f(0), β_t ≤ 0.999; linear stays the default", () => {
+  assert.equal(new Diffusion().schedule, "linear");
+  const T = 1000, d = new Diffusion({ schedule: "cosine", noiseSteps: T });
+  const f = (t: number) => Math.cos((t / T + 0.008) / 1.008 * Math.PI / 2) ** 2; // written out again, not imported
+  for (let i = 0; i < T; i++) assert.ok(d.beta[i] > 0 && d.beta[i] <= 0.999, `β at ${i}: ${d.beta[i]}`);
+  assert.equal(d.beta[T - 1], 0.999); // f(T) = 0 would make β_T = 1: clipped
+  for (let i = 0; i < T - 1; i++) { // index i is step t = i + 1; before the clipped last step ᾱ is exact
+    assert.ok(
+      Math.abs(d.alphaHat[i] - f(i + 1) / f(0)) < 1e-12,
+      `ᾱ at t=${i + 1}: ${d.alphaHat[i]} vs ${f(i + 1) / f(0)}`,
+    );
+  }
+  assert.ok(Math.abs(d.alphaHat[T - 1] - 0.001 * f(T - 1) / f(0)) < 1e-15);
+  assert.ok(Math.abs(d.alphaHat[T / 2 - 1] - f(T / 2) / f(0)) < 1e-12 && d.alphaHat[T / 2 - 1] > 0.45); // ≈ cos²(π/4)
+  d.dispose();
+  assert.throws(() => new Diffusion({ schedule: "quadratic" as "linear" }), RangeError);
+});
+
+Deno.test("DDIM sub-sequence τ: evenly spaced from T-1 down to 0; all T steps when sampleSteps ≥ T", () => {
+  const d = new Diffusion({ noiseSteps: 1000 });
+  const tau = d.ddimTimesteps(50);
+  assert.equal(tau.length, 50);
+  assert.deepEqual([tau[0], tau[1], tau.at(-1)], [0, 20, 999]);
+  assert.ok(tau.every((t, k) => k === 0 || t > tau[k - 1]));
+  assert.deepEqual(d.ddimTimesteps(1000), Array.from({ length: 1000 }, (_, i) => i));
+  assert.deepEqual(d.ddimTimesteps(5000).length, 1000);
+  assert.deepEqual(d.ddimTimesteps(1), [999]);
+  assert.throws(() => d.ddimTimesteps(0), RangeError);
+  d.dispose();
+});
+
+Deno.test("DDIM with all T steps and η = 1 is the DDPM step with σ_t² = β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t)·β_t", async () => {
+  setSeed(3);
+  for (const schedule of ["linear", "cosine"] as const) {
+    const d = new Diffusion({ imgSize: 4, schedule });
+    const x = tf.randomNormal([2, 4, 4, 3], 0, 1, "float32", 11) as tf.Tensor4D;
+    const eps = tf.randomNormal([2, 4, 4, 3], 0, 1, "float32", 12) as tf.Tensor4D; // a fake model's ε_θ
+    for (const i of [0, 1, 10, 500, 998, 999]) {
+      const ddpm = d.ddpmStep(x, eps, i), ddim = d.ddimStep(x, eps, i, i - 1, 1);
+      const diff = (await ddim.mean.sub(ddpm.mean).abs().max().data())[0];
+      const scale = (await ddpm.mean.abs().max().data())[0];
+      assert.ok(diff < 1e-5 * Math.max(1, scale), `${schedule} t=${i}: means differ by ${diff}`);
+      const betaTilde = i === 0 ? 0 : (1 - d.alphaHat[i - 1]) / (1 - d.alphaHat[i]) * d.beta[i];
+      assert.ok(
+        Math.abs(ddim.sigma ** 2 - betaTilde) < 1e-12,
+        `${schedule} t=${i}: σ² ${ddim.sigma ** 2} vs β̃ ${betaTilde}`,
+      );
+      assert.equal(ddpm.sigma, i === 0 ? 0 : Math.sqrt(d.beta[i])); // the tutorial's σ_t² = β_t
+      if (i > 0) assert.ok(ddpm.sigma > ddim.sigma); // β̃_t < β_t: the variants do differ
+      tf.dispose([ddpm.mean, ddim.mean]);
+    }
+    tf.dispose([x, eps]);
+    d.dispose();
+  }
+});
+
+/** ε_θ that depends on x_t and t, so that the path matters. */
+const xtModel: NoiseModel = {
+  forward: (x, t) => tf.tidy(() => x.mul(0.3).add(t.toFloat().div(50).reshape([-1, 1, 1, 1]).sin().mul(0.2))),
+};
+
+Deno.test("DDIM η = 0 is deterministic given x_T; η = 1 and DDPM draw noise from the seed", async () => {
+  const d = new Diffusion({ imgSize: 8, noiseSteps: 100 });
+  const xT = tf.randomNormal([3, 8, 8, 3], 0, 1, "float32", 5) as tf.Tensor4D;
+  const run = (seed: number, opts: Parameters<Diffusion["sample"]>[2]) => {
+    setSeed(seed);
+    return d.sample(xtModel, 3, { cfgScale: 0, xT, ...opts });
+  };
+  const ddim = { sampler: "ddim", sampleSteps: 10 } as const;
+  const [a, b] = [await run(1, { ...ddim, eta: 0 }), await run(2, { ...ddim, eta: 0 })];
+  assert.deepEqual(a, b);
+  assert.ok(!xT.isDisposed); // the caller's x_T is left alone
+  assert.notDeepEqual(await run(1, { ...ddim, eta: 1 }), await run(2, { ...ddim, eta: 1 }));
+  assert.notDeepEqual(await run(1, { sampler: "ddpm" }), await run(2, { sampler: "ddpm" }));
+  const otherXT = tf.randomNormal([3, 8, 8, 3], 0, 1, "float32", 6) as tf.Tensor4D;
+  assert.notDeepEqual(await run(1, { ...ddim, eta: 0, xT: otherXT }), a);
+  tf.dispose([xT, otherXT]);
+  d.dispose();
+});
+
+Deno.test("DDIM's last step is x̂_0 of Eq. 12, with classifier-free guidance; same as DDPM's last step", async () => {
+  // One step from x_T = 0: x_0 = (x_T - √(1-ᾱ)·ε)/√ᾱ = -√(0.02/0.98)·ε, ε = ε_u + s·(ε_c - ε_u) of fakeModel.
+  const d = new Diffusion({ imgSize: 8, noiseSteps: 1, betaStart: 0.02, betaEnd: 0.02 });
+  const xT = tf.zeros([2, 8, 8, 3]) as tf.Tensor4D;
+  const epsCfg = [-0.5 + 0.5 * 1.5, -0.5 + 0.5 * 3.5]; // cfgScale 0.5, labels 0 and 2: conditional 1 and 3
+  const expected = epsCfg.map((e) => Math.round((-Math.sqrt(0.02 / 0.98) * e + 1) * 127.5));
+  for (const sampler of ["ddim", "ddpm"] as const) {
+    const out = await d.sample(fakeModel, 2, { labels: [0, 2], cfgScale: 0.5, sampler, xT });
+    assert.deepEqual([out[0], out[8 * 8 * 3]], expected, sampler);
+    assert.ok(out.subarray(0, 8 * 8 * 3).every((v) => v === expected[0]));
+  }
+  xT.dispose();
+  d.dispose();
+});
+
+Deno.test("sample() leaks no tensors with DDIM, and refuses bad options", async () => {
+  const d = new Diffusion({ imgSize: 8, noiseSteps: 20 });
+  setSeed(0);
+  await d.sample(xtModel, 2, { sampler: "ddim", sampleSteps: 5, eta: 0.5, cfgScale: 0 }); // warm-up
+  const before = tf.memory().numTensors;
+  await d.sample(fakeModel, 2, { labels: [0, 1], sampler: "ddim", sampleSteps: 7, eta: 1 });
+  assert.equal(tf.memory().numTensors, before);
+  await assert.rejects(() => d.sample(xtModel, 1, { sampler: "plms" as "ddim" }), RangeError);
+  await assert.rejects(() => d.sample(xtModel, 1, { sampler: "ddim", eta: -1 }), RangeError);
+  await assert.rejects(() => d.sample(xtModel, 1, { sampler: "ddim", sampleSteps: 2.5 }), RangeError);
+  d.dispose();
 });

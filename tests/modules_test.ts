@@ -18,7 +18,9 @@ Deno.test("U-Net output shape equals input shape at 16, 32 and 64 px", () => {
   setSeed(0);
   const m = new UNetConditional({ width: 8, numClasses: 3 });
   for (const size of [16, 32, 64]) {
-    const out = tf.tidy(() => m.forward(tf.randomNormal([2, size, size, 3]), tf.tensor1d([0, 999], "int32"), tf.tensor1d([1, 2], "int32")));
+    const out = tf.tidy(() =>
+      m.forward(tf.randomNormal([2, size, size, 3]), tf.tensor1d([0, 999], "int32"), tf.tensor1d([1, 2], "int32"))
+    );
     assert.deepEqual(out.shape, [2, size, size, 3]);
     out.dispose();
   }

@@ -33,7 +33,7 @@ async function withTempDir(fn: (dir: string) => Promise<void>) {
 
 Deno.test("builtin:landscapes, unconditional: the run folder has every file", async () => {
   await withTempDir(async (dir) => {
-    const { runDir, step, losses } = await train(tiny(dir, { emaBeta: 0.9, emaStart: 2 }), false, quiet);
+    const { runDir, step, losses } = await train(tiny(dir, { emaBeta: 0.9, emaStart: 2 }), { log: quiet });
     assert.equal(step, 6); // 2 epochs of ceil(12 / 4) steps
     assert.equal(losses.length, 6);
     for (
@@ -62,15 +62,21 @@ Deno.test("builtin:landscapes, unconditional: the run folder has every file", as
 Deno.test("builtin:shapes, conditional: one grid row per class; resume continues the step count", async () => {
   await withTempDir(async (dir) => {
     const config = tiny(dir, { data: "builtin:shapes", conditional: true, count: 20, epochs: 1, nSamples: 10 });
-    const first = await train(config, false, quiet);
+    const first = await train(config, { log: quiet });
     assert.equal(first.step, 5);
     const grid = await Image.decode(await Deno.readFile(join(first.runDir, "samples/epoch_0001.png")));
     assert.equal(Math.round(grid.height / 18), 10); // 10 rows of 16 px tiles with 2 px gaps
     const lines: string[] = [];
-    const second = await train({ ...config, epochs: 2 }, true, (l) => lines.push(l));
+    const second = await train({ ...config, epochs: 2 }, {
+      resume: true,
+      given: ["epochs"],
+      log: (l) => lines.push(l),
+    });
     assert.equal(second.step, 10);
     assert.ok(lines.some((l) => l.includes("resuming") && l.includes("step 5")));
-    const rows = (await Deno.readTextFile(join(first.runDir, "loss.jsonl"))).trim().split("\n").map((l) => JSON.parse(l));
+    const rows = (await Deno.readTextFile(join(first.runDir, "loss.jsonl"))).trim().split("\n").map((l) =>
+      JSON.parse(l)
+    );
     assert.deepEqual(rows.map((r) => r.step), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   });
 });
@@ -87,7 +93,7 @@ Deno.test("an image folder (JPEG + PNG, RGB, grayscale, RGBA) trains; a non-imag
     await Deno.writeFile(join(data, "gray.png"), await new Image(20, 20).fill(0x777777ff).encode());
     await Deno.writeFile(join(data, "broken.png"), new TextEncoder().encode("not a png"));
     const lines: string[] = [];
-    const { step } = await train(tiny(dir, { data, epochs: 1, count: 0 }), false, (l) => lines.push(l));
+    const { step } = await train(tiny(dir, { data, epochs: 1, count: 0 }), { log: (l) => lines.push(l) });
     assert.equal(step, Math.ceil(13 / 4));
     assert.ok(lines.some((l) => l.includes("broken.png")), "warning names the file");
     assert.ok(lines.some((l) => l.includes("13 images (1 skipped)")), lines.join("\n"));
@@ -103,9 +109,34 @@ async function cli(...args: string[]) {
 
 Deno.test("CLI: a training start prints the backend and parameter count; missing folder is one clear line", async () => {
   await withTempDir(async (dir) => {
-    const ok = await cli("--data", "builtin:shapes", "--conditional", "--image-size", "16", "--width", "8", "--count", "8", "--batch-size", "4", "--max-steps", "1", "--noise-steps", "5", "--n-samples", "10", "--out", dir, "--backend", "wasm");
+    const ok = await cli(
+      "--data",
+      "builtin:shapes",
+      "--conditional",
+      "--image-size",
+      "16",
+      "--width",
+      "8",
+      "--count",
+      "8",
+      "--batch-size",
+      "4",
+      "--max-steps",
+      "1",
+      "--noise-steps",
+      "5",
+      "--n-samples",
+      "10",
+      "--out",
+      dir,
+      "--backend",
+      "wasm",
+    );
     assert.equal(ok.code, 0, ok.stderr);
-    assert.match(ok.stdout, /backend wasm \| conditional U-Net width 8: [\d,]+ parameters \| data builtin:shapes: 8 images/);
+    assert.match(
+      ok.stdout,
+      /backend wasm \| conditional U-Net width 8: [\d,]+ parameters \| data builtin:shapes: 8 images/,
+    );
     const missing = await cli("--data", join(dir, "nope"), "--out", dir);
     assert.equal(missing.code, 1);
     assert.equal(missing.stderr.trim().split("\n").length, 1, missing.stderr);

@@ -1,0 +1,268 @@
+/**
+ * Reliability: no leaks, nothing lost, every bad input named. The cases covered here:
+ *
+ *  memory      numTensors and bytes flat over 200 training steps plus sampling; 1000 sampling steps leak nothing
+ *  crash       SIGKILL while a checkpoint is written (files half written, between the renames, at random):
+ *              --resume always starts from a readable checkpoint
+ *  resume      N steps straight = N/2 + --resume + N/2, bit for bit (cpu backend, same seed)
+ *  Ctrl-C      the current step finishes, a checkpoint is saved, exit 0
+ *  NaN         a non-finite loss stops the run naming the step; the last good checkpoint stays
+ *  disk full   a failed checkpoint write (ENOSPC from /dev/full) stops with one line; the previous one stays
+ *  bad input   one line naming the file or flag, no stack trace: missing folder, empty folder, no images,
+ *              corrupt JPEG/PNG and zero-byte files (skipped with a warning, counted), an image smaller than
+ *              the crop, a huge image, an unsupported format, a checkpoint from another width / image size /
+ *              class count, a checkpoint folder missing files, an unknown flag, non-numeric and out-of-range
+ *              values, an image size not divisible by 8, --labels outside the classes, an unwritable output
+ *              folder, --resume of a run that does not exist
+ */
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { Image } from "imagescript";
+import { setBackend, setSeed } from "../backend.ts";
+import { loadWeights } from "../checkpoint.ts";
+import { Diffusion } from "../diffusion.ts";
+import { UNet } from "../modules.ts";
+import { AdamW, type Config, DEFAULTS, readState, train, trainStep } from "../train.ts";
+
+const quiet = () => {};
+const tiny = (out: string, over: Partial<Config> = {}): Config => ({
+  ...DEFAULTS,
+  out,
+  name: "run",
+  backend: "wasm",
+  imageSize: 8,
+  width: 4,
+  batchSize: 4,
+  count: 8,
+  epochs: 2,
+  noiseSteps: 10,
+  sampleEvery: 1000,
+  nSamples: 2,
+  ...over,
+});
+const tmp = () => Deno.makeTempDir({ prefix: "ddpm_rel_" });
+
+/** Runs a CLI script; returns the exit code and output. */
+async function cli(script: string, ...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", script, ...args], stdin: "null" }).output();
+  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+}
+
+/** The answer to a bad input: the exit code, and one line on stderr that names `what`, no stack trace. */
+function assertOneLine(r: { code: number; stderr: string }, code: number, what: string | RegExp) {
+  assert.equal(r.code, code, r.stderr);
+  const lines = r.stderr.trim().split("\n");
+  assert.equal(lines.length, 1, r.stderr);
+  assert.ok(lines[0].startsWith("error: "), lines[0]);
+  if (typeof what === "string") assert.ok(lines[0].includes(what), `${lines[0]} should name ${what}`);
+  else assert.match(lines[0], what);
+}
+
+Deno.test("memory: numTensors and bytes are flat over 200 steps and sampling; 1000 sampling steps leak nothing", async () => {
+  await setBackend("wasm");
+  setSeed(0);
+  const model = new UNet({ width: 4 });
+  const opt = new AdamW(model);
+  const diffusion = new Diffusion({ imgSize: 8 });
+  const x0 = tf.randomUniform([2, 8, 8, 3], -1, 1) as tf.Tensor4D;
+  const counts: [number, number][] = [];
+  for (let step = 1; step <= 200; step++) {
+    trainStep(model, diffusion, opt, x0).dispose();
+    if (step % 50 === 0) counts.push([tf.memory().numTensors, tf.memory().numBytes]);
+  }
+  assert.ok(counts.every(([n, b]) => n === counts[0][0] && b === counts[0][1]), JSON.stringify(counts));
+  const pixels = await diffusion.sample(model, 2, { cfgScale: 0 }); // T = 1000 steps
+  assert.equal(pixels.length, 2 * 8 * 8 * 3);
+  assert.deepEqual([tf.memory().numTensors, tf.memory().numBytes], counts[0]);
+  for (const d of [model, opt, diffusion, x0]) d.dispose();
+});
+
+Deno.test("exact resume: N steps straight equal N/2 + resume + N/2, bit for bit (cpu backend)", async () => {
+  const dir = await tmp();
+  const config = tiny(dir, { backend: "cpu", emaBeta: 0.9, emaStart: 2, labelDrop: 0.1, epochs: 3 }); // 6 steps
+  await train({ ...config, name: "straight" }, { log: quiet });
+  await train({ ...config, name: "split", maxSteps: 3 }, { log: quiet }); // stops in the middle of epoch 2
+  const lines: string[] = [];
+  await train({ ...config, name: "split" }, { resume: true, given: ["maxSteps"], log: (l) => lines.push(l) });
+  assert.ok(lines.some((l) => l.includes("resuming") && l.includes("step 3")));
+  for (const f of ["model.bin", "ema.bin", "adam_m.bin", "adam_v.bin"]) {
+    const [a, b] = ["straight", "split"].map((n) => Deno.readFileSync(join(dir, n, "checkpoint", f)));
+    assert.deepEqual(a, b, `${f} differs`);
+  }
+  assert.equal((await readState(join(dir, "split"))).step, 6);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("crash: SIGKILL during checkpoint writes never leaves a run that cannot resume", async () => {
+  const dir = await tmp(), run = join(dir, "k");
+  // one step per epoch, so a checkpoint is written after every step
+  const args = ["--image-size", "8", "--width", "4", "--count", "4", "--batch-size", "4", "--epochs", "100000"];
+  const start = (resume: boolean) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "train.ts", ...(resume ? ["--resume", run] : [...args, "--out", dir, "--name", "k"])]
+        .concat(["--backend", "wasm", "--sample-every", "100000"]),
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+  const moments: [string, () => boolean][] = [
+    ["model.bin half written", () => existsSync(join(run, "checkpoint.tmp", "model.bin"))],
+    ["state.json being written", () => existsSync(join(run, "checkpoint.tmp", "state.json"))],
+    ["between the renames", () => existsSync(join(run, "checkpoint.old"))],
+    ["after the renames", () => existsSync(join(run, "checkpoint")) && !existsSync(join(run, "checkpoint.tmp"))],
+  ];
+  let lastStep = 0;
+  for (const [i, [moment, when]] of moments.entries()) {
+    const child = start(i > 0);
+    const deadline = Date.now() + 60_000;
+    const ready = () => existsSync(join(run, "checkpoint", "state.json")); // one whole checkpoint first
+    while (!(ready() && when()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 0));
+    assert.ok(ready() && when(), `never saw: ${moment}`);
+    child.kill("SIGKILL");
+    await child.status;
+    const state = await readState(run, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]);
+    for (const f of ["model.bin", "adam_m.bin", "adam_v.bin"]) assert.ok(loadWeights(join(state.dir!, f)).size > 0);
+    assert.ok(state.step >= lastStep, `${moment}: step went back from ${lastStep} to ${state.step}`);
+    lastStep = state.step;
+  }
+  const resumed = await cli("train.ts", "--resume", run, "--max-steps", String(lastStep + 1), "--backend", "wasm");
+  assert.equal(resumed.code, 0, resumed.stderr);
+  assert.match(resumed.stdout, new RegExp(`resuming .* at step ${lastStep}`));
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("Ctrl-C: the step finishes, a checkpoint is saved, exit 0", async () => {
+  const dir = await tmp();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "train.ts", "--image-size", "8", "--width", "4", "--count", "8", "--batch-size", "4"]
+      .concat(["--epochs", "100000", "--sample-every", "100000", "--out", dir, "--name", "c", "--backend", "wasm"]),
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  while (!existsSync(join(dir, "c", "loss.jsonl")) || !Deno.readTextFileSync(join(dir, "c", "loss.jsonl"))) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill("SIGINT");
+  const out = await child.output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const stopped = Number(stdout.match(/stopped at step (\d+)/)?.[1]);
+  assert.ok(stopped >= 1, stdout);
+  assert.equal((await readState(join(dir, "c"))).step, stopped);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("NaN: a non-finite loss stops the run naming the step; the last good checkpoint stays", async () => {
+  const dir = await tmp();
+  // one step per epoch (a checkpoint each); lr 1e30 blows the weights up after the first step
+  const config = tiny(dir, { count: 4, epochs: 100, lr: 1e30 });
+  await assert.rejects(() => train(config, { log: quiet }), (e: Error) => {
+    const step = Number(e.message.match(/at step (\d+)/)?.[1]);
+    assert.ok(step >= 2, e.message);
+    assert.match(e.message, /loss is (NaN|Infinity|-Infinity) at step/);
+    return true;
+  });
+  const state = await readState(join(dir, "run"));
+  const lossRows = Deno.readTextFileSync(join(dir, "run", "loss.jsonl")).trim().split("\n");
+  assert.equal(state.step, lossRows.length); // the checkpoint is that of the last finite step
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("disk full: a failed checkpoint write stops with one message; the previous checkpoint stays", async () => {
+  const dir = await tmp();
+  const config = tiny(dir, { count: 4, epochs: 2 });
+  await train({ ...config, epochs: 1 }, { log: quiet });
+  const before = Deno.readFileSync(join(dir, "run", "checkpoint", "model.bin"));
+  const open = Deno.open;
+  // every write into the new checkpoint goes to /dev/full, which answers ENOSPC like a full disk
+  Object.assign(Deno, {
+    open: (path: string | URL, opts?: Deno.OpenOptions) =>
+      open(String(path).includes("checkpoint.tmp") ? "/dev/full" : path, opts),
+  });
+  try {
+    await assert.rejects(
+      () => train(config, { resume: true, given: ["epochs"], log: quiet }),
+      /No space left|os error 28/,
+    );
+  } finally {
+    Object.assign(Deno, { open });
+  }
+  assert.deepEqual(Deno.readFileSync(join(dir, "run", "checkpoint", "model.bin")), before);
+  assert.ok(!existsSync(join(dir, "run", "checkpoint.tmp")));
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("bad image files: corrupt, zero-byte, tiny, huge and unsupported ones", async () => {
+  const dir = await tmp(), data = join(dir, "img");
+  await Deno.mkdir(data);
+  const noise = new Image(32, 32); // (a flat image survives truncation: its data fits in the first bytes)
+  noise.bitmap.forEach((_, i) => noise.bitmap[i] = (i * 7919) % 251);
+  const png = await noise.encode(), jpeg = await noise.encodeJPEG(90);
+  for (let i = 0; i < 3; i++) await Deno.writeFile(join(data, `ok${i}.png`), png);
+  await Deno.writeFile(join(data, "truncated.jpg"), jpeg.subarray(0, jpeg.length >> 1));
+  await Deno.writeFile(join(data, "truncated.png"), png.subarray(0, png.length >> 1));
+  await Deno.writeFile(join(data, "empty.png"), new Uint8Array());
+  await Deno.writeFile(join(data, "tiny.png"), await new Image(3, 2).fill(0xffffffff).encode()); // smaller than the crop
+  await Deno.writeFile(join(data, "huge.png"), await new Image(4000, 3000).fill(0x102030ff).encode());
+  await Deno.writeFile(join(data, "anim.gif"), new Uint8Array([0x47, 0x49, 0x46]));
+  const lines: string[] = [];
+  const { step } = await train(tiny(dir, { data, count: 0, epochs: 1 }), { log: (l) => lines.push(l) });
+  assert.equal(step, 2); // 5 readable images, batch 4
+  for (const f of ["truncated.jpg", "truncated.png", "empty.png", "anim.gif"]) {
+    assert.ok(lines.some((l) => l.includes(f) && !l.includes("\n")), `no warning names ${f}`);
+  }
+  assert.ok(lines.some((l) => l.includes("5 images (3 skipped)")), lines.join("\n"));
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("bad input: folders, flags, checkpoints and outputs each get one line and an exit code", async () => {
+  const dir = await tmp();
+  const base = ["--image-size", "8", "--width", "4", "--count", "8", "--batch-size", "4", "--backend", "wasm"];
+  // a conditional run to break things against
+  await train(tiny(dir, { name: "shapes", data: "builtin:shapes", conditional: true, count: 20, epochs: 1 }), {
+    log: quiet,
+  });
+  const shapes = join(dir, "shapes");
+  await Deno.mkdir(join(dir, "empty"));
+  await Deno.mkdir(join(dir, "notes"));
+  await Deno.writeTextFile(join(dir, "notes", "readme.txt"), "no images here");
+  await Deno.writeTextFile(join(dir, "file"), "a file, not a folder");
+  const cases: [string[], number, string | RegExp][] = [
+    [["--data", join(dir, "missing")], 1, join(dir, "missing")],
+    [["--data", join(dir, "empty")], 1, join(dir, "empty")],
+    [["--data", join(dir, "notes")], 1, join(dir, "notes")],
+    [["--bogus"], 2, "--bogus"],
+    [["--epochs", "many"], 2, "--epochs many"],
+    [["--batch-size", "0"], 2, "--batch-size 0"],
+    [["--image-size", "36"], 2, "--image-size 36"],
+    [["--out", join(dir, "file", "runs")], 1, join(dir, "file")],
+    [["--resume", join(dir, "nothing")], 1, join(dir, "nothing")],
+    [["--resume", shapes, "--width", "8"], 2, "--width 8"], // another width
+    [["--resume", shapes, "--image-size", "16"], 2, "--image-size 16"], // another image size
+  ];
+  for (const [args, code, what] of cases) assertOneLine(await cli("train.ts", ...base, ...args), code, what);
+
+  // sampling: labels outside the classes, and checkpoints of another width or class count
+  assertOneLine(await cli("sample.ts", "--run", shapes, "--labels", "3,12"), 2, "--labels 12");
+  assertOneLine(await cli("sample.ts", "--run", shapes, "--n", "x"), 2, "--n x");
+  await train(tiny(dir, { name: "wide", width: 8, data: "builtin:shapes", conditional: true, epochs: 1 }), {
+    log: quiet,
+  });
+  const two = join(dir, "two"); // a folder of 2 classes
+  for (const c of ["a", "b"]) {
+    await Deno.mkdir(join(two, c), { recursive: true });
+    for (let i = 0; i < 2; i++) {
+      await Deno.writeFile(join(two, c, `${i}.png`), await new Image(8, 8).fill(0xff).encode());
+    }
+  }
+  await train(tiny(dir, { name: "tworun", data: two, conditional: true, epochs: 1, count: 0 }), { log: quiet });
+  const ckpt = join(shapes, "checkpoint", "model.bin");
+  Deno.copyFileSync(join(dir, "wide", "checkpoint", "model.bin"), ckpt); // another width
+  assertOneLine(await cli("sample.ts", "--run", shapes), 1, /model\.bin: .* has shape/);
+  Deno.copyFileSync(join(dir, "tworun", "checkpoint", "model.bin"), ckpt); // another class count
+  assertOneLine(await cli("sample.ts", "--run", shapes), 1, /label_emb\.weight has shape \[2,256\]/);
+  Deno.removeSync(join(shapes, "checkpoint", "model.bin"));
+  assertOneLine(await cli("sample.ts", "--run", shapes), 1, /no complete checkpoint.*model\.bin/);
+  await Deno.remove(dir, { recursive: true });
+});
