@@ -1,0 +1,9 @@
+// The public API: `import { Diffusion, UNet, train } from "./mod.ts"`.
+export { type BackendName, setBackend, setSeed } from "./backend.ts";
+export { Diffusion, type DiffusionOptions, type NoiseModel, type SampleOptions } from "./diffusion.ts";
+export { DoubleConv, Down, Module, SelfAttention, UNet, UNetConditional, type UNetOptions, Up } from "./modules.ts";
+export { EMA } from "./ema.ts";
+export { AdamW, type Config, DEFAULTS, PRESETS, train, trainStep } from "./train.ts";
+export { loadRun } from "./sample.ts";
+export { type Dataset, loadDataset, saveGrid, savePlot } from "./utils.ts";
+export { loadWeights, saveCheckpoint, saveWeights } from "./checkpoint.ts";
