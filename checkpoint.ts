@@ -2,6 +2,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import type { Config } from "./cli.ts";
 
 /** One file of named float32 tensors: [header length u32][JSON {name: [shape, offset]}][data]. */
 export async function saveWeights(path: string, weights: Map<string, tf.Tensor>) {
@@ -98,4 +99,27 @@ export function findCheckpoint(runDir: string, required: string[]): string {
   throw new CheckpointError(
     `${runDir} has no complete checkpoint (needs ${required.join(", ")} in ${runDir}/checkpoint)`,
   );
+}
+
+/** What a run keeps between sessions, beside the weights. */
+export interface RunState {
+  config: Config;
+  step: number;
+  epoch: number;
+  stepInEpoch: number;
+  seedState: number;
+  emaStep: number;
+  adamStep: number;
+  classes: string[];
+  dir?: string; // where it was read from
+}
+
+/** The saved state of a run's newest checkpoint that has the `required` files, and that folder (`dir`). */
+export async function readState(runDir: string, required = ["state.json", "model.bin"]): Promise<RunState> {
+  const dir = findCheckpoint(runDir, required), path = join(dir, "state.json");
+  try {
+    return { ...JSON.parse(await Deno.readTextFile(path)), dir };
+  } catch (e) {
+    throw new CheckpointError(`${path} is not readable (${(e as Error).message})`);
+  }
 }

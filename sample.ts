@@ -2,10 +2,10 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, CheckpointError } from "./checkpoint.ts";
+import { assignWeights, CheckpointError, readState } from "./checkpoint.ts";
 import { Diffusion } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
-import { readState, runCli, UsageError } from "./train.ts";
+import { runCli, UsageError } from "./cli.ts";
 import { saveGrid } from "./utils.ts";
 
 /** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */

@@ -1,13 +1,14 @@
-// Training (DDPM Algorithm 1) and the command line.
+// Training: AdamW, DDPM's Algorithm 1, and the training run (`deno task train:landscape`, `train:cifar`, `demo`).
 import * as tf from "@tensorflow/tfjs";
-import { basename, dirname, join } from "node:path";
-import { parseArgs } from "node:util";
-import { type BackendName, BACKENDS, getSeedState, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, CheckpointError, findCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { join } from "node:path";
+import { getSeedState, setBackend, setSeed } from "./backend.ts";
+import { assignWeights, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
+import { type Config, flagOf, HELP, parseConfig, runCli, TrainingError, UsageError } from "./cli.ts";
 import { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
 import { type Module, UNet } from "./modules.ts";
-import { DataError, loadDataset, mulberry32, saveGrid, savePlot } from "./utils.ts";
+import { Progress, readLossRows, sampleGrids, writeReport } from "./report.ts";
+import { loadDataset, mulberry32 } from "./utils.ts";
 
 /** AdamW (Loshchilov & Hutter 2019), PyTorch's defaults: decoupled weight decay, then the Adam step. */
 export class AdamW {
@@ -71,84 +72,6 @@ export function trainStep(
 }
 
 // ------------------------------------------------------------------ a training run
-
-export interface Config {
-  data: string; // "builtin:landscapes", "builtin:shapes", "cifar10" or a folder
-  out: string; // runs folder; the run is out/name
-  name: string;
-  epochs: number;
-  maxSteps: number; // stop after this many steps in all (0 = no limit)
-  batchSize: number;
-  imageSize: number;
-  width: number;
-  lr: number;
-  noiseSteps: number;
-  backend: BackendName;
-  seed: number;
-  sampleEvery: number; // epochs between sample grids
-  nSamples: number;
-  cfgScale: number;
-  conditional: boolean;
-  labelDrop: number; // share of steps trained without labels (for CFG)
-  emaBeta: number; // 0 = no EMA model
-  emaStart: number;
-  count: number; // images to load (0 = all)
-  cacheDir?: string;
-}
-
-export const PRESETS: Record<string, Partial<Config>> = {
-  // the tutorial's unconditional run (ddpm.py), on landscapes at 64 px
-  landscape: { data: "builtin:landscapes", name: "landscape", imageSize: 64, batchSize: 12, epochs: 500, width: 64 },
-  // the tutorial's conditional run (ddpm_conditional.py): CIFAR-10 at 64 px with CFG and EMA
-  cifar: {
-    data: "cifar10",
-    name: "cifar",
-    imageSize: 64,
-    batchSize: 14,
-    epochs: 300,
-    width: 64,
-    conditional: true,
-    emaBeta: 0.995,
-  },
-  // a few minutes on a laptop CPU
-  demo: { data: "builtin:landscapes", name: "demo", imageSize: 16, batchSize: 32, epochs: 12, width: 16, count: 2000 },
-};
-
-export const DEFAULTS: Config = {
-  data: "builtin:landscapes",
-  out: "runs",
-  name: "run",
-  epochs: 500,
-  maxSteps: 0,
-  batchSize: 12,
-  imageSize: 64,
-  width: 64,
-  lr: 3e-4,
-  noiseSteps: 1000,
-  backend: "auto",
-  seed: 0,
-  sampleEvery: 10,
-  nSamples: 16,
-  cfgScale: 3,
-  conditional: false,
-  labelDrop: 0.1,
-  emaBeta: 0,
-  emaStart: 2000,
-  count: 0,
-};
-
-/** What a run keeps between sessions, beside the weights. */
-export interface RunState {
-  config: Config;
-  step: number;
-  epoch: number;
-  stepInEpoch: number;
-  seedState: number;
-  emaStep: number;
-  adamStep: number;
-  classes: string[];
-  dir?: string; // where it was read from
-}
 
 /** A Ctrl-C asks the loop to stop after the current step; a second one exits at once. */
 export const stopSignal = { requested: false };
@@ -269,7 +192,17 @@ export async function train(config: Config, { resume = false, given = [], log = 
       const last = step >= totalSteps || epoch >= config.epochs;
       if ((stepInEpoch === 0 && epoch % config.sampleEvery === 0) || last) {
         const label = stepInEpoch ? `step_${String(step).padStart(7, "0")}` : `epoch_${String(epoch).padStart(4, "0")}`;
-        await sampleGrids(config, diffusion, model, emaModel, data.classes, runDir, label, log);
+        await sampleGrids(
+          config,
+          diffusion,
+          model,
+          emaModel,
+          data.classes,
+          runDir,
+          label,
+          log,
+          () => stopSignal.requested,
+        );
         await writeReport(runDir);
       }
     }
@@ -286,8 +219,6 @@ export async function train(config: Config, { resume = false, given = [], log = 
   return { runDir, step, losses };
 }
 
-export class TrainingError extends Error {}
-
 const CHANGEABLE: (keyof Config)[] = [
   "epochs",
   "maxSteps",
@@ -297,8 +228,6 @@ const CHANGEABLE: (keyof Config)[] = [
   "cfgScale",
   "cacheDir",
 ];
-export const flagOf = (key: string) => "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
-
 /** On resume the saved config holds: a few settings may change, the others must not be given otherwise. */
 function changedOnResume(config: Config, saved: Config, given: (keyof Config)[]): Partial<Config> {
   for (const k of given) {
@@ -310,249 +239,11 @@ function changedOnResume(config: Config, saved: Config, given: (keyof Config)[])
   return { ...Object.fromEntries(changed), out: config.out, name: config.name };
 }
 
-async function readLossRows(runDir: string): Promise<{ step: number; epoch: number; loss: number }[]> {
-  const text = await Deno.readTextFile(join(runDir, "loss.jsonl")).catch(() => "");
-  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
-}
-
 /** The losses of steps 1..step from loss.jsonl (later lines, written after the checkpoint, are dropped). */
 async function readLosses(runDir: string, step: number): Promise<number[]> {
   const rows = (await readLossRows(runDir)).filter((r) => r.step <= step);
   await Deno.writeTextFile(join(runDir, "loss.jsonl"), rows.map((r) => JSON.stringify(r) + "\n").join(""));
   return rows.map((r) => r.loss);
-}
-
-/** Sample grids of the model (and of the EMA model): one row per class for a conditional model. */
-async function sampleGrids(
-  config: Config,
-  diffusion: Diffusion,
-  model: UNet,
-  emaModel: UNet | null,
-  classes: string[],
-  runDir: string,
-  label: string,
-  log: (l: string) => void,
-) {
-  const k = model.numClasses, n = config.nSamples;
-  const cols = k ? Math.max(1, Math.round(n / k)) : Math.ceil(Math.sqrt(n));
-  const labels = k ? Array.from({ length: cols * k }, (_, i) => Math.floor(i / cols)) : null;
-  const count = labels?.length ?? n;
-  const trainingSeeds = getSeedState(); // sample grids draw from their own seed: comparable across epochs
-  for (const [m, suffix] of [[model, ""], [emaModel, "_ema"]] as const) {
-    if (!m) continue;
-    setSeed(config.seed + 1);
-    const t0 = performance.now();
-    const pixels = await diffusion.sample(m, count, {
-      labels,
-      cfgScale: config.cfgScale,
-      onStep: (i) => {
-        if (stopSignal.requested) throw new TrainingError("sampling interrupted");
-        if (Deno.stdout.isTerminal() && i % 10 === 0) {
-          Deno.stdout.writeSync(new TextEncoder().encode(`\rsampling${suffix}: ${i} steps left\x1b[K`));
-        }
-      },
-    }).catch((e) => {
-      if (e instanceof TrainingError) return null;
-      throw e;
-    });
-    setSeed(trainingSeeds);
-    if (!pixels) return;
-    if (Deno.stdout.isTerminal()) Deno.stdout.writeSync(new TextEncoder().encode("\r\x1b[K"));
-    const path = join(runDir, "samples", `${label}${suffix}.png`);
-    await saveGrid(path, pixels, count, config.imageSize, cols);
-    log(
-      `samples${k ? ` (rows: ${classes.join(", ")})` : ""} -> ${path} (${
-        ((performance.now() - t0) / 1000).toFixed(0)
-      } s)`,
-    );
-  }
-}
-
-/** loss.png and index.html: the samples, the loss curve and the scores (eval.json) on one page. */
-export async function writeReport(runDir: string) {
-  const losses = (await readLossRows(runDir)).map((r) => r.loss);
-  const { config } = await readState(runDir);
-  if (losses.length) await savePlot(join(runDir, "loss.png"), losses, { title: "training loss (MSE)", xlabel: "step" });
-  const grids = [...Deno.readDirSync(join(runDir, "samples"))].map((e) => e.name).filter((f) => f.endsWith(".png"))
-    .sort().reverse();
-  const scores = await Deno.readTextFile(join(runDir, "eval.json")).catch(() => null);
-  const esc = (s: string) => s.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
-  const html = `<!doctype html><meta charset="utf-8"><title>${esc(config.name)}</title>
-<style>body{font:14px system-ui;margin:2em}img{image-rendering:pixelated;margin:4px;border:1px solid #ccc}
-figure{display:inline-block;margin:8px}</style>
-<h1>${esc(config.name)}</h1><p>${esc(JSON.stringify(config))}</p>
-<h2>Loss (${losses.length} steps, last ${losses.at(-1)?.toFixed(4) ?? "-"})</h2><img src="loss.png">
-${scores ? `<h2>Scores (deno task eval)</h2><pre>${esc(scores)}</pre>` : ""}
-<h2>Samples</h2>${
-    grids.map((g) =>
-      `<figure><img src="samples/${g}" width="${Math.min(512, 8 * config.imageSize)}">
-<figcaption>${esc(g)}</figcaption></figure>`
-    ).join("\n")
-  }`;
-  await Deno.writeTextFile(join(runDir, "index.html"), html);
-}
-
-/** The saved state of a run's newest checkpoint that has the `required` files, and that folder (`dir`). */
-export async function readState(runDir: string, required = ["state.json", "model.bin"]): Promise<RunState> {
-  const dir = findCheckpoint(runDir, required), path = join(dir, "state.json");
-  try {
-    return { ...JSON.parse(await Deno.readTextFile(path)), dir };
-  } catch (e) {
-    throw new CheckpointError(`${path} is not readable (${(e as Error).message})`);
-  }
-}
-
-/** One progress line: step, loss (smoothed), images/s and ETA; redrawn on a terminal, every 5 s otherwise. */
-class Progress {
-  private t0 = performance.now();
-  private last = 0;
-  private steps = 0;
-  private smooth = NaN;
-  private tty = Deno.stdout.isTerminal();
-  constructor(readonly total: number, readonly batch: number, readonly log: (l: string) => void) {}
-  update(step: number, epoch: number, epochs: number, loss: number) {
-    this.steps++;
-    this.smooth = Number.isNaN(this.smooth) ? loss : 0.98 * this.smooth + 0.02 * loss;
-    const now = performance.now();
-    if (now - this.last < (this.tty ? 200 : 5000) && step < this.total) return;
-    this.last = now;
-    const perStep = (now - this.t0) / 1000 / this.steps;
-    const line = `epoch ${epoch}/${epochs} step ${step}/${this.total} loss ${this.smooth.toFixed(4)} ` +
-      `${(this.batch / perStep).toFixed(1)} img/s ETA ${duration(perStep * (this.total - step))}`;
-    if (this.tty) Deno.stdout.writeSync(new TextEncoder().encode(`\r${line}\x1b[K`));
-    else this.log(line);
-  }
-  done() {
-    if (this.tty && this.steps) Deno.stdout.writeSync(new TextEncoder().encode("\n"));
-  }
-}
-
-const duration = (s: number) =>
-  s >= 3600
-    ? `${Math.floor(s / 3600)}h${String(Math.floor(s / 60) % 60).padStart(2, "0")}m`
-    : s >= 60
-    ? `${Math.floor(s / 60)}m${String(Math.floor(s % 60)).padStart(2, "0")}s`
-    : `${Math.round(s)}s`;
-
-// ------------------------------------------------------------------ the command line
-
-const HELP = `Train a DDPM (the "DDPM from scratch" tutorial) on Deno.
-
-  deno task train:landscape [--data DIR]   unconditional, 64 px (tutorial defaults)
-  deno task train:cifar [--data DIR]       conditional CIFAR-10, 64 px, CFG + EMA
-  deno task demo                           a few minutes on a CPU, built-in landscapes
-
-Options (defaults from --preset, then these):
-  --preset NAME        landscape | cifar | demo
-  --data SPEC          builtin:landscapes | builtin:shapes | cifar10 | a folder of images
-  --out DIR            runs folder (default runs)      --name NAME   run name (default: the preset's)
-  --epochs N           --max-steps N (0 = no limit)    --batch-size N
-  --image-size N       (divisible by 8)                --width N     U-Net base width (64)
-  --lr X               AdamW learning rate (3e-4)      --noise-steps N (1000)
-  --backend NAME       auto | tensorflow | webgpu | wasm | cpu
-  --seed N             makes a run repeatable on the same backend
-  --sample-every N     epochs between sample grids     --n-samples N   --cfg-scale X
-  --conditional        train with labels (class sub-folders)  --label-drop X (0.1)
-  --ema-beta X         0 = no EMA model                --ema-start N  (steps of EMA warm-up)
-  --count N            load at most N images           --cache-dir DIR (CIFAR-10 files)
-  --resume RUN         continue a run folder from its last checkpoint
-  --help`;
-
-export class UsageError extends Error {}
-
-const NUMBERS: [keyof Config, string, number, number, boolean][] = [
-  // key, flag, min, max, integer
-  ["epochs", "epochs", 1, 1e9, true],
-  ["maxSteps", "max-steps", 0, 1e12, true],
-  ["batchSize", "batch-size", 1, 4096, true],
-  ["imageSize", "image-size", 8, 4096, true],
-  ["width", "width", 4, 4096, true],
-  ["lr", "lr", 0, 10, false],
-  ["noiseSteps", "noise-steps", 1, 100000, true],
-  ["seed", "seed", 0, 2 ** 31 - 1, true],
-  ["sampleEvery", "sample-every", 1, 1e9, true],
-  ["nSamples", "n-samples", 1, 1024, true],
-  ["cfgScale", "cfg-scale", 0, 100, false],
-  ["emaBeta", "ema-beta", 0, 0.999999, false],
-  ["emaStart", "ema-start", 0, 1e12, true],
-  ["labelDrop", "label-drop", 0, 1, false],
-  ["count", "count", 0, 1e9, true],
-];
-
-/** Flags to a Config; any bad value is a UsageError naming the flag. */
-export function parseConfig(
-  args: string[],
-): { config: Config; resume: boolean; help: boolean; given: (keyof Config)[] } {
-  const options = Object.fromEntries([
-    ...NUMBERS.map(([, flag]) => [flag, { type: "string" }]),
-    ...["preset", "data", "out", "name", "backend", "resume", "cache-dir"].map((f) => [f, { type: "string" }]),
-    ["conditional", { type: "boolean" }],
-    ["help", { type: "boolean", short: "h" }],
-  ]) as Record<string, { type: "string" | "boolean" }>;
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({ args, options, strict: true, allowPositionals: false }).values;
-  } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0] + " (see --help)");
-  }
-  const preset = values.preset as string | undefined;
-  if (preset && !PRESETS[preset]) {
-    throw new UsageError(`--preset ${preset}: use one of ${Object.keys(PRESETS).join(", ")}`);
-  }
-  const config: Config = { ...DEFAULTS, ...(preset ? PRESETS[preset] : {}) };
-  for (const [key, flag, min, max, integer] of NUMBERS) {
-    if (values[flag] === undefined) continue;
-    const v = Number(values[flag]);
-    if (!Number.isFinite(v) || (integer && !Number.isInteger(v)) || v < min || v > max) {
-      throw new UsageError(
-        `--${flag} ${values[flag]}: expected ${integer ? "an integer" : "a number"} in [${min}, ${max}]`,
-      );
-    }
-    (config as unknown as Record<string, number>)[key] = v;
-  }
-  for (const [key, flag] of [["data", "data"], ["out", "out"], ["name", "name"], ["cacheDir", "cache-dir"]] as const) {
-    if (values[flag] !== undefined) config[key] = values[flag] as string;
-  }
-  if (values.conditional) config.conditional = true;
-  if (values.backend !== undefined) {
-    if (!BACKENDS.includes(values.backend as BackendName)) {
-      throw new UsageError(`--backend ${values.backend}: use one of ${BACKENDS.join(", ")}`);
-    }
-    config.backend = values.backend as BackendName;
-  }
-  if (config.imageSize % 8) {
-    throw new UsageError(`--image-size ${config.imageSize}: must be divisible by 8 (the U-Net halves it 3 times)`);
-  }
-  if (config.width % 4) throw new UsageError(`--width ${config.width}: must be divisible by 4 (4 attention heads)`);
-  const resume = values.resume as string | undefined;
-  if (resume) {
-    const dir = resume.includes("/") ? resume : join(config.out, resume);
-    [config.out, config.name] = [dirname(dir), basename(dir)];
-  }
-  const keys: (keyof Config)[] = [...NUMBERS.map(([key]) => key), "data", "cacheDir", "conditional", "backend"];
-  const given = keys.filter((k) => values[flagOf(k).slice(2)] !== undefined);
-  return { config, resume: !!resume, help: !!values.help, given };
-}
-
-/** Runs `main` and turns the errors a user can fix into one line and an exit code (2: usage, 1: input). */
-export async function runCli(main: () => Promise<void>) {
-  try {
-    await main();
-  } catch (e) {
-    if (e instanceof UsageError) {
-      console.error(`error: ${e.message}`);
-      Deno.exit(2);
-    }
-    if (e instanceof DataError || e instanceof CheckpointError || e instanceof TrainingError) {
-      console.error(`error: ${e.message}`);
-      Deno.exit(1);
-    }
-    if (Object.values(Deno.errors).some((E) => e instanceof E)) { // file system: the message names the path
-      console.error(`error: ${(e as Error).message}`);
-      Deno.exit(1);
-    }
-    throw e;
-  }
 }
 
 if (import.meta.main) {

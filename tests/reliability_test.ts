@@ -21,10 +21,11 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Image } from "imagescript";
 import { setBackend, setSeed } from "../backend.ts";
-import { loadWeights } from "../checkpoint.ts";
+import { loadWeights, readState } from "../checkpoint.ts";
 import { Diffusion } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
-import { AdamW, type Config, DEFAULTS, readState, train, trainStep } from "../train.ts";
+import { type Config, DEFAULTS } from "../cli.ts";
+import { AdamW, train, trainStep } from "../train.ts";
 
 const quiet = () => {};
 const tiny = (out: string, over: Partial<Config> = {}): Config => ({

@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Image } from "imagescript";
-import { type Config, DEFAULTS, parseConfig, train } from "../train.ts";
+import { type Config, DEFAULTS, parseConfig } from "../cli.ts";
+import { train } from "../train.ts";
 
 const quiet = () => {};
 const tiny = (out: string, over: Partial<Config> = {}): Config => ({
