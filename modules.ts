@@ -34,6 +34,9 @@ export class Module {
 const uniform = (shape: number[], fanIn: number) =>
   tf.randomUniform(shape, -1 / Math.sqrt(fanIn), 1 / Math.sqrt(fanIn), "float32", nextSeed());
 
+/** tf.customGrad for a function of tensors (`save` last). tfjs calls the gradient outside any tidy. */
+const customGrad = <F>(f: (...args: never[]) => unknown) => tf.customGrad(f as never) as unknown as F;
+
 export class Linear extends Module {
   w: tf.Variable;
   b: tf.Variable;
@@ -48,6 +51,33 @@ export class Linear extends Module {
   }
 }
 
+/**
+ * (x - mean)/sqrt(var + 1e-5)·g + b over the last `axes`, with its gradient written out: the backward pass
+ * keeps only x and recomputes the rest, where autodiff would keep four tensors the size of x.
+ */
+const normalize = (axes: number[]) =>
+  customGrad<(x: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => tf.Tensor>(
+    (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+      const standardize = (x: tf.Tensor) => {
+        const { mean, variance } = tf.moments(x, axes, true);
+        const r = tf.rsqrt(variance.add(1e-5));
+        return [x.sub(mean).mul(r), r];
+      };
+      save([x, g]);
+      const value = tf.tidy(() => standardize(x)[0].mul(g).add(b));
+      const gradFunc = (dy: tf.Tensor, [x, g]: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [xhat, r] = standardize(x);
+          const dxhat = dy.mul(g);
+          const mean = (t: tf.Tensor) => t.mean(axes, true);
+          const dx = dxhat.sub(mean(dxhat)).sub(xhat.mul(mean(dxhat.mul(xhat)))).mul(r);
+          const channelSums = (t: tf.Tensor) => t.reshape([-1, t.shape.at(-1)!]).sum(0);
+          return [dx, channelSums(dy.mul(xhat)), channelSums(dy)];
+        });
+      return { value, gradFunc };
+    },
+  );
+
 /** Normalization over the last `axes` with a per-channel affine: GroupNorm(1, c) and LayerNorm(c). */
 export class Norm extends Module {
   g: tf.Variable;
@@ -58,15 +88,21 @@ export class Norm extends Module {
     this.b = this.param("bias", tf.zeros([c]));
   }
   forward<X extends tf.Tensor>(x: X): X {
-    const { mean, variance } = tf.moments(x, this.axes, true);
-    return x.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).mul(this.g).add(this.b);
+    return normalize(this.axes)(x, this.g, this.b) as X;
   }
 }
 const groupNorm1 = (c: number) => new Norm(c, [1, 2, 3]); // GroupNorm(1, c) on NHWC
 const layerNorm = (c: number) => new Norm(c, [-1]);
 
-/** Exact GELU: x·Φ(x). */
-export const gelu = <X extends tf.Tensor>(x: X): X => x.mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)).mul(0.5);
+/** Exact GELU: x·Φ(x), Φ(x) = (1 + erf(x/√2))/2; its gradient Φ(x) + x·φ(x) keeps only x. */
+export const gelu = customGrad<<X extends tf.Tensor>(x: X) => X>((x: tf.Tensor, save: tf.GradSaveFunc) => {
+  const phi = (x: tf.Tensor) => tf.erf(x.mul(Math.SQRT1_2)).add(1).mul(0.5);
+  save([x]);
+  const value = tf.tidy(() => x.mul(phi(x)));
+  const gradFunc = (dy: tf.Tensor, [x]: tf.Tensor[]) =>
+    tf.tidy(() => dy.mul(phi(x).add(x.mul(x.square().mul(-0.5).exp().mul(1 / Math.sqrt(2 * Math.PI))))));
+  return { value, gradFunc };
+});
 
 /** 3x3 conv without bias, GroupNorm, GELU, conv, GroupNorm (+ residual and GELU). */
 export class DoubleConv extends Module {
@@ -142,47 +178,47 @@ const chunkRows = (bh: number, n: number) => Math.max(1, Math.min(n, Math.floor(
  * softmax(q·kᵀ·scale)·v for q, k, v of shape [b·heads, n, d], a chunk of query rows at a time.
  * The backward pass recomputes each chunk's probabilities, so no [n, n] matrix is ever kept.
  */
-export const attention = tf.customGrad(((q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
-  const [bh, n, d] = q.shape as [number, number, number];
-  const scale = 1 / Math.sqrt(d);
-  const rows = chunkRows(bh, n);
-  const probs = (qc: tf.Tensor, kAll: tf.Tensor) =>
-    tf.softmax(tf.matMul(qc as tf.Tensor3D, kAll as tf.Tensor3D, false, true).mul(scale));
-  const chunks = (f: (qc: tf.Tensor3D) => tf.Tensor3D) => {
-    const out: tf.Tensor3D[] = [];
-    for (let r = 0; r < n; r += rows) {
-      out.push(tf.tidy(() => f(q.slice([0, r, 0], [bh, Math.min(rows, n - r), d]) as tf.Tensor3D)));
-    }
-    return out;
-  };
-  const parts = chunks((qc) => tf.matMul(probs(qc, k), v as tf.Tensor3D));
-  const value = tf.concat(parts, 1);
-  tf.dispose(parts);
-  save([q, k, v]);
-  const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
-    const [qs, ks, vs] = saved as tf.Tensor3D[];
-    let dk = tf.zerosLike(ks), dv = tf.zerosLike(vs);
-    const dq: tf.Tensor3D[] = [];
-    for (let r = 0; r < n; r += rows) {
-      const m = Math.min(rows, n - r);
-      const [dqc, dkNew, dvNew] = tf.tidy(() => {
-        const qc = qs.slice([0, r, 0], [bh, m, d]);
-        const dyc = dy.slice([0, r, 0], [bh, m, d]) as tf.Tensor3D;
-        const p = probs(qc, ks);
-        const dp = tf.matMul(dyc, vs, false, true);
-        const ds = p.mul(dp.sub(p.mul(dp).sum(-1, true))).mul(scale) as tf.Tensor3D; // softmax backward
-        return [tf.matMul(ds, ks), dk.add(tf.matMul(ds, qc, true)), dv.add(tf.matMul(p, dyc, true))];
-      });
-      tf.dispose([dk, dv]);
-      [dk, dv] = [dkNew as tf.Tensor3D, dvNew as tf.Tensor3D];
-      dq.push(dqc as tf.Tensor3D);
-    }
-    const dqAll = tf.concat(dq, 1);
-    tf.dispose(dq);
-    return [dqAll, dk, dv];
-  };
-  return { value, gradFunc };
-}) as unknown as Parameters<typeof tf.customGrad>[0]) as (q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D) => tf.Tensor3D;
+export const attention = customGrad<(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D) => tf.Tensor3D>(
+  (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [bh, n, d] = q.shape as [number, number, number];
+    const scale = 1 / Math.sqrt(d);
+    const rows = chunkRows(bh, n);
+    // The scale goes on the [rows, d] query chunk rather than on the [rows, n] scores; kᵀ is made once.
+    const probs = (qc: tf.Tensor, kT: tf.Tensor) =>
+      tf.softmax(tf.matMul(qc.mul(scale) as tf.Tensor3D, kT as tf.Tensor3D));
+    const rowsOf = (t: tf.Tensor, r: number) => t.slice([0, r, 0], [bh, Math.min(rows, n - r), d]) as tf.Tensor3D;
+    const parts: tf.Tensor[] = [];
+    const kT = k.transpose([0, 2, 1]);
+    for (let r = 0; r < n; r += rows) parts.push(tf.tidy(() => tf.matMul(probs(rowsOf(q, r), kT), v as tf.Tensor3D)));
+    const value = tf.concat(parts, 1);
+    tf.dispose([...parts, kT]);
+    save([q, k, v]);
+    // (tfjs calls a custom gradient outside any tidy: each chunk's temporaries are freed by hand)
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [qs, ks, vs] = saved as tf.Tensor3D[];
+      const [kT, vT] = [ks.transpose([0, 2, 1]), vs.transpose([0, 2, 1])];
+      let dk = tf.zerosLike(ks), dv = tf.zerosLike(vs);
+      const dq: tf.Tensor[] = [];
+      for (let r = 0; r < n; r += rows) {
+        const [dqc, dkNew, dvNew] = tf.tidy(() => {
+          const [qc, dyc] = [rowsOf(qs, r), rowsOf(dy, r)];
+          const p = probs(qc, kT);
+          const dp = tf.matMul(dyc, vT as tf.Tensor3D);
+          const ds = p.mul(dp.sub(p.mul(dp).sum(-1, true))) as tf.Tensor3D; // softmax backward, before the scale
+          const dkc = tf.matMul(ds, qc.mul(scale) as tf.Tensor3D, true);
+          return [tf.matMul(ds, ks).mul(scale), dk.add(dkc), dv.add(tf.matMul(p, dyc, true))];
+        });
+        tf.dispose([dk, dv]);
+        [dk, dv] = [dkNew, dvNew];
+        dq.push(dqc);
+      }
+      const dqAll = tf.concat(dq, 1);
+      tf.dispose([...dq, kT, vT]);
+      return [dqAll, dk, dv];
+    };
+    return { value, gradFunc };
+  },
+);
 
 /** LayerNorm, 4-head self-attention, residual; LayerNorm-Linear-GELU-Linear, residual. */
 export class SelfAttention extends Module {

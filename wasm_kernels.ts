@@ -1,42 +1,338 @@
-// Kernels that the tfjs wasm backend lacks as shipped, so that convolutions can train there.
+// Kernels registered for the tfjs wasm backend: the one it lacks (Conv2DBackpropFilter) and replacements for
+// the ones that are slow as shipped (see ../shared/notes/tfjs-facts.md):
+// - BatchMatMul: only a single product without transpose flags reaches XNNPACK; everything else (batches,
+//   and the transpose flags of every matMul gradient) runs a naive loop, 10-35x slower. Here transposes are
+//   materialised and batches run as single XNNPACK products on views into the heap.
+// - Conv2DBackpropInput (slow): a conv2d of dy with the spatially flipped, channel-swapped filter.
+// - Conv2DBackpropFilter (missing): an im2col matrix (built in JS) times dy, as one XNNPACK product.
+// - Slice (copies its whole input out of the heap, and rank > 4 runs element by element): block copies.
+// - Identity (a copy): shares the data.
+// They work on TensorInfos with the backend's own memory, so no tensor data leaves the wasm heap.
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 
+type Info = tf.TensorInfo;
+type Heap = Float32Array | Int32Array | Uint8Array;
+interface Wasm {
+  wasm: {
+    cwrap: (name: string, ret: null, args: string[]) => (...args: unknown[]) => void;
+    tfjs: { disposeData: (id: number) => void };
+  };
+  dataIdMap: { get: (d: object) => { id: number; memoryOffset: number }; delete: (d: object) => void };
+  makeOutput: (shape: number[], dtype: tf.DataType, memoryOffset?: number) => Info;
+  typedArrayFromHeap: (t: Info) => Heap;
+  disposeData: (d: object) => void;
+  incRef: (d: object) => void;
+}
 interface Conv2DAttrs {
   strides: number | [number, number];
-  pad: "same" | "valid" | number;
-  dataFormat: string;
+  pad: "same" | "valid" | number | number[][];
+  dataFormat: "NHWC" | "NCHW";
+  dimRoundingMode?: "floor" | "round" | "ceil";
+  inputShape: [number, number, number, number];
   filterShape: [number, number, number, number];
 }
 
-/** dL/dW of a stride-1 NHWC conv: a "valid" conv of the padded input with dy as its filter. */
-function conv2dBackpropFilter(x: tf.Tensor4D, dy: tf.Tensor4D, attrs: Conv2DAttrs): tf.Tensor4D {
-  const [kh, kw] = attrs.filterShape;
-  const [ph, pw] = attrs.pad === "same" ? [(kh - 1) >> 1, (kw - 1) >> 1] : [0, 0];
-  return tf.tidy(() => {
-    const xp = x.pad([[0, 0], [ph, kh - 1 - ph], [pw, kw - 1 - pw], [0, 0]]);
-    const dW = tf.conv2d(xp.transpose([3, 1, 2, 0]), dy.transpose([1, 2, 0, 3]), 1, "valid");
-    return dW.transpose([1, 2, 0, 3]) as tf.Tensor4D; // [Ci, kh, kw, Co] -> [kh, kw, Ci, Co]
-  });
+const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+const original = new Map<string, tf.KernelFunc>(); // the shipped wasm kernels, for the cases not replaced
+let be: Wasm; // the wasm backend of the kernel call being run
+let bmm: (...args: unknown[]) => void; // its C++ BatchMatMul: a_id, a_shape, rank, b_id, b_shape, rank, tA, tB, out_id
+let bmmOf: Wasm | null = null;
+
+/** Runs a replacement kernel with `be` (and `bmm`) set to the backend of the call. */
+const onBackend = (f: (args: never) => Info): tf.KernelFunc => (args) => {
+  be = args.backend as unknown as Wasm;
+  if (bmmOf !== be) {
+    const n = "number";
+    bmm = be.wasm.cwrap("BatchMatMul", null, [n, "array", n, n, "array", n, n, n, n]);
+    bmmOf = be;
+  }
+  return f(args as never);
+};
+
+const alloc = (shape: number[], dtype: tf.DataType = "float32") => be.makeOutput(shape, dtype);
+const heap = (t: Info) => be.typedArrayFromHeap(t);
+const free = (...ts: Info[]) => ts.forEach((t) => be.disposeData(t.dataId));
+const nativeKernel = (name: string, inputs: Record<string, Info>, attrs: object) =>
+  original.get(name)!({ inputs, attrs: attrs as tf.NamedAttrMap, backend: be as unknown as tf.KernelBackend }) as Info;
+
+/** A tensor that aliases `shape`-many floats of `t`, starting at element `offset` (free it with dropView). */
+const view = (t: Info, offset: number, shape: number[]) =>
+  be.makeOutput(shape, t.dtype, be.dataIdMap.get(t.dataId).memoryOffset + 4 * offset);
+const dropView = (v: Info) => { // unregister without freeing: the memory belongs to the viewed tensor
+  be.wasm.tfjs.disposeData(be.dataIdMap.get(v.dataId).id);
+  be.dataIdMap.delete(v.dataId);
+};
+const shapeBytes = (s: number[]) => new Uint8Array(new Int32Array(s).buffer);
+
+/** out[m, n] = a[m, k]·b[k, n] with XNNPACK, all three given as tensors (views allowed) and shapes. */
+function matMul2d(a: Info, b: Info, out: Info, m: number, k: number, n: number) {
+  const id = (t: Info) => be.dataIdMap.get(t.dataId).id;
+  bmm(id(a), shapeBytes([1, m, k]), 3, id(b), shapeBytes([1, k, n]), 3, false, false, id(out));
 }
 
+/** [batch, r, c] -> [batch, c, r] by the shipped (native) Transpose. */
+const transpose3d = (t: Info, [batch, r, c]: number[]) =>
+  nativeKernel("Transpose", { x: { ...t, shape: [batch, r, c] } }, { perm: [0, 2, 1] });
+
+/** [batch, m, n] = op(a)·op(b) for a, b of `batchA`, `batchB` (1 or batch) matrices: transposes made real. */
+function products(a: Info, b: Info, tA: boolean, tB: boolean, batchA: number, batchB: number, [m, k, n]: number[]) {
+  const at = tA ? transpose3d(a, [batchA, k, m]) : a; // [batchA, m, k]
+  const bt = tB ? transpose3d(b, [batchB, n, k]) : b; // [batchB, k, n]
+  const batch = Math.max(batchA, batchB);
+  const out = alloc([batch, m, n]);
+  if (batchB === 1) {
+    matMul2d(at, bt, out, batchA * m, k, n); // one product, with the batches of a stacked as rows
+  } else {
+    for (let i = 0; i < batch; i++) {
+      const ai = view(at, batchA === 1 ? 0 : i * m * k, [m, k]);
+      const bi = view(bt, i * k * n, [k, n]);
+      const oi = view(out, i * m * n, [m, n]);
+      matMul2d(ai, bi, oi, m, k, n);
+      [ai, bi, oi].forEach(dropView);
+    }
+  }
+  if (at !== a) free(at);
+  if (bt !== b) free(bt);
+  return out;
+}
+
+/** XNNPACK repacks the right operand of every product: about 0.4 of a transpose of it (measured). */
+const PACK = 0.4;
+
+function batchMatMul({ inputs, attrs }: { inputs: { a: Info; b: Info }; attrs: tf.NamedAttrMap }): Info {
+  const { a, b } = inputs;
+  const { transposeA: tA, transposeB: tB } = attrs as { transposeA: boolean; transposeB: boolean };
+  const [ra, rb] = [a.shape.length, b.shape.length];
+  const [m, k] = tA ? [a.shape[ra - 1], a.shape[ra - 2]] : [a.shape[ra - 2], a.shape[ra - 1]];
+  const n = tB ? b.shape[rb - 2] : b.shape[rb - 1];
+  const [batchA, batchB] = [size(a.shape.slice(0, -2)), size(b.shape.slice(0, -2))];
+  const outer = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
+  const batch = size(outer);
+  if (a.dtype !== "float32" || (batchA !== batchB && batchA !== 1 && batchB !== 1)) {
+    return nativeKernel("BatchMatMul", inputs, attrs);
+  }
+  // Elements moved: by the transposes the flags ask for and by packing b; or, for (op(b)ᵀ·op(a)ᵀ)ᵀ, by the
+  // transposes of the operands without a flag, by packing a, and by transposing the result.
+  const [sa, sb] = [a.shape.reduce((x, y) => x * y, 1), b.shape.reduce((x, y) => x * y, 1)];
+  const direct = (tA ? sa : 0) + (tB ? sb : 0) + PACK * sb;
+  const swapped = (tA ? 0 : sa) + (tB ? 0 : sb) + PACK * sa + batch * m * n;
+  let out: Info;
+  if (direct <= swapped || batchA !== batchB) {
+    out = products(a, b, tA, tB, batchA, batchB, [m, k, n]);
+  } else {
+    const outT = products(b, a, !tB, !tA, batchB, batchA, [n, k, m]);
+    out = transpose3d(outT, [batch, n, m]);
+    free(outT);
+  }
+  return { ...out, shape: [...outer, m, n] };
+}
+
+/** Padding (top, left) of a stride-1 NHWC conv with this filter size, as the forward pass used it. */
+function convPadding(a: Conv2DAttrs): [number, number] | null {
+  const strides = typeof a.strides === "number" ? [a.strides, a.strides] : a.strides;
+  if (strides[0] !== 1 || strides[1] !== 1 || a.dataFormat !== "NHWC") return null;
+  const info = tf.backend_util.computeConv2DInfo(
+    a.inputShape,
+    a.filterShape,
+    1,
+    1,
+    a.pad as "same",
+    a.dimRoundingMode,
+    false,
+    "channelsLast",
+  );
+  return [info.padInfo.top, info.padInfo.left];
+}
+
+/**
+ * dL/dx of a stride-1 NHWC conv. Two ways, whichever moves fewer elements: conv2d(dy, W flipped in h and w,
+ * in/out channels swapped), which transposes and repacks all of W (dear for big filters on small images); or
+ * cols = W·dyᵀ ([kh·kw·ci, co]·[co, n·ho·wo], W as it is) folded back onto the image (col2im).
+ */
+function conv2dBackpropInput({ inputs, attrs }: { inputs: { dy: Info; filter: Info }; attrs: tf.NamedAttrMap }) {
+  const a = attrs as unknown as Conv2DAttrs;
+  const { dy, filter } = inputs;
+  const pad = convPadding({ ...a, filterShape: filter.shape as Conv2DAttrs["filterShape"] });
+  if (!pad) return nativeKernel("Conv2DBackpropInput", inputs, attrs);
+  const [kh, kw, ci, co] = filter.shape;
+  const [nb, h, w] = a.inputShape;
+  const [, ho, wo] = dy.shape;
+  const len = nb * ho * wo;
+  const viaConv = (1 + PACK) * size(filter.shape);
+  const viaCols = (1 + PACK) * len * co + 0.3 * kh * kw * ci * len + nb * h * w * ci;
+  if (viaCols < viaConv && kh * kw * ci * len <= limits.colsFloats) {
+    return col2imBackpropInput(dy, filter, a.inputShape, pad);
+  }
+  const swapped = nativeKernel("Transpose", { x: filter }, { perm: [0, 1, 3, 2] }); // [kh, kw, co, ci]
+  const flipped = alloc([kh, kw, co, ci]);
+  const [src, dst, block] = [heap(swapped), heap(flipped), co * ci];
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const from = ((kh - 1 - i) * kw + (kw - 1 - j)) * block;
+      dst.set(src.subarray(from, from + block), (i * kw + j) * block);
+    }
+  }
+  free(swapped);
+  // Padding that maps the [ho, wo] grid of dy back onto the [h, w] grid of x.
+  const [top, left] = [kh - 1 - pad[0], kw - 1 - pad[1]];
+  const explicit = [[0, 0], [top, h - ho - top + kh - 1], [left, w - wo - left + kw - 1], [0, 0]];
+  const dx = nativeKernel("Conv2D", { x: dy, filter: flipped }, {
+    strides: 1,
+    pad: explicit,
+    dataFormat: "NHWC",
+    dilations: 1,
+  });
+  free(flipped);
+  return dx;
+}
+
+/** dx[n, y, x, c] = Σ_{i,j} cols[(i, j, c), (n, y - i + top, x - j + left)], cols = W·dyᵀ. */
+function col2imBackpropInput(dy: Info, filter: Info, [nb, h, w]: number[], [top, left]: [number, number]) {
+  const [kh, kw, ci, co] = filter.shape;
+  const [, ho, wo] = dy.shape;
+  const len = nb * ho * wo;
+  const dyT = nativeKernel("Transpose", { x: dy }, { perm: [3, 0, 1, 2] }); // [co, n, ho, wo]
+  const cols = alloc([kh * kw * ci, len]);
+  matMul2d(filter, dyT, cols, kh * kw * ci, co, len);
+  free(dyT);
+  const dxT = alloc([ci, nb, h, w]);
+  const [src, dst] = [heap(cols), heap(dxT)];
+  dst.fill(0);
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const sx = j - left; // x = xo + sx
+      const x0 = Math.max(0, -sx), x1 = Math.min(wo, w - sx); // the xo that land inside [0, w)
+      for (let c = 0; c < ci; c++) {
+        let o = ((i * kw + j) * ci + c) * len;
+        for (let n = 0; n < nb; n++) {
+          for (let yo = 0; yo < ho; yo++, o += wo) {
+            const y = yo + i - top;
+            if (y < 0 || y >= h) continue;
+            const d = ((c * nb + n) * h + y) * w + sx;
+            for (let xo = x0; xo < x1; xo++) dst[d + xo] += src[o + xo];
+          }
+        }
+      }
+    }
+  }
+  free(cols);
+  const dx = nativeKernel("Transpose", { x: dxT }, { perm: [1, 2, 3, 0] });
+  free(dxT);
+  return dx;
+}
+
+/** Tunables: the most floats of im2col matrix held at once (big batches are done in parts). */
+export const limits = { colsFloats: 2 ** 25 };
+
+/**
+ * dL/dW of a stride-1 NHWC conv: dW[(i, j, c), o] = Σ_{n,y,x} x[n, y+i-top, x+j-left, c]·dy[n, y, x, o],
+ * i.e. colsᵀ·dy with colsᵀ[(i, j, c), (n, y, x)] built from x transposed to [c, n, y, x].
+ */
+function conv2dBackpropFilter({ inputs, attrs }: { inputs: { x: Info; dy: Info }; attrs: tf.NamedAttrMap }) {
+  const a = attrs as unknown as Conv2DAttrs;
+  const pad = convPadding({ ...a, inputShape: inputs.x.shape as Conv2DAttrs["inputShape"] });
+  if (!pad) throw new Error("wasm Conv2DBackpropFilter supports stride-1 NHWC convolutions only");
+  const [kh, kw, ci, co] = a.filterShape;
+  const [nb, h, w] = inputs.x.shape;
+  const [, ho, wo] = inputs.dy.shape;
+  const xt = nativeKernel("Transpose", { x: inputs.x }, { perm: [3, 0, 1, 2] }); // [ci, n, h, w]
+  const rows = kh * kw * ci;
+  const chunk = Math.max(1, Math.min(nb, Math.floor(limits.colsFloats / (rows * ho * wo)))); // images per product
+  const cols = alloc([rows, chunk * ho * wo]);
+  const dW = alloc([kh, kw, ci, co]);
+  const part = chunk < nb ? alloc([rows, co]) : dW;
+  for (let n0 = 0; n0 < nb; n0 += chunk) {
+    const cn = Math.min(chunk, nb - n0), len = cn * ho * wo;
+    const [src, dst] = [heap(xt), heap(cols)];
+    for (let i = 0; i < kh; i++) {
+      for (let j = 0; j < kw; j++) {
+        // Output columns x in [x0, x1) read input columns x + dx, inside [0, w).
+        const sy = i - pad[0], sx = j - pad[1];
+        const x0 = Math.max(0, -sx), x1 = Math.min(wo, w - sx);
+        for (let c = 0; c < ci; c++) {
+          let o = ((i * kw + j) * ci + c) * len;
+          for (let n = n0; n < n0 + cn; n++) {
+            for (let y = 0; y < ho; y++, o += wo) {
+              const yy = y + sy;
+              if (yy < 0 || yy >= h || x1 <= x0) {
+                dst.fill(0, o, o + wo);
+                continue;
+              }
+              const s = ((c * nb + n) * h + yy) * w + sx;
+              if (x0 > 0) dst.fill(0, o, o + x0);
+              dst.set(src.subarray(s + x0, s + x1), o + x0);
+              if (x1 < wo) dst.fill(0, o + x1, o + wo);
+            }
+          }
+        }
+      }
+    }
+    const colsView = view(cols, 0, [rows, len]), dyView = view(inputs.dy, n0 * ho * wo * co, [len, co]);
+    matMul2d(colsView, dyView, part, rows, len, co);
+    [colsView, dyView].forEach(dropView);
+    if (part !== dW) {
+      const [acc, p] = [heap(dW), heap(part)];
+      if (n0 === 0) acc.set(p);
+      else for (let e = 0; e < acc.length; e++) acc[e] += p[e];
+    }
+  }
+  free(xt, cols, ...(part !== dW ? [part] : []));
+  return dW;
+}
+
+/** Slice as block copies inside the heap: the trailing full axes and the last partial one make one run. */
+function slice({ inputs, attrs }: { inputs: { x: Info }; attrs: tf.NamedAttrMap }): Info {
+  const { x } = inputs;
+  if (x.dtype === "string") return nativeKernel("Slice", inputs, attrs);
+  const [begin, sz] = tf.slice_util.parseSliceParams(x as tf.Tensor, attrs.begin as number[], attrs.size as number[]);
+  const out = alloc(sz, x.dtype);
+  if (size(sz) === 0) return out;
+  const rank = x.shape.length;
+  const strides = [...x.shape.keys()].map((d) => size(x.shape.slice(d + 1)));
+  let d = rank - 1;
+  while (d > 0 && sz[d] === x.shape[d]) d--; // axes after d are copied whole
+  const run = sz[d] * strides[d];
+  const [src, dst] = [heap(x), heap(out)];
+  const idx = new Array(d).fill(0); // position among the outer axes [0, d)
+  for (let o = 0; o < dst.length; o += run) {
+    let s = begin[d] * strides[d];
+    for (let e = 0; e < d; e++) s += (begin[e] + idx[e]) * strides[e];
+    dst.set(src.subarray(s, s + run), o);
+    for (let e = d - 1; e >= 0 && ++idx[e] === sz[e]; e--) idx[e] = 0;
+  }
+  return out;
+}
+
+/** Identity shares the data (as Reshape does) instead of copying it: tfjs clones every tensor it saves for
+ * the backward pass, so a copying Identity doubles the memory of the saved activations. */
+function identity({ inputs }: { inputs: { x: Info } }): Info {
+  const { x } = inputs;
+  if (x.dtype === "string") return nativeKernel("Identity", inputs, {});
+  be.incRef(x.dataId);
+  return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+}
+
+const replacements: [string, (args: never) => Info][] = [
+  ["Identity", identity],
+  ["BatchMatMul", batchMatMul],
+  ["Conv2DBackpropInput", conv2dBackpropInput],
+  ["Conv2DBackpropFilter", conv2dBackpropFilter],
+  ["Slice", slice],
+];
+
+/** Registers the kernels above for the wasm backend and makes it the current backend. */
 export async function registerWasmKernels() {
   await tf.setBackend("wasm");
-  if (tf.getKernel("Conv2DBackpropFilter", "wasm")) return;
-  tf.registerKernel({
-    kernelName: "Conv2DBackpropFilter",
-    backendName: "wasm",
-    kernelFunc: ({ inputs, backend, attrs }) => {
-      const a = attrs as unknown as Conv2DAttrs;
-      const strides = typeof a.strides === "number" ? [a.strides, a.strides] : a.strides;
-      if (strides[0] !== 1 || strides[1] !== 1 || typeof a.pad === "number" || a.dataFormat !== "NHWC") {
-        throw new Error("wasm Conv2DBackpropFilter supports stride-1 NHWC convolutions only");
-      }
-      const dW = conv2dBackpropFilter(inputs.x as tf.Tensor4D, inputs.dy as tf.Tensor4D, a); // inputs are tensors
-      const values = dW.dataSync();
-      dW.dispose();
-      type Wasm = { makeOutput: (s: number[], d: string, m: null, v: tf.TypedArray) => tf.TensorInfo };
-      return (backend as unknown as Wasm).makeOutput(a.filterShape, "float32", null, values);
-    },
-  });
+  if (original.size) return;
+  for (const [name, kernelFunc] of replacements) {
+    const shipped = tf.getKernel(name, "wasm");
+    if (shipped) {
+      original.set(name, shipped.kernelFunc);
+      tf.unregisterKernel(name, "wasm");
+    }
+    tf.registerKernel({ kernelName: name, backendName: "wasm", kernelFunc: onBackend(kernelFunc) });
+  }
+  original.set("Transpose", tf.getKernel("Transpose", "wasm")!.kernelFunc);
+  original.set("Conv2D", tf.getKernel("Conv2D", "wasm")!.kernelFunc);
 }

@@ -1,0 +1,173 @@
+// The wasm kernels of wasm_kernels.ts against tfjs's pure-JS cpu backend: forward values and gradients.
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { setSeed } from "../backend.ts";
+import { gelu, Norm, UNet } from "../modules.ts";
+import { limits, registerWasmKernels } from "../wasm_kernels.ts";
+
+await registerWasmKernels();
+
+/** Deterministic values in [-1, 1). */
+function values(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  return Float32Array.from({ length: n }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 31) - 1);
+}
+const rand = (shape: number[], seed: number) => tf.tensor(values(shape.reduce((a, b) => a * b, 1), seed), shape);
+
+/** Runs f on the cpu and the wasm backend; returns the outputs of both as arrays. */
+async function onBoth(f: () => tf.Tensor[]): Promise<Record<"cpu" | "wasm", Float32Array[]>> {
+  const out = {} as Record<"cpu" | "wasm", Float32Array[]>;
+  for (const b of ["cpu", "wasm"] as const) {
+    await tf.setBackend(b);
+    if (b === "cpu") (tf.backend() as unknown as { firstUse: boolean }).firstUse = false; // no tfjs-node banner
+    const ts = tf.tidy(f);
+    out[b] = await Promise.all(ts.map(async (t) => Float32Array.from(await t.data())));
+    tf.dispose(ts);
+  }
+  return out;
+}
+
+/** Max |wasm - cpu| over each output, relative to the output's largest |value|. */
+async function assertSame(what: string, f: () => tf.Tensor[], tol = 1e-4) {
+  const { cpu, wasm } = await onBoth(f);
+  assert.equal(cpu.length, wasm.length);
+  cpu.forEach((c, i) => {
+    assert.equal(c.length, wasm[i].length, `${what} output ${i}: sizes differ`);
+    const scale = Math.max(1e-6, ...c.map(Math.abs));
+    const diff = c.reduce((m, v, j) => Math.max(m, Math.abs(v - wasm[i][j])), 0);
+    assert.ok(diff <= tol * scale, `${what} output ${i}: max |diff| ${diff} > ${tol} x ${scale}`);
+  });
+}
+
+/** f's output and its gradients with respect to all inputs (of a random weighting of the output). */
+const withGrads = (f: (...xs: tf.Tensor[]) => tf.Tensor, shapes: number[][], seed = 1) => () => {
+  const xs = shapes.map((s, i) => rand(s, seed + i));
+  const y = f(...xs);
+  const r = rand(y.shape, seed + 99);
+  const grads = tf.grads((...ys: tf.Tensor[]) => f(...ys).mul(r).sum())(xs);
+  return [y, ...grads];
+};
+
+Deno.test("BatchMatMul: batches, broadcasting, transpose flags, and gradients", async () => {
+  for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]]) {
+    const [m, k, n] = [5, 7, 6];
+    const sa = (b: number[]) => [...b, ...(ta ? [k, m] : [m, k])];
+    const sb = (b: number[]) => [...b, ...(tb ? [n, k] : [k, n])];
+    for (const [ba, bb] of [[[], []], [[3], [3]], [[1], [3]], [[3], [1]], [[2, 3], [2, 3]]]) {
+      const mm = (a: tf.Tensor, b: tf.Tensor) => tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D, ta, tb);
+      const what = `matMul ${sa(ba)} x ${sb(bb)} (${ta}, ${tb})`;
+      // tfjs's own matMul gradient does not reduce over broadcast batches: values only there.
+      const broadcast = ba.join() !== bb.join();
+      await assertSame(
+        what,
+        broadcast ? () => [mm(rand(sa(ba), 1), rand(sb(bb), 2))] : withGrads(mm, [sa(ba), sb(bb)]),
+      );
+    }
+  }
+});
+
+Deno.test("BatchMatMul computed as (op(b)ᵀ·op(a)ᵀ)ᵀ: a big transposed left operand, a thin right one", async () => {
+  for (const batch of [[], [3]]) {
+    const mm = (a: tf.Tensor, b: tf.Tensor) => tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D, true, false);
+    await assertSame(`matMul ${batch} (true, false)`, withGrads(mm, [[...batch, 40, 30], [...batch, 40, 3]]));
+  }
+});
+
+Deno.test("Identity (clone) shares the data and keeps it when the original is disposed", async () => {
+  await tf.setBackend("wasm");
+  const x = rand([5, 7], 4);
+  const want = Float32Array.from(await x.data());
+  const y = x.clone();
+  x.dispose();
+  const z = tf.tidy(() => y.add(0).sub(y)); // more work on the heap after the original is gone
+  assert.deepEqual(Float32Array.from(await y.data()), want);
+  assert.equal((await z.abs().max().data())[0], 0);
+  tf.dispose([y, z]);
+});
+
+Deno.test("Conv2D gradients (Conv2DBackpropInput, Conv2DBackpropFilter)", async () => {
+  const cases: [number[], number[], "same" | "valid"][] = [
+    [[2, 6, 5, 3], [3, 3, 3, 4], "same"],
+    [[2, 6, 5, 3], [3, 3, 3, 4], "valid"],
+    [[1, 4, 4, 5], [1, 1, 5, 2], "same"],
+    [[2, 5, 6, 2], [2, 2, 2, 3], "same"], // even kernel: asymmetric padding
+  ];
+  for (const [xs, ws, pad] of cases) {
+    const conv = (x: tf.Tensor, w: tf.Tensor) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, pad);
+    await assertSame(`conv2d ${xs} ${ws} ${pad}`, withGrads(conv, [xs, ws]));
+  }
+  const saved = limits.colsFloats;
+  limits.colsFloats = 3 * 3 * 3 * 6 * 5; // one image's im2col matrix: the filter gradient in parts
+  try {
+    const conv = (x: tf.Tensor, w: tf.Tensor) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, "same");
+    await assertSame("conv2d filter gradient in parts", withGrads(conv, [[3, 6, 5, 3], [3, 3, 3, 4]]));
+  } finally {
+    limits.colsFloats = saved;
+  }
+});
+
+Deno.test("Slice: ranks 1-5, partial and full axes, float32 and int32", async () => {
+  const cases: [number[], number[], number[]][] = [
+    [[7], [2], [4]],
+    [[4, 6], [1, 0], [2, 6]],
+    [[4, 6], [0, 2], [4, 3]],
+    [[3, 4, 5], [1, 1, 1], [2, 2, 3]],
+    [[2, 3, 4, 5], [1, 0, 2, 0], [1, 3, 2, 5]],
+    [[2, 6, 3, 4, 2], [0, 1, 1, 0, 0], [2, 4, 1, 4, 2]], // the attention's q/k/v split
+    [[2, 6, 3, 4, 2], [1, 0, 0, 1, 1], [1, 6, 3, 2, 1]],
+  ];
+  for (const [shape, begin, size] of cases) {
+    await assertSame(`slice ${shape} ${begin} ${size}`, withGrads((x) => x.slice(begin, size), [shape]));
+    await assertSame(`slice int32 ${shape}`, () => [rand(shape, 5).mul(100).toInt().slice(begin, size).toFloat()]);
+  }
+});
+
+Deno.test("modules.ts: the written-out gradients of Norm and GELU equal autodiff of the plain formulas", async () => {
+  const plainNorm = (axes: number[]) => (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
+    const { mean, variance } = tf.moments(x, axes, true);
+    return x.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).mul(g).add(b);
+  };
+  const plainGelu = (x: tf.Tensor) => x.mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)).mul(0.5);
+  for (const backend of ["cpu", "wasm"]) {
+    await tf.setBackend(backend);
+    for (const [shape, axes] of [[[2, 3, 4, 5], [1, 2, 3]], [[2, 6, 5], [-1]]] as [number[], number[]][]) {
+      const norm = new Norm(5, axes);
+      norm.g.assign(rand([5], 11).add(1));
+      norm.b.assign(rand([5], 12));
+      const x = rand(shape, 13).mul(3).add(0.5), r = rand(shape, 14);
+      const ours = tf.grads((x, _g, _b) => norm.forward(x).mul(r).sum()); // g, b: the layer's own weights
+      const plain = tf.grads((x, g, b) => plainNorm(axes)(x, g, b).mul(r).sum());
+      const [a, b] = [ours([x, norm.g, norm.b]), plain([x, norm.g, norm.b])];
+      for (let i = 0; i < 3; i++) {
+        const diff = (await a[i].sub(b[i]).abs().max().data())[0], scale = (await b[i].abs().max().data())[0];
+        assert.ok(diff <= 1e-4 * scale, `Norm ${axes} gradient ${i} on ${backend}: ${diff} vs ${scale}`);
+      }
+      const [gOurs, gPlain] = [tf.grad((x) => gelu(x).mul(r).sum())(x), tf.grad((x) => plainGelu(x).mul(r).sum())(x)];
+      const diff = (await gOurs.sub(gPlain).abs().max().data())[0];
+      assert.ok(diff <= 1e-5, `GELU gradient on ${backend}: ${diff}`);
+      assert.ok((await gelu(x).sub(plainGelu(x)).abs().max().data())[0] <= 1e-6, "GELU value");
+      tf.dispose([...a, ...b, gOurs, gPlain, x, r]);
+      norm.dispose();
+    }
+  }
+});
+
+Deno.test("U-Net (width 8, 16 px): loss and every weight's gradient, wasm against cpu", async () => {
+  await tf.setBackend("cpu");
+  setSeed(3);
+  const model = new UNet({ width: 8 });
+  const x = rand([2, 16, 16, 3], 7), noise = rand([2, 16, 16, 3], 8), t = tf.tensor1d([10, 700], "int32");
+  const weights = [...model.weights.values()];
+  try {
+    await assertSame("U-Net gradients", () => {
+      const { value, grads } = tf.variableGrads(
+        () => tf.losses.meanSquaredError(noise, model.forward(x as tf.Tensor4D, t)) as tf.Scalar,
+        weights,
+      );
+      return [value, ...weights.map((w) => grads[w.name])];
+    }, 2e-4);
+  } finally {
+    model.dispose();
+    tf.dispose([x, noise, t]);
+  }
+});
