@@ -11,8 +11,9 @@ async function loadTensorflow(): Promise<string | null> {
     return null;
   } catch (e) {
     const why = (e instanceof Error ? e.message : String(e)).split("\n")[0];
-    return `tfjs-node-gpu did not load (${why}); install it on a CUDA 11.2 + cuDNN 8 machine with ` +
-      "`deno install --allow-scripts=npm:@tensorflow/tfjs-node-gpu`";
+    const cause = why.includes("tfjs_binding.node") ? "its native binding is not built" : why.slice(0, 120);
+    return `tfjs-node-gpu did not load (${cause}); on a CUDA 11.2 + cuDNN 8 machine: ` +
+      "deno install --allow-scripts=npm:@tensorflow/tfjs-node-gpu";
   }
 }
 

@@ -2,6 +2,7 @@
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS } from "./backend.ts";
+import type { Sampler, Schedule } from "./diffusion.ts";
 import { CheckpointError } from "./checkpoint.ts";
 import { DataError } from "./utils.ts";
 
@@ -16,11 +17,15 @@ export interface Config {
   width: number;
   lr: number;
   noiseSteps: number;
+  schedule: Schedule; // linear (the tutorial's) or cosine
   backend: BackendName;
   seed: number;
   sampleEvery: number; // epochs between sample grids
   nSamples: number;
   cfgScale: number;
+  sampler: Sampler; // for the sample grids: ddpm (all T steps) or ddim
+  sampleSteps: number; // ddim's steps
+  eta: number; // ddim's η (0 = deterministic)
   conditional: boolean;
   labelDrop: number; // share of steps trained without labels (for CFG)
   emaBeta: number; // 0 = no EMA model
@@ -43,8 +48,23 @@ export const PRESETS: Record<string, Partial<Config>> = {
     conditional: true,
     emaBeta: 0.995,
   },
-  // a few minutes on a laptop CPU
-  demo: { data: "builtin:landscapes", name: "demo", imageSize: 16, batchSize: 32, epochs: 12, width: 16, count: 2000 },
+  // minutes on a laptop CPU: small images and width, a higher lr, EMA, DDIM sample grids
+  demo: {
+    data: "builtin:landscapes",
+    name: "demo",
+    imageSize: 16,
+    width: 16,
+    batchSize: 32,
+    epochs: 9,
+    count: 2000,
+    lr: 1e-3,
+    emaBeta: 0.995,
+    emaStart: 100,
+    sampleEvery: 3,
+    nSamples: 36,
+    sampler: "ddim",
+    sampleSteps: 50,
+  },
 };
 
 export const DEFAULTS: Config = {
@@ -58,11 +78,15 @@ export const DEFAULTS: Config = {
   width: 64,
   lr: 3e-4,
   noiseSteps: 1000,
+  schedule: "linear",
   backend: "auto",
   seed: 0,
   sampleEvery: 10,
   nSamples: 16,
   cfgScale: 3,
+  sampler: "ddpm",
+  sampleSteps: 50,
+  eta: 0,
   conditional: false,
   labelDrop: 0.1,
   emaBeta: 0,
@@ -85,9 +109,11 @@ Options (defaults from --preset, then these):
   --epochs N           --max-steps N (0 = no limit)    --batch-size N
   --image-size N       (divisible by 8)                --width N     U-Net base width (64)
   --lr X               AdamW learning rate (3e-4)      --noise-steps N (1000)
+  --schedule NAME      linear (the tutorial's) | cosine (Nichol & Dhariwal)
   --backend NAME       auto | tensorflow | webgpu | wasm | cpu
   --seed N             makes a run repeatable on the same backend
   --sample-every N     epochs between sample grids     --n-samples N   --cfg-scale X
+  --sampler NAME       ddpm (all T steps) | ddim       --sample-steps N (ddim, 50)  --eta X (ddim, 0)
   --conditional        train with labels (class sub-folders)  --label-drop X (0.1)
   --ema-beta X         0 = no EMA model                --ema-start N  (steps of EMA warm-up)
   --count N            load at most N images           --cache-dir DIR (CIFAR-10 files)
@@ -99,6 +125,12 @@ export class UsageError extends Error {}
 
 /** The run cannot go on (a non-finite loss): exit code 1. */
 export class TrainingError extends Error {}
+
+const CHOICES: [keyof Config, readonly string[]][] = [
+  ["backend", BACKENDS],
+  ["sampler", ["ddpm", "ddim"]],
+  ["schedule", ["linear", "cosine"]],
+];
 
 const NUMBERS: [keyof Config, string, number, number, boolean][] = [
   // key, flag, min, max, integer
@@ -113,6 +145,8 @@ const NUMBERS: [keyof Config, string, number, number, boolean][] = [
   ["sampleEvery", "sample-every", 1, 1e9, true],
   ["nSamples", "n-samples", 1, 1024, true],
   ["cfgScale", "cfg-scale", 0, 100, false],
+  ["sampleSteps", "sample-steps", 1, 100000, true],
+  ["eta", "eta", 0, 10, false],
   ["emaBeta", "ema-beta", 0, 0.999999, false],
   ["emaStart", "ema-start", 0, 1e12, true],
   ["labelDrop", "label-drop", 0, 1, false],
@@ -125,7 +159,9 @@ export function parseConfig(
 ): { config: Config; resume: boolean; help: boolean; given: (keyof Config)[] } {
   const options = Object.fromEntries([
     ...NUMBERS.map(([, flag]) => [flag, { type: "string" }]),
-    ...["preset", "data", "out", "name", "backend", "resume", "cache-dir"].map((f) => [f, { type: "string" }]),
+    ...["preset", "data", "out", "name", "resume", "cache-dir", ...CHOICES.map(([k]) => k)].map((
+      f,
+    ) => [f, { type: "string" }]),
     ["conditional", { type: "boolean" }],
     ["help", { type: "boolean", short: "h" }],
   ]) as Record<string, { type: "string" | "boolean" }>;
@@ -154,11 +190,11 @@ export function parseConfig(
     if (values[flag] !== undefined) config[key] = values[flag] as string;
   }
   if (values.conditional) config.conditional = true;
-  if (values.backend !== undefined) {
-    if (!BACKENDS.includes(values.backend as BackendName)) {
-      throw new UsageError(`--backend ${values.backend}: use one of ${BACKENDS.join(", ")}`);
-    }
-    config.backend = values.backend as BackendName;
+  for (const [key, choices] of CHOICES) {
+    const v = values[key] as string | undefined;
+    if (v === undefined) continue;
+    if (!choices.includes(v)) throw new UsageError(`--${key} ${v}: use one of ${choices.join(", ")}`);
+    (config as unknown as Record<string, string>)[key] = v;
   }
   if (config.imageSize % 8) {
     throw new UsageError(`--image-size ${config.imageSize}: must be divisible by 8 (the U-Net halves it 3 times)`);
@@ -169,7 +205,13 @@ export function parseConfig(
     const dir = resume.includes("/") ? resume : join(config.out, resume);
     [config.out, config.name] = [dirname(dir), basename(dir)];
   }
-  const keys: (keyof Config)[] = [...NUMBERS.map(([key]) => key), "data", "cacheDir", "conditional", "backend"];
+  const keys: (keyof Config)[] = [
+    ...NUMBERS.map(([k]) => k),
+    ...CHOICES.map(([k]) => k),
+    "data",
+    "cacheDir",
+    "conditional",
+  ];
   const given = keys.filter((k) => values[flagOf(k).slice(2)] !== undefined);
   return { config, resume: !!resume, help: !!values.help, given };
 }

@@ -38,6 +38,9 @@ export async function sampleGrids(
     const pixels = await diffusion.sample(m, count, {
       labels,
       cfgScale: config.cfgScale,
+      sampler: config.sampler,
+      sampleSteps: config.sampleSteps,
+      eta: config.eta,
       onStep: (i) => {
         if (stopped()) throw new Interrupted();
         if (Deno.stdout.isTerminal() && i % 10 === 0) {

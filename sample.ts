@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
 import { assignWeights, CheckpointError, readState } from "./checkpoint.ts";
-import { Diffusion } from "./diffusion.ts";
+import { Diffusion, type Sampler } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
 import { runCli, UsageError } from "./cli.ts";
 import { saveGrid } from "./utils.ts";
@@ -25,13 +25,15 @@ export async function loadRun(runDir: string, ema = false) {
 
 const HELP = `Sample images from a trained run and save them as a PNG grid.
 
-  deno task sample --run RUN [--n 16] [--labels 3,3,5] [--cfg-scale 3] [--ema] [--seed N] [--out FILE]
+  deno task sample --run RUN [--n 16] [--labels 3,3,5] [--cfg-scale 3] [--ema] [--sampler ddim] [--out FILE]
 
   --run RUN        run folder (or its name under runs/)
   --n N            number of images (default 16; conditional: a row per class, n/classes per row)
   --labels L       comma-separated class indices (conditional runs)
   --cfg-scale X    classifier-free guidance scale (default: the run's)
   --ema            use the EMA weights
+  --sampler NAME   ddpm (Algorithm 2, all T steps; default) | ddim
+  --sample-steps N DDIM steps (default 50)       --eta X   DDIM's η (default 0: deterministic)
   --backend NAME   auto | tensorflow | webgpu | wasm | cpu
   --out FILE       output PNG (default RUN/samples/sample_<time>.png)`;
 
@@ -42,6 +44,9 @@ async function main() {
     labels: { type: "string" },
     "cfg-scale": { type: "string" },
     ema: { type: "boolean" },
+    sampler: { type: "string" },
+    "sample-steps": { type: "string" },
+    eta: { type: "string" },
     seed: { type: "string" },
     backend: { type: "string" },
     out: { type: "string" },
@@ -70,6 +75,11 @@ async function main() {
   if (cfgScale !== undefined && !(cfgScale >= 0)) {
     throw new UsageError(`--cfg-scale ${v["cfg-scale"]}: expected a number ≥ 0`);
   }
+  if (v.sampler !== undefined && !["ddpm", "ddim"].includes(v.sampler)) {
+    throw new UsageError(`--sampler ${v.sampler}: use ddpm or ddim`);
+  }
+  const eta = v.eta === undefined ? 0 : Number(v.eta);
+  if (!(eta >= 0)) throw new UsageError(`--eta ${v.eta}: expected a number ≥ 0`);
   console.log(`backend ${await setBackend(backend)}`);
   setSeed(int("seed", v.seed, 0, 2 ** 31 - 1) ?? Date.now() % 2 ** 31);
   const nFlag = int("n", v.n, 1, 1024);
@@ -84,9 +94,19 @@ async function main() {
     labels = Array.from({ length: k * perClass }, (_, i) => Math.floor(i / perClass));
   }
   const n = labels?.length ?? nFlag ?? 16;
-  const diffusion = new Diffusion({ noiseSteps: config.noiseSteps, imgSize: config.imageSize });
+  const diffusion = new Diffusion({
+    noiseSteps: config.noiseSteps,
+    imgSize: config.imageSize,
+    schedule: config.schedule,
+  });
   const t0 = performance.now();
-  const pixels = await diffusion.sample(model, n, { labels, cfgScale: cfgScale ?? config.cfgScale });
+  const pixels = await diffusion.sample(model, n, {
+    labels,
+    cfgScale: cfgScale ?? config.cfgScale,
+    sampler: v.sampler as Sampler ?? "ddpm",
+    sampleSteps: int("sample-steps", v["sample-steps"], 1, config.noiseSteps) ?? 50,
+    eta,
+  });
   const out = v.out ?? join(runDir, "samples", `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
   await saveGrid(out, pixels, n, config.imageSize, k && !v.labels ? n / k : undefined);
   const what = labels ? ` of ${labels.map((l) => classes[l]).join(", ")}` : "";

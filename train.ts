@@ -3,7 +3,7 @@ import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { getSeedState, setBackend, setSeed } from "./backend.ts";
 import { assignWeights, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
-import { type Config, flagOf, HELP, parseConfig, runCli, TrainingError, UsageError } from "./cli.ts";
+import { type Config, DEFAULTS, flagOf, HELP, parseConfig, runCli, TrainingError, UsageError } from "./cli.ts";
 import { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
 import { type Module, UNet } from "./modules.ts";
@@ -90,7 +90,7 @@ export async function train(config: Config, { resume = false, given = [], log = 
   let state: RunState | null = null;
   if (resume) {
     state = await readState(runDir, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]);
-    config = { ...state.config, ...changedOnResume(config, state.config, given) };
+    config = { ...DEFAULTS, ...state.config, ...changedOnResume(config, state.config, given) };
   }
   const backend = await setBackend(config.backend, log);
   await Deno.mkdir(join(runDir, "samples"), { recursive: true });
@@ -107,7 +107,11 @@ export async function train(config: Config, { resume = false, given = [], log = 
   const emaModel = config.emaBeta > 0 ? makeModel() : null;
   const ema = new EMA(config.emaBeta);
   const opt = new AdamW(model, config.lr);
-  const diffusion = new Diffusion({ noiseSteps: config.noiseSteps, imgSize: config.imageSize });
+  const diffusion = new Diffusion({
+    noiseSteps: config.noiseSteps,
+    imgSize: config.imageSize,
+    schedule: config.schedule,
+  });
   const stepsPerEpoch = Math.ceil(data.length / config.batchSize);
   const totalSteps = Math.min(config.epochs * stepsPerEpoch, config.maxSteps || Infinity);
   const losses = resume ? await readLosses(runDir, state!.step) : [];
@@ -226,6 +230,9 @@ const CHANGEABLE: (keyof Config)[] = [
   "sampleEvery",
   "nSamples",
   "cfgScale",
+  "sampler",
+  "sampleSteps",
+  "eta",
   "cacheDir",
 ];
 /** On resume the saved config holds: a few settings may change, the others must not be given otherwise. */

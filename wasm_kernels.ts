@@ -252,6 +252,21 @@ function conv2dBackpropFilter({ inputs, attrs }: { inputs: { x: Info; dy: Info }
         const x0 = Math.max(0, -sx), x1 = Math.min(wo, w - sx);
         for (let c = 0; c < ci; c++) {
           let o = ((i * kw + j) * ci + c) * len;
+          if (ho === h && wo === w) { // 'same': each image plane is one shifted block copy, edges zeroed
+            const y0 = Math.max(0, -sy), y1 = Math.min(h, h - sy);
+            for (let n = n0; n < n0 + cn; n++, o += h * w) {
+              const base = (c * nb + n) * h * w, from = base + y0 * w + sy * w + sx, to = base + y1 * w + sy * w + sx;
+              const [a, b] = [Math.max(from, base), Math.min(to, base + h * w)];
+              dst.fill(0, o, o + y0 * w + (a - from));
+              if (b > a) dst.set(src.subarray(a, b), o + y0 * w + (a - from));
+              dst.fill(0, o + y0 * w + (a - from) + Math.max(0, b - a), o + h * w);
+              for (let y = y0; y < y1; y++) { // columns that wrapped around a row's end
+                for (let xx = 0; xx < x0; xx++) dst[o + y * w + xx] = 0;
+                for (let xx = x1; xx < w; xx++) dst[o + y * w + xx] = 0;
+              }
+            }
+            continue;
+          }
           for (let n = n0; n < n0 + cn; n++) {
             for (let y = 0; y < ho; y++, o += wo) {
               const yy = y + sy;
