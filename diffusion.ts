@@ -1,4 +1,5 @@
-// The diffusion process of DDPM (Ho et al. 2020): schedule, forward noising, training timesteps, sampling.
+// The diffusion process of DDPM (Ho et al. 2020): schedule, forward noising, training timesteps, sampling;
+// beyond the tutorial: DDIM sampling (Song et al. 2021) and the cosine schedule (Nichol & Dhariwal 2021).
 import * as tf from "@tensorflow/tfjs";
 import { nextSeed } from "./backend.ts";
 
@@ -7,34 +8,61 @@ export interface NoiseModel {
   forward(x: tf.Tensor4D, t: tf.Tensor1D, labels?: tf.Tensor1D | null): tf.Tensor4D;
 }
 
+export type Schedule = "linear" | "cosine";
+export type Sampler = "ddpm" | "ddim";
+
 export interface DiffusionOptions {
   noiseSteps?: number;
-  betaStart?: number;
+  betaStart?: number; // linear schedule only
   betaEnd?: number;
   imgSize?: number;
+  schedule?: Schedule; // linear (the tutorial's) or cosine
 }
 
 export interface SampleOptions {
   labels?: number[] | null; // one class per image (conditional models)
   cfgScale?: number; // classifier-free guidance; 0 = conditional prediction only
+  sampler?: Sampler; // ddpm: Algorithm 2 over all T steps; ddim: Song et al. over `sampleSteps` of them
+  sampleSteps?: number; // DDIM only: the length of the sub-sequence τ of {0, …, T-1}
+  eta?: number; // DDIM only: η of Eq. 16; 0 = deterministic, 1 = DDPM's posterior variance
+  xT?: tf.Tensor4D; // the starting noise (default: drawn); not disposed
   onStep?: (i: number) => void; // progress: called with the remaining step count
 }
+
+/** One reverse step x_t → x_prev = mean + σ·z, z ~ N(0, I). */
+export interface Step {
+  mean: tf.Tensor4D;
+  sigma: number;
+}
+
+/** Nichol & Dhariwal Eq. 17: f(t) = cos²((t/T + s)/(1 + s)·π/2), s = 0.008; ᾱ_t = f(t)/f(0). */
+export const cosineF = (t: number, T: number, s = 0.008) => Math.cos((t / T + s) / (1 + s) * Math.PI / 2) ** 2;
 
 export class Diffusion {
   readonly noiseSteps: number;
   readonly imgSize: number;
-  readonly beta: Float64Array; // β_t, linear from betaStart to betaEnd
+  readonly schedule: Schedule;
+  readonly beta: Float64Array; // β_t: linear from betaStart to betaEnd, or from the cosine ᾱ
   readonly alpha: Float64Array; // α_t = 1 - β_t
   readonly alphaHat: Float64Array; // ᾱ_t = Π_{s≤t} α_s
   private sqrtAlphaHat: tf.Tensor1D;
   private sqrtOneMinusAlphaHat: tf.Tensor1D;
 
-  constructor({ noiseSteps = 1000, betaStart = 1e-4, betaEnd = 0.02, imgSize = 64 }: DiffusionOptions = {}) {
+  constructor(
+    { noiseSteps = 1000, betaStart = 1e-4, betaEnd = 0.02, imgSize = 64, schedule = "linear" }: DiffusionOptions = {},
+  ) {
+    if (schedule !== "linear" && schedule !== "cosine") throw new RangeError(`unknown schedule ${schedule}`);
     this.noiseSteps = noiseSteps;
     this.imgSize = imgSize;
+    this.schedule = schedule;
+    const T = noiseSteps;
+    // Index i holds step t = i + 1 of the papers. Cosine: β_t = min(1 - ᾱ_t/ᾱ_{t-1}, 0.999), below Eq. 17.
     this.beta = Float64Array.from(
-      { length: noiseSteps },
-      (_, t) => betaStart + (betaEnd - betaStart) * t / Math.max(1, noiseSteps - 1),
+      { length: T },
+      (_, i) =>
+        schedule === "cosine"
+          ? Math.min(1 - cosineF(i + 1, T) / cosineF(i, T), 0.999)
+          : betaStart + (betaEnd - betaStart) * i / Math.max(1, T - 1),
     );
     this.alpha = this.beta.map((b) => 1 - b);
     let prod = 1;
@@ -68,25 +96,69 @@ export class Diffusion {
     });
   }
 
-  /** Algorithm 2 with σ_t² = β_t: from x_T ~ N(0, I) down to x_0. Returns n RGB images, NHWC uint8. */
-  async sample(model: NoiseModel, n: number, { labels = null, cfgScale = 3, onStep }: SampleOptions = {}) {
+  /** ᾱ at index i, with ᾱ = 1 before the first step (i = -1: x_0 itself). */
+  private alphaHatAt(i: number): number {
+    return i < 0 ? 1 : this.alphaHat[i];
+  }
+
+  /** Algorithm 2, line 4 (σ_t² = β_t, the tutorial's choice): the step from index i to i - 1. */
+  ddpmStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number): Step {
+    const [alpha, alphaHat, beta] = [this.alpha[i], this.alphaHat[i], this.beta[i]];
+    // x_{t-1} = 1/√α_t·(x_t - (1-α_t)/√(1-ᾱ_t)·ε_θ) + σ_t·z, with z = 0 at the last step
+    const mean = x.sub(eps.mul((1 - alpha) / Math.sqrt(1 - alphaHat))).div(Math.sqrt(alpha)) as tf.Tensor4D;
+    return { mean, sigma: i === 0 ? 0 : Math.sqrt(beta) };
+  }
+
+  /** DDIM (Song et al. Eq. 12) from index i to index prev < i (-1: to x_0), with σ_t(η) of Eq. 16. */
+  ddimStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, prev: number, eta: number): Step {
+    const [aT, aPrev] = [this.alphaHatAt(i), this.alphaHatAt(prev)];
+    // Eq. 16: σ_t(η) = η·√((1-ᾱ_{t-1})/(1-ᾱ_t))·√(1-ᾱ_t/ᾱ_{t-1})
+    const sigma = eta * Math.sqrt((1 - aPrev) / (1 - aT)) * Math.sqrt(1 - aT / aPrev);
+    // Eq. 12: x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t; x_{t-1} = √ᾱ_{t-1}·x̂_0 + √(1-ᾱ_{t-1}-σ_t²)·ε_θ + σ_t·z
+    const x0 = x.sub(eps.mul(Math.sqrt(1 - aT))).div(Math.sqrt(aT));
+    const mean = x0.mul(Math.sqrt(aPrev)).add(eps.mul(Math.sqrt(Math.max(0, 1 - aPrev - sigma ** 2))));
+    return { mean: mean as tf.Tensor4D, sigma };
+  }
+
+  /** DDIM's sub-sequence τ of the indices 0 … T-1: `steps` of them, evenly spaced, T-1 and 0 included. */
+  ddimTimesteps(steps: number): number[] {
+    if (!(Number.isInteger(steps) && steps >= 1)) {
+      throw new RangeError(`sampleSteps must be an integer ≥ 1, got ${steps}`);
+    }
+    const T = this.noiseSteps, S = Math.min(steps, T);
+    if (S === 1) return [T - 1];
+    return [...new Set(Array.from({ length: S }, (_, k) => Math.round(k * (T - 1) / (S - 1))))];
+  }
+
+  /**
+   * From x_T ~ N(0, I) down to x_0: Algorithm 2 over all T steps (ddpm), or DDIM over `sampleSteps` of them.
+   * Returns n RGB images, NHWC uint8.
+   */
+  async sample(model: NoiseModel, n: number, opts: SampleOptions = {}) {
+    const { labels = null, cfgScale = 3, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, onStep } = opts;
+    if (sampler !== "ddpm" && sampler !== "ddim") throw new RangeError(`unknown sampler ${sampler}`);
+    if (!(eta >= 0)) throw new RangeError(`eta must be ≥ 0, got ${eta}`);
     const s = this.imgSize;
+    const tau = sampler === "ddim"
+      ? this.ddimTimesteps(sampleSteps)
+      : Array.from({ length: this.noiseSteps }, (_, i) => i);
     const y = labels ? tf.tensor1d(labels, "int32") : null;
-    let x = tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D;
-    for (let i = this.noiseSteps - 1; i >= 0; i--) {
+    let x = xT ? xT.clone() : tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D;
+    for (let k = tau.length - 1; k >= 0; k--) {
+      const i = tau[k];
       const next = tf.tidy(() => {
         const t = tf.fill([n], i, "int32") as tf.Tensor1D;
         const eps = this.predictNoise(model, x, t, y, cfgScale);
-        const [alpha, alphaHat, beta] = [this.alpha[i], this.alphaHat[i], this.beta[i]];
-        // x_{t-1} = 1/√α_t·(x_t - (1-α_t)/√(1-ᾱ_t)·ε_θ) + σ_t·z, with z = 0 at the last step
-        const mean = x.sub(eps.mul((1 - alpha) / Math.sqrt(1 - alphaHat))).div(Math.sqrt(alpha));
-        if (i === 0) return mean as tf.Tensor4D;
-        return mean.add(tf.randomNormal(x.shape, 0, Math.sqrt(beta), "float32", nextSeed())) as tf.Tensor4D;
+        const { mean, sigma } = sampler === "ddim"
+          ? this.ddimStep(x, eps, i, k ? tau[k - 1] : -1, eta)
+          : this.ddpmStep(x, eps, i);
+        if (sigma === 0) return mean;
+        return mean.add(tf.randomNormal(x.shape, 0, sigma, "float32", nextSeed())) as tf.Tensor4D;
       });
       x.dispose();
       x = next;
-      onStep?.(i);
-      if (i % 50 === 0) await x.data(); // let the backend drain its queue (WebGPU)
+      onStep?.(k);
+      if (k % 50 === 0) await x.data(); // let the backend drain its queue (WebGPU)
     }
     y?.dispose();
     return await toUint8(x);

@@ -170,8 +170,8 @@ export async function train(config: Config, { resume = false, given = [], log = 
       const rand = mulberry32(config.seed * 7919 + epoch);
       let i = 0;
       for (const batch of data.batches(config.batchSize, rand)) {
+        const dropLabels = rand() < config.labelDrop; // (drawn for skipped batches too: same stream)
         if (i++ < stepInEpoch) continue; // resumed in the middle of this epoch
-        const dropLabels = rand() < config.labelDrop;
         const loss = tf.tidy(() => {
           const x0 = tf.tensor4d(batch.x, [batch.n, config.imageSize, config.imageSize, 3]);
           const labels = numClasses && !dropLabels ? tf.tensor1d(batch.labels, "int32") : null;

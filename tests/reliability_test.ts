@@ -82,7 +82,15 @@ Deno.test("memory: numTensors and bytes are flat over 200 steps and sampling; 10
 
 Deno.test("exact resume: N steps straight equal N/2 + resume + N/2, bit for bit (cpu backend)", async () => {
   const dir = await tmp();
-  const config = tiny(dir, { backend: "cpu", emaBeta: 0.9, emaStart: 2, labelDrop: 0.1, epochs: 3 }); // 6 steps
+  const config = tiny(dir, {
+    backend: "cpu",
+    data: "builtin:shapes",
+    conditional: true,
+    labelDrop: 0.4,
+    emaBeta: 0.9,
+    emaStart: 2,
+    epochs: 3,
+  }); // 6 steps, some of them without labels
   await train({ ...config, name: "straight" }, { log: quiet });
   await train({ ...config, name: "split", maxSteps: 3 }, { log: quiet }); // stops in the middle of epoch 2
   const lines: string[] = [];

@@ -1,0 +1,283 @@
+// Quality scores of a trained run, offline: `deno task eval --run RUN [--n N] [--sampler ddim] [--ema]`.
+// A small classifier trained on the run's own data (classifier.ts) scores generated images: the share of
+// conditional samples it puts in the requested class, and a Fréchet distance on its penultimate features.
+import * as tf from "@tensorflow/tfjs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
+import { assignWeights, readState, saveWeights } from "./checkpoint.ts";
+import {
+  Classifier,
+  classify,
+  collect,
+  featureStats,
+  frechetDistance,
+  type ImageSet,
+  slice,
+  type Task,
+  trainClassifier,
+} from "./classifier.ts";
+import { Diffusion, type NoiseModel, type Sampler, type Schedule } from "./diffusion.ts";
+import { loadRun } from "./sample.ts";
+import { type Config, runCli, UsageError } from "./cli.ts";
+import { writeReport } from "./report.ts";
+import { loadDataset, saveGrid } from "./utils.ts";
+
+export const METRIC = "Fréchet distance (classifier features)";
+const METRIC_NOTE = `${METRIC}: ‖μ1-μ2‖² + Tr(Σ1 + Σ2 - 2(Σ1Σ2)^½) between the penultimate features of a small ` +
+  "CNN trained on this run's data and those of the real images; lower is better. Not an FID (no Inception network): " +
+  "comparable only between evaluations of runs on the same data.";
+const MAX_REAL = 5000; // real images for the classifier and the reference statistics
+const HELD_OUT = 0.1; // share of them kept out of the classifier's training
+
+/** A run's config; runs saved before the DDIM / cosine options lack those fields. */
+type RunConfig =
+  & Omit<Config, "schedule" | "sampler" | "sampleSteps" | "eta">
+  & Partial<{ schedule: Schedule; sampler: Sampler; sampleSteps: number; eta: number }>;
+
+export interface EvalOptions {
+  run: string; // run folder
+  n?: number; // samples per class (conditional) or in all (unconditional)
+  sampler?: Sampler; // default: the run's, else ddpm
+  sampleSteps?: number;
+  eta?: number;
+  ema?: boolean;
+  seed?: number;
+  log?: (line: string) => void;
+}
+
+/** The run's classifier: from RUN/classifier/ when it was trained on the same data, else trained and saved there. */
+async function runClassifier(
+  runDir: string,
+  config: RunConfig,
+  task: Task,
+  classes: number,
+  real: ImageSet,
+  log = console.log,
+) {
+  const dir = join(runDir, "classifier"), heldOut = Math.max(1, Math.round(real.n * HELD_OUT));
+  const key = { data: config.data, imageSize: config.imageSize, count: config.count, seed: config.seed, task, classes };
+  const clf = new Classifier(config.imageSize, classes);
+  const cached = await Deno.readTextFile(join(dir, "classifier.json")).then(JSON.parse).catch(() => null);
+  if (cached && JSON.stringify(cached.key) === JSON.stringify(key)) {
+    assignWeights(join(dir, "weights.bin"), clf.weights);
+    log(`classifier: ${dir} (held-out accuracy ${(100 * cached.heldOutAccuracy).toFixed(1)} %)`);
+    return { clf, info: cached };
+  }
+  log(`training the classifier (${task}) on ${real.n - heldOut} real images`);
+  const t0 = performance.now();
+  await trainClassifier(clf, slice(real, heldOut, real.n), task, { seed: config.seed, log });
+  const { accuracy } = await classify(clf, slice(real, 0, heldOut), task);
+  const info = {
+    key,
+    task: task === "labels" ? "the data set's classes" : "rotation by 0/90/180/270° (one-class data)",
+    heldOutAccuracy: accuracy,
+    trainImages: real.n - heldOut,
+    heldOutImages: heldOut,
+    featureDim: clf.featureDim,
+    seconds: Math.round((performance.now() - t0) / 100) / 10,
+  };
+  await Deno.mkdir(dir, { recursive: true });
+  await saveWeights(join(dir, "weights.bin"), clf.weights);
+  await Deno.writeTextFile(join(dir, "classifier.json"), JSON.stringify(info, null, 1));
+  log(`classifier: held-out accuracy ${(100 * accuracy).toFixed(1)} % -> ${dir}`);
+  return { clf, info };
+}
+
+/** n images from the model, in chunks of at most 256; NHWC uint8. */
+async function sampleChunks(
+  diffusion: Diffusion,
+  model: NoiseModel,
+  n: number,
+  labels: number[] | null,
+  opts: { cfgScale: number; sampler: Sampler; sampleSteps: number; eta: number },
+) {
+  const out = new Uint8Array(n * diffusion.imgSize ** 2 * 3);
+  for (let s = 0; s < n; s += 256) {
+    const m = Math.min(256, n - s);
+    const px = await diffusion.sample(model, m, { ...opts, labels: labels?.slice(s, s + m) ?? null });
+    out.set(px, s * diffusion.imgSize ** 2 * 3);
+  }
+  return out;
+}
+
+const round = (x: number, digits = 4) => Number(x.toPrecision(digits));
+
+/** The share of samples classified as the class they were asked for: in all, and per class (n each, in order). */
+function classAccuracy(predicted: Int32Array, labels: number[], classes: string[], n: number) {
+  const share = (from: number, to: number) => {
+    let hits = 0;
+    for (let i = from; i < to; i++) hits += predicted[i] === labels[i] ? 1 : 0;
+    return round(hits / (to - from));
+  };
+  return {
+    total: share(0, labels.length),
+    perClass: Object.fromEntries(classes.map((c, k) => [c, share(k * n, (k + 1) * n)])),
+  };
+}
+
+interface Result {
+  cfgScale: number | null; // null: an unconditional model
+  n: number;
+  seconds: number; // sampling time
+  frechetDistance: number;
+  classAccuracy?: ReturnType<typeof classAccuracy>;
+}
+
+/** Scores a run; writes RUN/eval.json, the sample grids, and the run's index.html. Returns the report. */
+export async function evaluate(o: EvalOptions) {
+  const log = o.log ?? console.log, runDir = o.run, seed = o.seed ?? 0, ema = o.ema ?? false;
+  const state = await readState(runDir);
+  const { model, config: c, classes } = await loadRun(runDir, ema);
+  const config = c as RunConfig, size = config.imageSize;
+  const sampler = o.sampler ?? config.sampler ?? "ddpm", sampleSteps = o.sampleSteps ?? config.sampleSteps ?? 50;
+  const eta = o.eta ?? config.eta ?? 0, schedule = config.schedule ?? "linear";
+  const conditional = model.numClasses > 0, task: Task = conditional ? "labels" : "rotation";
+  const data = await loadDataset(config.data, size, {
+    seed: config.seed,
+    count: config.count || undefined,
+    cacheDir: config.cacheDir,
+    log,
+  });
+  setSeed(seed);
+  const real = collect(data, MAX_REAL, config.seed);
+  const { clf, info } = await runClassifier(runDir, config, task, conditional ? classes.length : 4, real, log);
+  const d = clf.featureDim, heldOut = info.heldOutImages as number;
+  const realSet = slice(real, heldOut, real.n); // the reference statistics: the classifier's training images
+  const realStats = featureStats((await classify(clf, realSet, task)).features, realSet.n, d);
+  const held = await classify(clf, slice(real, 0, heldOut), task);
+  const reference = round(frechetDistance(featureStats(held.features, heldOut, d), realStats));
+
+  const diffusion = new Diffusion({ noiseSteps: config.noiseSteps, imgSize: size, schedule });
+  const n = o.n ?? (conditional ? 20 : 200);
+  const labels = conditional ? Array.from({ length: n * classes.length }, (_, i) => Math.floor(i / n)) : null;
+  const count = labels?.length ?? n, results: Result[] = [];
+  const scales = conditional ? [...new Set([config.cfgScale, 0])] : [0];
+  const steps = sampler === "ddim"
+    ? `${Math.min(sampleSteps, config.noiseSteps)} DDIM steps (η ${eta})`
+    : `${config.noiseSteps} DDPM steps`;
+  try {
+    for (const cfgScale of scales) {
+      log(`sampling ${count} images: ${steps}${conditional ? `, cfg scale ${cfgScale}` : ""}`);
+      setSeed(seed); // the same x_T for every setting
+      const t0 = performance.now();
+      const pixels = await sampleChunks(diffusion, model, count, labels, { cfgScale, sampler, sampleSteps, eta });
+      const seconds = round((performance.now() - t0) / 1000, 3);
+      const gen: ImageSet = {
+        x: Float32Array.from(pixels, (v) => v / 127.5 - 1),
+        y: Int32Array.from(labels ?? []),
+        n: count,
+        size,
+      };
+      const scored = await classify(clf, gen, task);
+      const fd = round(frechetDistance(featureStats(scored.features, count, d), realStats));
+      const name = `eval_${sampler === "ddim" ? `ddim${sampleSteps}` : "ddpm"}${
+        conditional ? `_cfg${cfgScale}` : ""
+      }.png`;
+      await saveGrid(join(runDir, "samples", name), pixels, count, size, conditional ? n : undefined);
+      const result: Result = {
+        cfgScale: conditional ? cfgScale : null,
+        n: count,
+        seconds,
+        frechetDistance: fd,
+      };
+      let line = `${METRIC} ${fd} (real vs real: ${reference})`;
+      if (labels) {
+        result.classAccuracy = classAccuracy(scored.predicted, labels, classes, n);
+        line = `class accuracy ${(100 * result.classAccuracy.total).toFixed(1)} % | ${line}`;
+      }
+      log(`${line} | ${seconds} s -> samples/${name}`);
+      results.push(result);
+    }
+  } finally {
+    for (const m of [model, clf, diffusion]) m.dispose();
+  }
+  const report = {
+    metric: METRIC_NOTE,
+    run: runDir,
+    step: state.step,
+    weights: ema ? "ema" : "model",
+    sampler,
+    ...(sampler === "ddim" ? { sampleSteps: Math.min(sampleSteps, config.noiseSteps), eta } : {}),
+    noiseSteps: config.noiseSteps,
+    schedule,
+    seed,
+    backend: tf.getBackend(),
+    classifier: { ...info, key: undefined },
+    reference: { what: "held-out real images vs the real images", n: heldOut, frechetDistance: reference },
+    results,
+  };
+  await Deno.writeTextFile(join(runDir, "eval.json"), JSON.stringify(report, null, 1));
+  await writeReport(runDir);
+  log(`-> ${join(runDir, "eval.json")}, ${join(runDir, "index.html")}`);
+  return report;
+}
+
+const HELP = `Score a trained run with a classifier trained on its own data (offline, no Inception network).
+
+  deno task eval --run RUN [--n N] [--sampler ddpm|ddim] [--sample-steps 50] [--eta 0] [--ema] [--seed 0]
+
+  --run RUN          run folder (or its name under runs/)
+  --n N              samples per class (conditional, default 20) or in all (unconditional, default 200)
+  --sampler S        ddpm (all T steps) | ddim (default: the run's, else ddpm)
+  --sample-steps N   DDIM steps (default 50)     --eta X   DDIM η in [0, 1] (default 0: deterministic)
+  --ema              score the EMA weights
+  --backend NAME     auto | tensorflow | webgpu | wasm | cpu
+  --seed N           seed of the samples (default 0)
+
+Writes RUN/eval.json (class accuracy at the run's cfg scale and at 0, and the ${METRIC}),
+RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/classifier/.`;
+
+/** Flags to EvalOptions plus the backend; any bad value is a UsageError naming the flag. */
+export function parseEvalArgs(args: string[]) {
+  const options = {
+    run: { type: "string" },
+    n: { type: "string" },
+    sampler: { type: "string" },
+    "sample-steps": { type: "string" },
+    eta: { type: "string" },
+    ema: { type: "boolean" },
+    backend: { type: "string" },
+    seed: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  } as const;
+  let v;
+  try {
+    v = parseArgs({ args, options, strict: true }).values;
+  } catch (e) {
+    throw new UsageError((e as Error).message.split("\n")[0] + " (see --help)");
+  }
+  const num = (flag: string, s: string | undefined, min: number, max: number, integer = true) => {
+    if (s === undefined) return undefined;
+    const x = Number(s);
+    if (!Number.isFinite(x) || (integer && !Number.isInteger(x)) || x < min || x > max) {
+      throw new UsageError(`--${flag} ${s}: expected ${integer ? "an integer" : "a number"} in [${min}, ${max}]`);
+    }
+    return x;
+  };
+  const backend = (v.backend ?? "auto") as BackendName;
+  if (!BACKENDS.includes(backend)) throw new UsageError(`--backend ${backend}: use one of ${BACKENDS.join(", ")}`);
+  if (v.sampler !== undefined && v.sampler !== "ddpm" && v.sampler !== "ddim") {
+    throw new UsageError(`--sampler ${v.sampler}: use ddpm or ddim`);
+  }
+  if (!v.help && !v.run) throw new UsageError("--run RUN is required (a run folder, e.g. runs/shapes)");
+  const opts: EvalOptions = {
+    run: v.run === undefined || v.run.includes("/") ? v.run ?? "" : join("runs", v.run),
+    n: num("n", v.n, 1, 100000),
+    sampler: v.sampler as Sampler | undefined,
+    sampleSteps: num("sample-steps", v["sample-steps"], 1, 100000),
+    eta: num("eta", v.eta, 0, 1, false),
+    ema: v.ema ?? false,
+    seed: num("seed", v.seed, 0, 2 ** 31 - 1),
+  };
+  return { opts, backend, help: !!v.help };
+}
+
+if (import.meta.main) {
+  await runCli(async () => {
+    const { opts, backend, help } = parseEvalArgs(Deno.args);
+    if (help) return console.log(HELP);
+    console.log(`backend ${await setBackend(backend)}`);
+    await evaluate(opts);
+  });
+}

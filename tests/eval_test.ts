@@ -1,0 +1,206 @@
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { setBackend, setSeed } from "../backend.ts";
+import {
+  Classifier,
+  classify,
+  collect,
+  featureStats,
+  frechetDistance,
+  rotations,
+  symmetricEigen,
+  trainClassifier,
+} from "../classifier.ts";
+import { evaluate, METRIC, parseEvalArgs } from "../eval.ts";
+import { DEFAULTS, UsageError } from "../cli.ts";
+import { train } from "../train.ts";
+import { loadDataset, mulberry32 } from "../utils.ts";
+
+await setBackend("wasm");
+
+/** n draws of N(μ, A·Aᵀ), row after row. */
+function gaussian(n: number, mu: number[], A: number[][], seed: number): Float64Array {
+  const d = mu.length, rand = mulberry32(seed), out = new Float64Array(n * d);
+  const normal = () => Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand()); // Box-Muller
+  for (let i = 0; i < n; i++) {
+    const z = mu.map(normal);
+    for (let j = 0; j < d; j++) out[i * d + j] = mu[j] + A[j].reduce((s, a, k) => s + a * z[k], 0);
+  }
+  return out;
+}
+
+const diag = (v: number[]) => v.map((x, i) => v.map((_, j) => i === j ? x : 0));
+
+Deno.test("Jacobi eigen-decomposition rebuilds a symmetric matrix: A = V·diag(λ)·Vᵀ", () => {
+  const rand = mulberry32(4), n = 12;
+  const A = Array.from({ length: n }, () => new Array(n).fill(0));
+  for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) A[i][j] = A[j][i] = rand() - 0.5;
+  const { values, vectors: V } = symmetricEigen(A);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      const rebuilt = values.reduce((s, l, k) => s + V[i][k] * l * V[j][k], 0);
+      assert.ok(Math.abs(rebuilt - A[i][j]) < 1e-10, `A[${i}][${j}]: ${rebuilt} vs ${A[i][j]}`);
+    }
+  }
+});
+
+Deno.test("Fréchet distance of a feature set with itself is ~0, and grows with a shift of the mean", () => {
+  const tiny = featureStats([0, 1, 2, 5], 2, 2); // two 2-d vectors: mean, and the unbiased covariance (n - 1)
+  assert.deepEqual([Array.from(tiny.mu), tiny.sigma.map((r) => Array.from(r))], [[1, 3], [[2, 4], [4, 8]]]);
+  const d = 16, rand = mulberry32(5), mix = Array.from({ length: d }, () => Array.from({ length: d }, rand));
+  const f = gaussian(300, new Array(d).fill(0.5), mix, 1);
+  const s = featureStats(f, 300, d);
+  const trace = s.sigma.reduce((t, r, i) => t + r[i], 0);
+  assert.ok(frechetDistance(s, s) < 1e-8 * trace, `${frechetDistance(s, s)}`);
+  const shifted = { mu: s.mu.map((m) => m + 0.5), sigma: s.sigma };
+  const fd = frechetDistance(s, shifted);
+  assert.ok(Math.abs(fd - d * 0.25) < 1e-8 * trace, `${fd}`); // only ‖μ1-μ2‖² is left
+});
+
+Deno.test("Fréchet distance matches the closed form of two Gaussians", () => {
+  // Diagonal: Tr(Σ1 + Σ2 - 2(Σ1Σ2)^½) = Σ (√a_i - √b_i)².
+  const [mu1, mu2, a, b] = [[0, 1, 2], [1, 1, 0], [1, 4, 0.25], [9, 1, 0.25]];
+  const exact = 1 + 4 + (1 - 3) ** 2 + (2 - 1) ** 2 + 0; // ‖μ1-μ2‖² = 5, trace term 5
+  assert.ok(Math.abs(frechetDistance({ mu: mu1, sigma: diag(a) }, { mu: mu2, sigma: diag(b) }) - exact) < 1e-9);
+  // The same covariances turned by one rotation R: the distance does not change.
+  const c = Math.cos(0.7), s = Math.sin(0.7), R = [[c, -s, 0], [s, c, 0], [0, 0, 1]];
+  const turn = (v: number[]) => R.map((ri) => R.map((rj) => v.reduce((t, x, k) => t + ri[k] * x * rj[k], 0)));
+  const rot = frechetDistance({ mu: mu1, sigma: turn(a) }, { mu: mu2, sigma: turn(b) });
+  assert.ok(Math.abs(rot - exact) < 1e-9, `${rot}`);
+  // Covariances that do not commute, 2x2: Tr √M = √(Tr M + 2√det M) for M = Σ1Σ2 (its eigenvalues are ≥ 0).
+  const S1 = [[2, 0.8], [0.8, 1]], S2 = [[1, -0.3], [-0.3, 0.5]];
+  const M = [0, 1].map((i) => [0, 1].map((j) => S1[i][0] * S2[0][j] + S1[i][1] * S2[1][j]));
+  const trSqrt = Math.sqrt(M[0][0] + M[1][1] + 2 * Math.sqrt(M[0][0] * M[1][1] - M[0][1] * M[1][0]));
+  const expected = 3 + 1.5 - 2 * trSqrt;
+  assert.ok(Math.abs(frechetDistance({ mu: [0, 0], sigma: S1 }, { mu: [0, 0], sigma: S2 }) - expected) < 1e-9);
+  // From samples: 20 000 draws of each Gaussian give the closed form within sampling error.
+  const fa = gaussian(20000, mu1, diag(a.map(Math.sqrt)), 2), fb = gaussian(20000, mu2, diag(b.map(Math.sqrt)), 3);
+  const sampled = frechetDistance(featureStats(fa, 20000, 3), featureStats(fb, 20000, 3));
+  assert.ok(Math.abs(sampled - exact) < 0.1, `sampled ${sampled} vs ${exact}`);
+});
+
+Deno.test("rotations: four counter-clockwise quarter turns, with their index as the target", async () => {
+  const x = tf.tensor4d([1, 2, 3, 4], [1, 2, 2, 1]); // [[1, 2], [3, 4]]
+  const [turned, k] = rotations(x);
+  assert.deepEqual(Array.from(await turned.data()), [1, 2, 3, 4, 2, 4, 1, 3, 4, 3, 2, 1, 3, 1, 4, 2]);
+  assert.deepEqual(Array.from(await k.data()), [0, 1, 2, 3]);
+  tf.dispose([x, turned, k]);
+});
+
+Deno.test("the classifier reaches ≥ 95 % on held-out builtin:shapes (800 training images, 16 px)", async () => {
+  setSeed(0);
+  const train = collect(await loadDataset("builtin:shapes", 16, { count: 800, seed: 1 }), 800, 1);
+  const heldOut = collect(await loadDataset("builtin:shapes", 16, { count: 500, seed: 2 }), 500, 2);
+  const clf = new Classifier(16, 10);
+  await trainClassifier(clf, train, "labels", { epochs: 15 });
+  const { accuracy, features, predicted } = await classify(clf, heldOut, "labels");
+  assert.ok(accuracy >= 0.95, `held-out accuracy ${accuracy}`);
+  assert.equal(features.length, 500 * clf.featureDim);
+  assert.equal(predicted.filter((p, i) => p === heldOut.y[i]).length / 500, accuracy);
+  clf.dispose();
+});
+
+Deno.test("end to end: a tiny conditional run is scored; eval.json and index.html; the classifier is cached", async () => {
+  const out = await Deno.makeTempDir();
+  const quiet = () => {};
+  await train(
+    {
+      ...DEFAULTS,
+      data: "builtin:shapes",
+      conditional: true,
+      imageSize: 16,
+      width: 8,
+      maxSteps: 3,
+      count: 64,
+      noiseSteps: 20,
+      nSamples: 10,
+      backend: "wasm",
+      out,
+      name: "tiny",
+    },
+    { log: quiet },
+  );
+  const run = join(out, "tiny"), opts = { run, n: 2, sampler: "ddim", sampleSteps: 5, seed: 1 } as const;
+  const report = await evaluate({ ...opts, log: quiet });
+  const saved = JSON.parse(await Deno.readTextFile(join(run, "eval.json")));
+  assert.deepEqual(saved, JSON.parse(JSON.stringify(report)));
+  assert.ok(saved.metric.startsWith(METRIC) && !JSON.stringify(saved).replace("Not an FID", "").includes("FID"));
+  assert.deepEqual([saved.step, saved.sampler, saved.sampleSteps, saved.schedule], [3, "ddim", 5, "linear"]);
+  assert.equal(saved.classifier.task, "the data set's classes");
+  assert.ok(saved.classifier.heldOutAccuracy >= 0 && saved.classifier.heldOutAccuracy <= 1);
+  assert.deepEqual(saved.results.map((r: { cfgScale: number }) => r.cfgScale), [3, 0]);
+  for (const r of saved.results) {
+    assert.equal(r.n, 20); // 2 per class
+    assert.ok(Number.isFinite(r.frechetDistance) && r.frechetDistance >= 0);
+    assert.deepEqual(Object.keys(r.classAccuracy.perClass).length, 10);
+    const mean = Object.values(r.classAccuracy.perClass as Record<string, number>).reduce((s, v) => s + v, 0) / 10;
+    assert.ok(Math.abs(mean - r.classAccuracy.total) < 1e-3);
+  }
+  assert.ok(Number.isFinite(saved.reference.frechetDistance));
+  const html = await Deno.readTextFile(join(run, "index.html"));
+  assert.ok(html.includes("Scores (deno task eval)") && html.includes("eval_ddim5_cfg3.png"));
+  // A second evaluation loads the cached classifier and, with the same seed, gives the same scores.
+  const lines: string[] = [];
+  const again = await evaluate({ ...opts, log: (l) => lines.push(l) });
+  assert.ok(lines.some((l) => l.startsWith(`classifier: ${join(run, "classifier")}`)), lines.join("\n"));
+  const scores = (r: typeof report) => r.results.map((x) => [x.frechetDistance, x.classAccuracy]);
+  assert.deepEqual(scores(again), scores(report));
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("end to end, one-class data: the classifier learns rotations; one unguided result, no class accuracy", async () => {
+  const out = await Deno.makeTempDir();
+  const quiet = () => {};
+  const tiny = {
+    imageSize: 16,
+    width: 8,
+    maxSteps: 2,
+    count: 40,
+    noiseSteps: 10,
+    nSamples: 4,
+    backend: "wasm",
+  } as const;
+  await train({ ...DEFAULTS, ...tiny, data: "builtin:landscapes", out, name: "land" }, { log: quiet });
+  const report = await evaluate({ run: join(out, "land"), n: 6, sampler: "ddpm", log: quiet });
+  assert.equal(report.classifier.task, "rotation by 0/90/180/270° (one-class data)");
+  assert.equal(report.classifier.heldOutImages, 4);
+  assert.equal(report.results.length, 1);
+  assert.deepEqual(Object.keys(report.results[0]).sort(), ["cfgScale", "frechetDistance", "n", "seconds"]);
+  assert.deepEqual([report.results[0].cfgScale, report.results[0].n, report.sampler], [null, 6, "ddpm"]);
+  assert.ok(!("sampleSteps" in report));
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 2", async () => {
+  for (
+    const args of [
+      [],
+      ["--run", "r", "--n", "0"],
+      ["--run", "r", "--sampler", "plms"],
+      ["--run", "r", "--eta", "2"],
+      [
+        "--run",
+        "r",
+        "--sample-steps",
+        "2.5",
+      ],
+      ["--run", "r", "--backend", "tpu"],
+      ["--run", "r", "--bogus"],
+    ]
+  ) {
+    assert.throws(() => parseEvalArgs(args), UsageError, args.join(" "));
+  }
+  const { opts } = parseEvalArgs(["--run", "shapes", "--sampler", "ddim", "--sample-steps", "25", "--ema"]);
+  assert.deepEqual([opts.run, opts.sampler, opts.sampleSteps, opts.ema], [join("runs", "shapes"), "ddim", 25, true]);
+  const cli = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "eval.ts", "--run", "x", "--n", "abc"],
+    cwd: join(import.meta.dirname!, ".."),
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const err = new TextDecoder().decode(cli.stderr).trim();
+  assert.equal(cli.code, 2);
+  assert.equal(err.split("\n").length, 1, err);
+  assert.match(err, /--n abc/);
+});
