@@ -26,6 +26,7 @@ export interface Config {
   sampler: Sampler; // for the sample grids: ddpm (all T steps) or ddim
   sampleSteps: number; // ddim's steps
   eta: number; // ddim's η (0 = deterministic)
+  clip: boolean; // clip the predicted x̂_0 to [-1, 1] while sampling
   conditional: boolean;
   labelDrop: number; // share of steps trained without labels (for CFG)
   emaBeta: number; // 0 = no EMA model
@@ -48,22 +49,23 @@ export const PRESETS: Record<string, Partial<Config>> = {
     conditional: true,
     emaBeta: 0.995,
   },
-  // minutes on a laptop CPU: small images and width, a higher lr, EMA, DDIM sample grids
+  // minutes on a laptop CPU: small images and width, a higher lr, EMA, stochastic DDIM (η = 1) sample grids
   demo: {
     data: "builtin:landscapes",
     name: "demo",
     imageSize: 16,
     width: 16,
-    batchSize: 32,
-    epochs: 9,
+    batchSize: 16,
+    epochs: 8,
     count: 2000,
     lr: 1e-3,
     emaBeta: 0.995,
     emaStart: 100,
-    sampleEvery: 3,
+    sampleEvery: 4,
     nSamples: 36,
     sampler: "ddim",
-    sampleSteps: 50,
+    sampleSteps: 100,
+    eta: 1,
   },
 };
 
@@ -87,6 +89,7 @@ export const DEFAULTS: Config = {
   sampler: "ddpm",
   sampleSteps: 50,
   eta: 0,
+  clip: true,
   conditional: false,
   labelDrop: 0.1,
   emaBeta: 0,
@@ -114,6 +117,7 @@ Options (defaults from --preset, then these):
   --seed N             makes a run repeatable on the same backend
   --sample-every N     epochs between sample grids     --n-samples N   --cfg-scale X
   --sampler NAME       ddpm (all T steps) | ddim       --sample-steps N (ddim, 50)  --eta X (ddim, 0)
+  --no-clip            do not clip the predicted x̂_0 to [-1, 1] while sampling (the tutorial does not)
   --conditional        train with labels (class sub-folders)  --label-drop X (0.1)
   --ema-beta X         0 = no EMA model                --ema-start N  (steps of EMA warm-up)
   --count N            load at most N images           --cache-dir DIR (CIFAR-10 files)
@@ -146,7 +150,7 @@ const NUMBERS: [keyof Config, string, number, number, boolean][] = [
   ["nSamples", "n-samples", 1, 1024, true],
   ["cfgScale", "cfg-scale", 0, 100, false],
   ["sampleSteps", "sample-steps", 1, 100000, true],
-  ["eta", "eta", 0, 10, false],
+  ["eta", "eta", 0, 1, false],
   ["emaBeta", "ema-beta", 0, 0.999999, false],
   ["emaStart", "ema-start", 0, 1e12, true],
   ["labelDrop", "label-drop", 0, 1, false],
@@ -163,6 +167,7 @@ export function parseConfig(
       f,
     ) => [f, { type: "string" }]),
     ["conditional", { type: "boolean" }],
+    ["no-clip", { type: "boolean" }],
     ["help", { type: "boolean", short: "h" }],
   ]) as Record<string, { type: "string" | "boolean" }>;
   let values: Record<string, string | boolean | undefined>;
@@ -190,6 +195,7 @@ export function parseConfig(
     if (values[flag] !== undefined) config[key] = values[flag] as string;
   }
   if (values.conditional) config.conditional = true;
+  if (values["no-clip"]) config.clip = false;
   for (const [key, choices] of CHOICES) {
     const v = values[key] as string | undefined;
     if (v === undefined) continue;
@@ -213,6 +219,7 @@ export function parseConfig(
     "conditional",
   ];
   const given = keys.filter((k) => values[flagOf(k).slice(2)] !== undefined);
+  if (values["no-clip"]) given.push("clip");
   return { config, resume: !!resume, help: !!values.help, given };
 }
 

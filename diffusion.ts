@@ -26,6 +26,7 @@ export interface SampleOptions {
   sampleSteps?: number; // DDIM only: the length of the sub-sequence τ of {0, …, T-1}
   eta?: number; // DDIM only: η of Eq. 16; 0 = deterministic, 1 = DDPM's posterior variance
   xT?: tf.Tensor4D; // the starting noise (default: drawn); not disposed
+  clip?: boolean; // clip the predicted x̂_0 to [-1, 1] at every step (default true), as the DDPM authors' code does
   onStep?: (i: number) => void; // progress: called with the remaining step count
 }
 
@@ -101,21 +102,42 @@ export class Diffusion {
     return i < 0 ? 1 : this.alphaHat[i];
   }
 
-  /** Algorithm 2, line 4 (σ_t² = β_t, the tutorial's choice): the step from index i to i - 1. */
-  ddpmStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number): Step {
-    const [alpha, alphaHat, beta] = [this.alpha[i], this.alphaHat[i], this.beta[i]];
+  /** Eq. 15: the x_0 that ε_θ implies, x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t, optionally clipped to the data range. */
+  predictX0(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, clip: boolean): tf.Tensor4D {
+    const x0 = x.sub(eps.mul(Math.sqrt(1 - this.alphaHat[i]))).div(Math.sqrt(this.alphaHat[i])) as tf.Tensor4D;
+    return clip ? x0.clipByValue(-1, 1) as tf.Tensor4D : x0;
+  }
+
+  /**
+   * Algorithm 2, line 4 (σ_t² = β_t, the tutorial's choice): the step from index i to i - 1. With `clip`, the mean is
+   * the posterior mean μ̃_t(x_t, x̂_0) of Eq. 7 with x̂_0 clipped, which without clipping is the same number.
+   */
+  ddpmStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, clip = false): Step {
+    const [alpha, alphaHat, beta, alphaHatPrev] = [
+      this.alpha[i],
+      this.alphaHat[i],
+      this.beta[i],
+      this.alphaHatAt(i - 1),
+    ];
+    const sigma = i === 0 ? 0 : Math.sqrt(beta);
+    if (clip) { // Eq. 7: μ̃_t = √ᾱ_{t-1}·β_t/(1-ᾱ_t)·x̂_0 + √α_t·(1-ᾱ_{t-1})/(1-ᾱ_t)·x_t
+      const x0 = this.predictX0(x, eps, i, true);
+      const mean = x0.mul(Math.sqrt(alphaHatPrev) * beta / (1 - alphaHat))
+        .add(x.mul(Math.sqrt(alpha) * (1 - alphaHatPrev) / (1 - alphaHat)));
+      return { mean: mean as tf.Tensor4D, sigma };
+    }
     // x_{t-1} = 1/√α_t·(x_t - (1-α_t)/√(1-ᾱ_t)·ε_θ) + σ_t·z, with z = 0 at the last step
     const mean = x.sub(eps.mul((1 - alpha) / Math.sqrt(1 - alphaHat))).div(Math.sqrt(alpha)) as tf.Tensor4D;
-    return { mean, sigma: i === 0 ? 0 : Math.sqrt(beta) };
+    return { mean, sigma };
   }
 
   /** DDIM (Song et al. Eq. 12) from index i to index prev < i (-1: to x_0), with σ_t(η) of Eq. 16. */
-  ddimStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, prev: number, eta: number): Step {
+  ddimStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, prev: number, eta: number, clip = false): Step {
     const [aT, aPrev] = [this.alphaHatAt(i), this.alphaHatAt(prev)];
     // Eq. 16: σ_t(η) = η·√((1-ᾱ_{t-1})/(1-ᾱ_t))·√(1-ᾱ_t/ᾱ_{t-1})
     const sigma = eta * Math.sqrt((1 - aPrev) / (1 - aT)) * Math.sqrt(1 - aT / aPrev);
     // Eq. 12: x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t; x_{t-1} = √ᾱ_{t-1}·x̂_0 + √(1-ᾱ_{t-1}-σ_t²)·ε_θ + σ_t·z
-    const x0 = x.sub(eps.mul(Math.sqrt(1 - aT))).div(Math.sqrt(aT));
+    const x0 = this.predictX0(x, eps, i, clip);
     const mean = x0.mul(Math.sqrt(aPrev)).add(eps.mul(Math.sqrt(Math.max(0, 1 - aPrev - sigma ** 2))));
     return { mean: mean as tf.Tensor4D, sigma };
   }
@@ -135,7 +157,7 @@ export class Diffusion {
    * Returns n RGB images, NHWC uint8.
    */
   async sample(model: NoiseModel, n: number, opts: SampleOptions = {}) {
-    const { labels = null, cfgScale = 3, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, onStep } = opts;
+    const { labels = null, cfgScale = 3, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, clip = true, onStep } = opts;
     if (sampler !== "ddpm" && sampler !== "ddim") throw new RangeError(`unknown sampler ${sampler}`);
     if (!(eta >= 0)) throw new RangeError(`eta must be ≥ 0, got ${eta}`);
     const s = this.imgSize;
@@ -150,8 +172,8 @@ export class Diffusion {
         const t = tf.fill([n], i, "int32") as tf.Tensor1D;
         const eps = this.predictNoise(model, x, t, y, cfgScale);
         const { mean, sigma } = sampler === "ddim"
-          ? this.ddimStep(x, eps, i, k ? tau[k - 1] : -1, eta)
-          : this.ddpmStep(x, eps, i);
+          ? this.ddimStep(x, eps, i, k ? tau[k - 1] : -1, eta, clip)
+          : this.ddpmStep(x, eps, i, clip);
         if (sigma === 0) return mean;
         return mean.add(tf.randomNormal(x.shape, 0, sigma, "float32", nextSeed())) as tf.Tensor4D;
       });

@@ -41,6 +41,7 @@ export async function sampleGrids(
       sampler: config.sampler,
       sampleSteps: config.sampleSteps,
       eta: config.eta,
+      clip: config.clip ?? true,
       onStep: (i) => {
         if (stopped()) throw new Interrupted();
         if (Deno.stdout.isTerminal() && i % 10 === 0) {

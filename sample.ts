@@ -34,6 +34,7 @@ const HELP = `Sample images from a trained run and save them as a PNG grid.
   --ema            use the EMA weights
   --sampler NAME   ddpm (Algorithm 2, all T steps; default) | ddim
   --sample-steps N DDIM steps (default 50)       --eta X   DDIM's η (default 0: deterministic)
+  --no-clip        do not clip the predicted x̂_0 to [-1, 1] at each step
   --backend NAME   auto | tensorflow | webgpu | wasm | cpu
   --out FILE       output PNG (default RUN/samples/sample_<time>.png)`;
 
@@ -47,6 +48,7 @@ async function main() {
     sampler: { type: "string" },
     "sample-steps": { type: "string" },
     eta: { type: "string" },
+    "no-clip": { type: "boolean" },
     seed: { type: "string" },
     backend: { type: "string" },
     out: { type: "string" },
@@ -79,7 +81,7 @@ async function main() {
     throw new UsageError(`--sampler ${v.sampler}: use ddpm or ddim`);
   }
   const eta = v.eta === undefined ? 0 : Number(v.eta);
-  if (!(eta >= 0)) throw new UsageError(`--eta ${v.eta}: expected a number ≥ 0`);
+  if (!(eta >= 0 && eta <= 1)) throw new UsageError(`--eta ${v.eta}: expected a number in [0, 1]`);
   console.log(`backend ${await setBackend(backend)}`);
   setSeed(int("seed", v.seed, 0, 2 ** 31 - 1) ?? Date.now() % 2 ** 31);
   const nFlag = int("n", v.n, 1, 1024);
@@ -106,6 +108,7 @@ async function main() {
     sampler: v.sampler as Sampler ?? "ddpm",
     sampleSteps: int("sample-steps", v["sample-steps"], 1, config.noiseSteps) ?? 50,
     eta,
+    clip: !v["no-clip"],
   });
   const out = v.out ?? join(runDir, "samples", `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
   await saveGrid(out, pixels, n, config.imageSize, k && !v.labels ? n / k : undefined);

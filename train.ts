@@ -233,6 +233,7 @@ const CHANGEABLE: (keyof Config)[] = [
   "sampler",
   "sampleSteps",
   "eta",
+  "clip",
   "cacheDir",
 ];
 /** On resume the saved config holds: a few settings may change, the others must not be given otherwise. */

@@ -214,3 +214,26 @@ Deno.test("sample() leaks no tensors with DDIM, and refuses bad options", async 
   await assert.rejects(() => d.sample(xtModel, 1, { sampler: "ddim", sampleSteps: 2.5 }), RangeError);
   d.dispose();
 });
+
+Deno.test("clipping x̂_0: the DDPM mean is Eq. 7's posterior mean of the clipped x̂_0, and unchanged in range", async () => {
+  const d = new Diffusion({ imgSize: 4, noiseSteps: 100 });
+  const i = 40, [a, ah, b, ahPrev] = [d.alpha[40], d.alphaHat[40], d.beta[40], d.alphaHat[39]];
+  const x = tf.tensor4d([0.3, -2.5, 4, 0.1], [1, 2, 2, 1]), eps = tf.tensor4d([0.2, -0.1, 0.05, 0.4], [1, 2, 2, 1]);
+  const x0 = await d.predictX0(x, eps, i, false).data();
+  const clipped = Array.from(x0, (v) => Math.min(1, Math.max(-1, v)));
+  assert.ok(x0.some((v) => Math.abs(v) > 1) && x0.some((v) => Math.abs(v) < 1), "the case needs both");
+  const mean = await d.ddpmStep(x, eps, i, true).mean.data();
+  const xs = await x.data();
+  clipped.forEach((c, k) => {
+    const expected = Math.sqrt(ahPrev) * b / (1 - ah) * c + Math.sqrt(a) * (1 - ahPrev) / (1 - ah) * xs[k];
+    assert.ok(Math.abs(mean[k] - expected) < 1e-5, `${k}: ${mean[k]} vs ${expected}`);
+  });
+  // where x̂_0 is inside [-1, 1], clipping changes nothing: the same number as Algorithm 2's formula
+  const plain = await d.ddpmStep(x, eps, i, false).mean.data();
+  x0.forEach((v, k) => {
+    if (Math.abs(v) < 1) assert.ok(Math.abs(plain[k] - mean[k]) < 1e-5, `${k}: ${plain[k]} vs ${mean[k]}`);
+    else assert.ok(Math.abs(plain[k] - mean[k]) > 1e-3);
+  });
+  tf.dispose([x, eps]);
+  d.dispose();
+});
