@@ -157,39 +157,64 @@ const NUMBERS: [keyof Config, string, number, number, boolean][] = [
   ["count", "count", 0, 1e9, true],
 ];
 
+// ------------------------------------------------------------------ flag helpers (train, sample, eval)
+
+type Options = Record<string, { type: "string" | "boolean"; short?: string }>;
+
+/** node:util parseArgs, with an unknown flag or a missing value as a UsageError. */
+export function parseFlags(args: string[], options: Options): Record<string, string | boolean | undefined> {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values;
+  } catch (e) {
+    throw new UsageError((e as Error).message.split("\n")[0] + " (see --help)");
+  }
+}
+
+/** A numeric flag's value (undefined when not given), or a UsageError naming the flag and the range. */
+export function numberFlag(flag: string, s: string | boolean | undefined, min: number, max: number, integer = true) {
+  if (s === undefined) return undefined;
+  const x = Number(s);
+  if (!Number.isFinite(x) || (integer && !Number.isInteger(x)) || x < min || x > max) {
+    throw new UsageError(`--${flag} ${s}: expected ${integer ? "an integer" : "a number"} in [${min}, ${max}]`);
+  }
+  return x;
+}
+
+/** A flag that takes one of `choices` (undefined when not given). */
+export function choiceFlag<C extends string>(flag: string, s: string | boolean | undefined, choices: readonly C[]) {
+  if (s === undefined) return undefined;
+  if (!choices.includes(s as C)) throw new UsageError(`--${flag} ${s}: use one of ${choices.join(", ")}`);
+  return s as C;
+}
+
+/** A run given by folder, or by name under `out`. */
+export const runFolder = (run: string, out = "runs") => run.includes("/") ? run : join(out, run);
+
 /** Flags to a Config; any bad value is a UsageError naming the flag. */
 export function parseConfig(
   args: string[],
 ): { config: Config; resume: boolean; help: boolean; given: (keyof Config)[] } {
-  const options = Object.fromEntries([
-    ...NUMBERS.map(([, flag]) => [flag, { type: "string" }]),
-    ...["preset", "data", "out", "name", "resume", "cache-dir", ...CHOICES.map(([k]) => k)].map((
-      f,
-    ) => [f, { type: "string" }]),
-    ["conditional", { type: "boolean" }],
-    ["no-clip", { type: "boolean" }],
-    ["help", { type: "boolean", short: "h" }],
-  ]) as Record<string, { type: "string" | "boolean" }>;
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({ args, options, strict: true, allowPositionals: false }).values;
-  } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0] + " (see --help)");
-  }
+  const values = parseFlags(
+    args,
+    Object.fromEntries([
+      ...NUMBERS.map(([, flag]) => [flag, { type: "string" }]),
+      ...["preset", "data", "out", "name", "resume", "cache-dir", ...CHOICES.map(([k]) => k)].map((f) => [
+        f,
+        { type: "string" },
+      ]),
+      ["conditional", { type: "boolean" }],
+      ["no-clip", { type: "boolean" }],
+      ["help", { type: "boolean", short: "h" }],
+    ]),
+  );
   const preset = values.preset as string | undefined;
   if (preset && !PRESETS[preset]) {
     throw new UsageError(`--preset ${preset}: use one of ${Object.keys(PRESETS).join(", ")}`);
   }
   const config: Config = { ...DEFAULTS, ...(preset ? PRESETS[preset] : {}) };
   for (const [key, flag, min, max, integer] of NUMBERS) {
-    if (values[flag] === undefined) continue;
-    const v = Number(values[flag]);
-    if (!Number.isFinite(v) || (integer && !Number.isInteger(v)) || v < min || v > max) {
-      throw new UsageError(
-        `--${flag} ${values[flag]}: expected ${integer ? "an integer" : "a number"} in [${min}, ${max}]`,
-      );
-    }
-    (config as unknown as Record<string, number>)[key] = v;
+    const v = numberFlag(flag, values[flag], min, max, integer);
+    if (v !== undefined) (config as unknown as Record<string, number>)[key] = v;
   }
   for (const [key, flag] of [["data", "data"], ["out", "out"], ["name", "name"], ["cacheDir", "cache-dir"]] as const) {
     if (values[flag] !== undefined) config[key] = values[flag] as string;
@@ -197,10 +222,8 @@ export function parseConfig(
   if (values.conditional) config.conditional = true;
   if (values["no-clip"]) config.clip = false;
   for (const [key, choices] of CHOICES) {
-    const v = values[key] as string | undefined;
-    if (v === undefined) continue;
-    if (!choices.includes(v)) throw new UsageError(`--${key} ${v}: use one of ${choices.join(", ")}`);
-    (config as unknown as Record<string, string>)[key] = v;
+    const v = choiceFlag(key, values[key], choices);
+    if (v !== undefined) (config as unknown as Record<string, string>)[key] = v;
   }
   if (config.imageSize % 8) {
     throw new UsageError(`--image-size ${config.imageSize}: must be divisible by 8 (the U-Net halves it 3 times)`);
@@ -208,7 +231,7 @@ export function parseConfig(
   if (config.width % 4) throw new UsageError(`--width ${config.width}: must be divisible by 4 (4 attention heads)`);
   const resume = values.resume as string | undefined;
   if (resume) {
-    const dir = resume.includes("/") ? resume : join(config.out, resume);
+    const dir = runFolder(resume, config.out);
     [config.out, config.name] = [dirname(dir), basename(dir)];
   }
   const keys: (keyof Config)[] = [

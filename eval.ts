@@ -3,7 +3,6 @@
 // conditional samples it puts in the requested class, and a Fréchet distance on its penultimate features.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
 import { assignWeights, readState, saveWeights } from "./checkpoint.ts";
 import {
@@ -19,7 +18,7 @@ import {
 } from "./classifier.ts";
 import { Diffusion, type NoiseModel, type Sampler, type Schedule } from "./diffusion.ts";
 import { loadRun } from "./sample.ts";
-import { type Config, runCli, UsageError } from "./cli.ts";
+import { choiceFlag, type Config, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { writeReport } from "./report.ts";
 import { loadDataset, saveGrid } from "./utils.ts";
 
@@ -230,7 +229,7 @@ RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/clas
 
 /** Flags to EvalOptions plus the backend; any bad value is a UsageError naming the flag. */
 export function parseEvalArgs(args: string[]) {
-  const options = {
+  const v = parseFlags(args, {
     run: { type: "string" },
     n: { type: "string" },
     sampler: { type: "string" },
@@ -240,35 +239,17 @@ export function parseEvalArgs(args: string[]) {
     backend: { type: "string" },
     seed: { type: "string" },
     help: { type: "boolean", short: "h" },
-  } as const;
-  let v;
-  try {
-    v = parseArgs({ args, options, strict: true }).values;
-  } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0] + " (see --help)");
-  }
-  const num = (flag: string, s: string | undefined, min: number, max: number, integer = true) => {
-    if (s === undefined) return undefined;
-    const x = Number(s);
-    if (!Number.isFinite(x) || (integer && !Number.isInteger(x)) || x < min || x > max) {
-      throw new UsageError(`--${flag} ${s}: expected ${integer ? "an integer" : "a number"} in [${min}, ${max}]`);
-    }
-    return x;
-  };
-  const backend = (v.backend ?? "auto") as BackendName;
-  if (!BACKENDS.includes(backend)) throw new UsageError(`--backend ${backend}: use one of ${BACKENDS.join(", ")}`);
-  if (v.sampler !== undefined && v.sampler !== "ddpm" && v.sampler !== "ddim") {
-    throw new UsageError(`--sampler ${v.sampler}: use ddpm or ddim`);
-  }
+  });
+  const backend: BackendName = choiceFlag("backend", v.backend, BACKENDS) ?? "auto";
   if (!v.help && !v.run) throw new UsageError("--run RUN is required (a run folder, e.g. runs/shapes)");
   const opts: EvalOptions = {
-    run: v.run === undefined || v.run.includes("/") ? v.run ?? "" : join("runs", v.run),
-    n: num("n", v.n, 1, 100000),
-    sampler: v.sampler as Sampler | undefined,
-    sampleSteps: num("sample-steps", v["sample-steps"], 1, 100000),
-    eta: num("eta", v.eta, 0, 1, false),
-    ema: v.ema ?? false,
-    seed: num("seed", v.seed, 0, 2 ** 31 - 1),
+    run: v.run ? runFolder(v.run as string) : "",
+    n: numberFlag("n", v.n, 1, 100000),
+    sampler: choiceFlag("sampler", v.sampler, ["ddpm", "ddim"] as const),
+    sampleSteps: numberFlag("sample-steps", v["sample-steps"], 1, 100000),
+    eta: numberFlag("eta", v.eta, 0, 1, false),
+    ema: !!v.ema,
+    seed: numberFlag("seed", v.seed, 0, 2 ** 31 - 1),
   };
   return { opts, backend, help: !!v.help };
 }

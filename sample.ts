@@ -1,11 +1,10 @@
 // Sampling from a trained run: `deno task sample --run RUN [--n 16] [--labels 3,3,5] [--cfg-scale 3] [--ema]`.
 import { join } from "node:path";
-import { parseArgs } from "node:util";
-import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
+import { BACKENDS, setBackend, setSeed } from "./backend.ts";
 import { assignWeights, CheckpointError, readState } from "./checkpoint.ts";
-import { Diffusion, type Sampler } from "./diffusion.ts";
+import { Diffusion } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
-import { runCli, UsageError } from "./cli.ts";
+import { choiceFlag, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { saveGrid } from "./utils.ts";
 
 /** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
@@ -39,7 +38,7 @@ const HELP = `Sample images from a trained run and save them as a PNG grid.
   --out FILE       output PNG (default RUN/samples/sample_<time>.png)`;
 
 async function main() {
-  const opts = {
+  const v = parseFlags(Deno.args, {
     run: { type: "string" },
     n: { type: "string" },
     labels: { type: "string" },
@@ -53,44 +52,23 @@ async function main() {
     backend: { type: "string" },
     out: { type: "string" },
     help: { type: "boolean", short: "h" },
-  } as const;
-  let v;
-  try {
-    v = parseArgs({ args: Deno.args, options: opts, strict: true }).values;
-  } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0] + " (see --help)");
-  }
+  });
   if (v.help) return console.log(HELP);
   if (!v.run) throw new UsageError("--run RUN is required (a run folder, e.g. runs/demo)");
-  const runDir = v.run.includes("/") ? v.run : join("runs", v.run);
-  const int = (flag: string, s: string | undefined, min: number, max: number) => {
-    const x = Number(s);
-    if (s === undefined) return undefined;
-    if (!Number.isInteger(x) || x < min || x > max) {
-      throw new UsageError(`--${flag} ${s}: expected an integer in [${min}, ${max}]`);
-    }
-    return x;
-  };
-  const backend = (v.backend ?? "auto") as BackendName;
-  if (!BACKENDS.includes(backend)) throw new UsageError(`--backend ${backend}: use one of ${BACKENDS.join(", ")}`);
-  const cfgScale = v["cfg-scale"] === undefined ? undefined : Number(v["cfg-scale"]);
-  if (cfgScale !== undefined && !(cfgScale >= 0)) {
-    throw new UsageError(`--cfg-scale ${v["cfg-scale"]}: expected a number ≥ 0`);
-  }
-  if (v.sampler !== undefined && !["ddpm", "ddim"].includes(v.sampler)) {
-    throw new UsageError(`--sampler ${v.sampler}: use ddpm or ddim`);
-  }
-  const eta = v.eta === undefined ? 0 : Number(v.eta);
-  if (!(eta >= 0 && eta <= 1)) throw new UsageError(`--eta ${v.eta}: expected a number in [0, 1]`);
+  const runDir = runFolder(v.run as string);
+  const backend = choiceFlag("backend", v.backend, BACKENDS) ?? "auto";
+  const cfgScale = numberFlag("cfg-scale", v["cfg-scale"], 0, 100, false);
+  const sampler = choiceFlag("sampler", v.sampler, ["ddpm", "ddim"] as const) ?? "ddpm";
+  const eta = numberFlag("eta", v.eta, 0, 1, false) ?? 0;
+  const nFlag = numberFlag("n", v.n, 1, 1024);
   console.log(`backend ${await setBackend(backend)}`);
-  setSeed(int("seed", v.seed, 0, 2 ** 31 - 1) ?? Date.now() % 2 ** 31);
-  const nFlag = int("n", v.n, 1, 1024);
-  const { model, config, classes } = await loadRun(runDir, v.ema);
+  setSeed(numberFlag("seed", v.seed, 0, 2 ** 31 - 1) ?? Date.now() % 2 ** 31);
+  const { model, config, classes } = await loadRun(runDir, !!v.ema);
   const k = model.numClasses;
   let labels: number[] | null = null;
   if (v.labels !== undefined) {
     if (!k) throw new UsageError(`--labels: ${runDir} is an unconditional model`);
-    labels = v.labels.split(",").map((s) => int("labels", s.trim(), 0, k - 1)!);
+    labels = (v.labels as string).split(",").map((s) => numberFlag("labels", s.trim(), 0, k - 1)!);
   } else if (k) { // one row per class
     const perClass = Math.ceil((nFlag ?? k) / k);
     labels = Array.from({ length: k * perClass }, (_, i) => Math.floor(i / perClass));
@@ -105,12 +83,13 @@ async function main() {
   const pixels = await diffusion.sample(model, n, {
     labels,
     cfgScale: cfgScale ?? config.cfgScale,
-    sampler: v.sampler as Sampler ?? "ddpm",
-    sampleSteps: int("sample-steps", v["sample-steps"], 1, config.noiseSteps) ?? 50,
+    sampler,
+    sampleSteps: numberFlag("sample-steps", v["sample-steps"], 1, config.noiseSteps) ?? 50,
     eta,
     clip: !v["no-clip"],
   });
-  const out = v.out ?? join(runDir, "samples", `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
+  const out = (v.out as string | undefined) ??
+    join(runDir, "samples", `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
   await saveGrid(out, pixels, n, config.imageSize, k && !v.labels ? n / k : undefined);
   const what = labels ? ` of ${labels.map((l) => classes[l]).join(", ")}` : "";
   console.log(`${n} samples${what} in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${out}`);
