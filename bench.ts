@@ -1,10 +1,14 @@
-// Times one training step (forward + backward + AdamW) or one sampling forward pass of the U-Net.
-// Same flags and JSON line as ../shared/bench/torch_ref.py, so the two can be run side by side:
-//   deno task bench --image-size 32 --batch 4 --width 64 --steps 5 --mode train
+// Times one training step (forward + backward + AdamW [+ EMA]) or one sampling forward pass of the U-Net, and
+// counts what a training step costs the backend: tfjs kernels run, and on WebGPU the compute dispatches, GPU
+// buffers created, uniform uploads (writeBuffer), buffer copies and queue submits (counted by wrapping the
+// WebGPU classes' methods: tf.profile would submit once per kernel). Same flags and JSON line as
+// ../shared/bench/torch_ref.py, so the two can be run side by side:
+//   deno task bench --image-size 32 --batch 4 --width 64 --steps 5 --mode train [--by-kernel]
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
 import { Diffusion } from "./diffusion.ts";
+import { EMA } from "./ema.ts";
 import { UNet } from "./modules.ts";
 import { AdamW, trainStep } from "./train.ts";
 
@@ -19,6 +23,8 @@ const { values: a } = parseArgs({
     mode: { type: "string", default: "train" },
     backend: { type: "string", default: "auto" },
     classes: { type: "string", default: "0" },
+    ema: { type: "boolean", default: false }, // the EMA update too, as in training
+    "by-kernel": { type: "boolean", default: false }, // print the counts of each kernel (and its dispatches)
   },
 });
 const [imageSize, batch, width, steps, warmup, classes] = [
@@ -28,10 +34,45 @@ const [imageSize, batch, width, steps, warmup, classes] = [
   a.steps,
   a.warmup,
   a.classes,
-]
-  .map(Number);
+].map(Number);
 if (a.mode !== "train" && a.mode !== "sample") throw new Error(`--mode must be train or sample, not ${a.mode}`);
 if (!BACKENDS.includes(a.backend as BackendName)) throw new Error(`--backend must be one of ${BACKENDS.join(", ")}`);
+
+// ------------------------------------------------------------------ counting
+const counts: Record<string, number> = {}; // GPU calls, by method
+const kernels = new Map<string, [number, number, number]>(); // kernel name -> [runs, dispatches, buffers created]
+const running: string[] = []; // the kernels being run (a kernel may run others)
+function count<T extends object>(proto: T | undefined, method: string, label: string) {
+  if (!proto) return; // no WebGPU in this Deno
+  const f = (proto as Record<string, (...args: unknown[]) => unknown>)[method];
+  (proto as Record<string, unknown>)[method] = function (this: unknown, ...args: unknown[]) {
+    counts[label] = (counts[label] ?? 0) + 1;
+    const k = kernels.get(running.at(-1) ?? "(outside kernels)") ?? [0, 0, 0];
+    kernels.set(running.at(-1) ?? "(outside kernels)", k);
+    if (label === "dispatches") k[1]++;
+    if (label === "buffers_created") k[2]++;
+    return f.apply(this, args);
+  };
+}
+const g = globalThis as unknown as Record<string, { prototype: object } | undefined>;
+count(g.GPUComputePassEncoder?.prototype, "dispatchWorkgroups", "dispatches");
+count(g.GPUDevice?.prototype, "createBuffer", "buffers_created");
+count(g.GPUQueue?.prototype, "writeBuffer", "uploads");
+count(g.GPUCommandEncoder?.prototype, "copyBufferToBuffer", "copies");
+count(g.GPUQueue?.prototype, "submit", "submits");
+const engine = tf.engine() as unknown as { runKernelFunc: (p: { kernelName?: string }) => unknown };
+const runKernelFunc = engine.runKernelFunc;
+engine.runKernelFunc = function (p) {
+  const name = p.kernelName ?? "(custom gradient)";
+  const k = kernels.get(name) ?? [0, 0, 0];
+  kernels.set(name, [k[0] + 1, k[1], k[2]]);
+  running.push(name);
+  try {
+    return runKernelFunc.call(this, p);
+  } finally {
+    running.pop();
+  }
+};
 
 /** Peak resident set size in MiB (Linux: VmHWM), else the current RSS. */
 function peakRssMb(): number {
@@ -45,6 +86,8 @@ function peakRssMb(): number {
 const backend = await setBackend(a.backend as BackendName, (s) => console.error(s));
 setSeed(0);
 const model = new UNet({ width, numClasses: classes });
+const emaModel = a.ema ? new UNet({ width, numClasses: classes }) : null;
+const ema = new EMA();
 const diffusion = new Diffusion({ imgSize: imageSize });
 const opt = new AdamW(model, 3e-4);
 const x0 = tf.randomUniform([batch, imageSize, imageSize, 3], -1, 1) as tf.Tensor4D;
@@ -55,12 +98,15 @@ async function step() {
   const out = a.mode === "train"
     ? trainStep(model, diffusion, opt, x0, labels)
     : tf.tidy(() => model.forward(x0, tSample, labels));
+  if (emaModel) ema.stepEma(emaModel, model, 0);
   await out.data(); // sync: the step is done when its result can be read
   out.dispose();
 }
 
 const times: number[] = [];
 for (let i = 0; i < warmup + steps; i++) {
+  for (const k in counts) delete counts[k];
+  kernels.clear();
   const t0 = performance.now();
   await step();
   if (i >= warmup) times.push(performance.now() - t0);
@@ -68,6 +114,7 @@ for (let i = 0; i < warmup + steps; i++) {
 times.sort((x, y) => x - y);
 const mid = times.length >> 1;
 const med = times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
+const run = (k: string) => !k.startsWith("(") && !["Reshape", "Identity"].includes(k); // not a computation
 console.log(JSON.stringify({
   mode: a.mode,
   backend,
@@ -79,8 +126,20 @@ console.log(JSON.stringify({
   images_per_s: Math.round(batch / med * 1e6) / 1e3,
   peak_rss_mb: peakRssMb(),
   num_tensors: tf.memory().numTensors,
+  ema: !!emaModel,
+  // per step (the last one): kernels that compute (not Reshape or Identity, which only relabel data), and GPU calls
+  kernels: [...kernels].filter(([k]) => run(k)).reduce((n, [, [runs]]) => n + runs, 0),
+  ...(backend === "webgpu" ? counts : {}),
 }));
+if (a["by-kernel"]) {
+  const sorted = [...kernels].sort((p, q) => q[1][1] - p[1][1] || q[1][0] - p[1][0]);
+  for (const [k, [runs, dispatches, created]] of sorted) {
+    const pad = (n: number) => String(n).padStart(5);
+    console.log(`${k.padEnd(28)} ${pad(runs)} runs ${pad(dispatches)} dispatches ${pad(created)} buffers created`);
+  }
+}
 tf.dispose([x0, tSample, ...(labels ? [labels] : [])]);
 opt.dispose();
 model.dispose();
+emaModel?.dispose();
 diffusion.dispose();

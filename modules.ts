@@ -1,6 +1,7 @@
 // The tutorial's U-Net, NHWC throughout: DoubleConv, Down, Up, SelfAttention, UNet, UNetConditional.
 import * as tf from "@tensorflow/tfjs";
 import { nextSeed } from "./backend.ts";
+import { fusedAttention, fusedGelu, fusedNorm, hasFused } from "./fused.ts";
 
 type T4 = tf.Tensor4D;
 type T2 = tf.Tensor2D;
@@ -34,9 +35,6 @@ export class Module {
 const uniform = (shape: number[], fanIn: number) =>
   tf.randomUniform(shape, -1 / Math.sqrt(fanIn), 1 / Math.sqrt(fanIn), "float32", nextSeed());
 
-/** tf.customGrad for a function of tensors (`save` last). tfjs calls the gradient outside any tidy. */
-const customGrad = <F>(f: (...args: never[]) => unknown) => tf.customGrad(f as never) as unknown as F;
-
 export class Linear extends Module {
   w: tf.Variable;
   b: tf.Variable;
@@ -47,38 +45,14 @@ export class Linear extends Module {
   }
   forward(x: tf.Tensor): tf.Tensor {
     const flat = x.reshape([-1, x.shape.at(-1)!]) as T2;
-    return tf.add(tf.matMul(flat, this.w as T2), this.b).reshape([...x.shape.slice(0, -1), -1]);
+    return tf.fused.matMul({ a: flat, b: this.w as T2, bias: this.b }).reshape([...x.shape.slice(0, -1), -1]);
   }
 }
 
 /**
- * (x - mean)/sqrt(var + 1e-5)·g + b over the last `axes`, with its gradient written out: the backward pass
- * keeps only x and recomputes the rest, where autodiff would keep four tensors the size of x.
+ * Normalization over the last `axes` with a per-channel affine: GroupNorm(1, c) and LayerNorm(c). `residual` is added
+ * after the affine and `gelu` applied last, so that a DoubleConv's norm, residual and GELU are one fused kernel.
  */
-const normalize = (axes: number[]) =>
-  customGrad<(x: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => tf.Tensor>(
-    (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
-      const standardize = (x: tf.Tensor) => {
-        const { mean, variance } = tf.moments(x, axes, true);
-        const r = tf.rsqrt(variance.add(1e-5));
-        return [x.sub(mean).mul(r), r];
-      };
-      save([x, g]);
-      const value = tf.tidy(() => standardize(x)[0].mul(g).add(b));
-      const gradFunc = (dy: tf.Tensor, [x, g]: tf.Tensor[]) =>
-        tf.tidy(() => {
-          const [xhat, r] = standardize(x);
-          const dxhat = dy.mul(g);
-          const mean = (t: tf.Tensor) => t.mean(axes, true);
-          const dx = dxhat.sub(mean(dxhat)).sub(xhat.mul(mean(dxhat.mul(xhat)))).mul(r);
-          const channelSums = (t: tf.Tensor) => t.reshape([-1, t.shape.at(-1)!]).sum(0);
-          return [dx, channelSums(dy.mul(xhat)), channelSums(dy)];
-        });
-      return { value, gradFunc };
-    },
-  );
-
-/** Normalization over the last `axes` with a per-channel affine: GroupNorm(1, c) and LayerNorm(c). */
 export class Norm extends Module {
   g: tf.Variable;
   b: tf.Variable;
@@ -87,22 +61,23 @@ export class Norm extends Module {
     this.g = this.param("weight", tf.ones([c]));
     this.b = this.param("bias", tf.zeros([c]));
   }
-  forward<X extends tf.Tensor>(x: X): X {
-    return normalize(this.axes)(x, this.g, this.b) as X;
+  forward<X extends tf.Tensor>(x: X, { residual = null, gelu: withGelu = false }: NormOptions = {}): X {
+    const rowSize = this.axes.reduce((n, a) => n * x.shape.at(a)!, 1);
+    if (hasFused("norm")) return fusedNorm(x, this.g, this.b, { rowSize, residual, gelu: withGelu }) as X;
+    const rows = x.reshape([-1, rowSize]);
+    const { mean, variance } = tf.moments(rows, 1, true);
+    let y = rows.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).reshape(x.shape).mul(this.g).add(this.b);
+    if (residual) y = y.add(residual);
+    return (withGelu ? gelu(y) : y) as X;
   }
 }
+type NormOptions = { residual?: tf.Tensor | null; gelu?: boolean };
 const groupNorm1 = (c: number) => new Norm(c, [1, 2, 3]); // GroupNorm(1, c) on NHWC
 const layerNorm = (c: number) => new Norm(c, [-1]);
 
-/** Exact GELU: x·Φ(x), Φ(x) = (1 + erf(x/√2))/2; its gradient Φ(x) + x·φ(x) keeps only x. */
-export const gelu = customGrad<<X extends tf.Tensor>(x: X) => X>((x: tf.Tensor, save: tf.GradSaveFunc) => {
-  const phi = (x: tf.Tensor) => tf.erf(x.mul(Math.SQRT1_2)).add(1).mul(0.5);
-  save([x]);
-  const value = tf.tidy(() => x.mul(phi(x)));
-  const gradFunc = (dy: tf.Tensor, [x]: tf.Tensor[]) =>
-    tf.tidy(() => dy.mul(phi(x).add(x.mul(x.square().mul(-0.5).exp().mul(1 / Math.sqrt(2 * Math.PI))))));
-  return { value, gradFunc };
-});
+/** Exact GELU: x·Φ(x), Φ(x) = (1 + erf(x/√2))/2. */
+export const gelu = <X extends tf.Tensor>(x: X): X =>
+  hasFused("gelu") ? fusedGelu(x) : tf.tidy(() => x.mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)).mul(0.5) as X);
 
 /** 3x3 conv without bias, GroupNorm, GELU, conv, GroupNorm (+ residual and GELU). */
 export class DoubleConv extends Module {
@@ -118,9 +93,9 @@ export class DoubleConv extends Module {
     this.norm2 = this.child("norm2", groupNorm1(cout));
   }
   forward(x: T4): T4 {
-    let h = this.norm1.forward(tf.conv2d(x, this.conv1 as T4, 1, "same"));
-    h = this.norm2.forward(tf.conv2d(gelu(h), this.conv2 as T4, 1, "same"));
-    return this.residual ? gelu(x.add(h)) : h;
+    const h = this.norm1.forward(tf.conv2d(x, this.conv1 as T4, 1, "same"), { gelu: true });
+    const y = tf.conv2d(h, this.conv2 as T4, 1, "same");
+    return this.residual ? this.norm2.forward(y, { residual: x, gelu: true }) : this.norm2.forward(y);
   }
 }
 
@@ -131,12 +106,6 @@ class TimeProj extends Linear {
     return x.add(e.reshape([-1, 1, 1, x.shape[3]]));
   }
 }
-
-/** 2x2 max pooling as reshape + max (its gradient is right on every backend). */
-const maxPool2 = (x: T4): T4 => {
-  const [b, h, w, c] = x.shape;
-  return x.reshape([b, h / 2, 2, w / 2, 2, c]).max([2, 4]) as T4;
-};
 
 export class Down extends Module {
   conv1: DoubleConv;
@@ -149,7 +118,7 @@ export class Down extends Module {
     this.emb = this.child("emb", new TimeProj(embDim, cout));
   }
   forward(x: T4, t: T2): T4 {
-    return this.emb.add(this.conv2.forward(this.conv1.forward(maxPool2(x))), t);
+    return this.emb.add(this.conv2.forward(this.conv1.forward(tf.maxPool(x, 2, 2, "valid"))), t);
   }
 }
 
@@ -171,54 +140,17 @@ export class Up extends Module {
   }
 }
 
-/** Rows of queries per attention chunk: keeps each [b·heads, rows, n] score block near 16 M floats. */
-const chunkRows = (bh: number, n: number) => Math.max(1, Math.min(n, Math.floor(2 ** 24 / (bh * n))));
-
-/**
- * softmax(q·kᵀ·scale)·v for q, k, v of shape [b·heads, n, d], a chunk of query rows at a time.
- * The backward pass recomputes each chunk's probabilities, so no [n, n] matrix is ever kept.
- */
-export const attention = customGrad<(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D) => tf.Tensor3D>(
-  (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
-    const [bh, n, d] = q.shape as [number, number, number];
-    const scale = 1 / Math.sqrt(d);
-    const rows = chunkRows(bh, n);
-    // The scale goes on the [rows, d] query chunk rather than on the [rows, n] scores; kᵀ is made once.
-    const probs = (qc: tf.Tensor, kT: tf.Tensor) =>
-      tf.softmax(tf.matMul(qc.mul(scale) as tf.Tensor3D, kT as tf.Tensor3D));
-    const rowsOf = (t: tf.Tensor, r: number) => t.slice([0, r, 0], [bh, Math.min(rows, n - r), d]) as tf.Tensor3D;
-    const parts: tf.Tensor[] = [];
-    const kT = k.transpose([0, 2, 1]);
-    for (let r = 0; r < n; r += rows) parts.push(tf.tidy(() => tf.matMul(probs(rowsOf(q, r), kT), v as tf.Tensor3D)));
-    const value = tf.concat(parts, 1);
-    tf.dispose([...parts, kT]);
-    save([q, k, v]);
-    // (tfjs calls a custom gradient outside any tidy: each chunk's temporaries are freed by hand)
-    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [qs, ks, vs] = saved as tf.Tensor3D[];
-      const [kT, vT] = [ks.transpose([0, 2, 1]), vs.transpose([0, 2, 1])];
-      let dk = tf.zerosLike(ks), dv = tf.zerosLike(vs);
-      const dq: tf.Tensor[] = [];
-      for (let r = 0; r < n; r += rows) {
-        const [dqc, dkNew, dvNew] = tf.tidy(() => {
-          const [qc, dyc] = [rowsOf(qs, r), rowsOf(dy, r)];
-          const p = probs(qc, kT);
-          const dp = tf.matMul(dyc, vT as tf.Tensor3D);
-          const ds = p.mul(dp.sub(p.mul(dp).sum(-1, true))) as tf.Tensor3D; // softmax backward, before the scale
-          const dkc = tf.matMul(ds, qc.mul(scale) as tf.Tensor3D, true);
-          return [tf.matMul(ds, ks).mul(scale), dk.add(dkc), dv.add(tf.matMul(p, dyc, true))];
-        });
-        tf.dispose([dk, dv]);
-        [dk, dv] = [dkNew, dvNew];
-        dq.push(dqc);
-      }
-      const dqAll = tf.concat(dq, 1);
-      tf.dispose([...dq, kT, vT]);
-      return [dqAll, dk, dv];
-    };
-    return { value, gradFunc };
-  },
-);
+/** softmax(q·kᵀ/√d)·v for each head, from qkv [b, n, 3c] (q, k, v side by side; a head has d = c/heads columns). */
+export function attention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
+  if (hasFused("attention")) return fusedAttention(qkv, heads);
+  return tf.tidy(() => {
+    const [b, n, c3] = qkv.shape, c = c3 / 3, d = c / heads;
+    const [q, k, v] = tf.split(qkv, 3, -1).map((p) => p.reshape([b, n, heads, d]).transpose([0, 2, 1, 3])); // (b, heads, n, d)
+    const scores = tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true).mul(1 / Math.sqrt(d)); // (b, heads, n, n)
+    const o = tf.matMul(tf.softmax(scores) as tf.Tensor4D, v as tf.Tensor4D); // (b, heads, n, d)
+    return o.transpose([0, 2, 1, 3]).reshape([b, n, c]) as tf.Tensor3D;
+  });
+}
 
 /** LayerNorm, 4-head self-attention, residual; LayerNorm-Linear-GELU-Linear, residual. */
 export class SelfAttention extends Module {
@@ -239,14 +171,9 @@ export class SelfAttention extends Module {
   }
   forward(x: T4): T4 {
     const [b, h, w, c] = x.shape;
-    const n = h * w, d = c / this.heads;
-    const s = x.reshape([b, n, c]); // NHWC: the tokens are already rows
-    const qkv = tf.split(this.inProj.forward(this.ln.forward(s)), 3, -1); // q, k, v: [b, n, c] each
-    const [q, k, v] = qkv.map((p) =>
-      p.reshape([b, n, this.heads, d]).transpose([0, 2, 1, 3]).reshape([b * this.heads, n, d]) as tf.Tensor3D
-    );
-    const o = attention(q, k, v).reshape([b, this.heads, n, d]).transpose([0, 2, 1, 3]).reshape([b, n, c]);
-    const a = this.outProj.forward(o).add(s);
+    const s = x.reshape([b, h * w, c]); // NHWC: the tokens are already rows
+    const qkv = this.inProj.forward(this.ln.forward(s)) as tf.Tensor3D; // (b, n, 3c)
+    const a = this.outProj.forward(attention(qkv, this.heads)).add(s);
     const f = this.ff2.forward(gelu(this.ff1.forward(this.ffNorm.forward(a)))).add(a);
     return f.reshape([b, h, w, c]);
   }

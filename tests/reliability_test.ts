@@ -25,7 +25,7 @@ import { loadWeights, readState } from "../checkpoint.ts";
 import { Diffusion } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
 import { type Config, DEFAULTS } from "../cli.ts";
-import { AdamW, train, trainStep } from "../train.ts";
+import { AdamW, READ_BACK, train, trainStep } from "../train.ts";
 
 const quiet = () => {};
 const tiny = (out: string, over: Partial<Config> = {}): Config => ({
@@ -178,6 +178,25 @@ Deno.test("NaN: a non-finite loss stops the run naming the step; the last good c
   const lossRows = Deno.readTextFileSync(join(dir, "run", "loss.jsonl")).trim().split("\n");
   assert.equal(state.step, lossRows.length); // the checkpoint is that of the last finite step
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("NaN with losses read back every 3 steps: the same step is named, no later loss is logged", async () => {
+  const run = async (every: number) => {
+    const dir = await tmp(), saved = READ_BACK.cpu;
+    READ_BACK.cpu = every;
+    try {
+      const error = await train(tiny(dir, { count: 16, epochs: 100, lr: 1e30 }), { log: quiet }).catch((e) => e);
+      const rows = Deno.readTextFileSync(join(dir, "run", "loss.jsonl")).trim().split("\n").map((l) => JSON.parse(l));
+      return { message: (error as Error).message, steps: rows.map((r) => r.step) };
+    } finally {
+      READ_BACK.cpu = saved;
+      await Deno.remove(dir, { recursive: true });
+    }
+  };
+  const [every1, every3] = [await run(1), await run(3)];
+  assert.match(every1.message, /loss is (NaN|Infinity|-Infinity) at step \d+/);
+  assert.equal(every3.message, every1.message);
+  assert.deepEqual(every3.steps, every1.steps);
 });
 
 Deno.test("disk full: a failed checkpoint write stops with one message; the previous checkpoint stays", async () => {
