@@ -35,7 +35,7 @@ async function assertClose(what: string, backend: string, f: () => tf.Tensor[], 
   const [got, want] = await both(backend, f);
   want.forEach((w, i) => {
     assert.equal(got[i].length, w.length, `${what} output ${i}: sizes differ`);
-    const scale = Math.max(1e-6, ...w.map(Math.abs));
+    const scale = w.reduce((m, v) => Math.max(m, Math.abs(v)), 1e-6);
     const diff = w.reduce((m, v, j) => Math.max(m, Math.abs(v - got[i][j])), 0);
     assert.ok(diff <= tol * scale, `${what} on ${backend}, output ${i}: max |diff| ${diff} > ${tol} x ${scale}`);
   });
@@ -123,3 +123,22 @@ for (const backend of BACKENDS) {
     });
   });
 }
+
+Deno.test({
+  name: "webgpu: the filter gradient of a convolution (tiled, split over pixels) equals the cpu backend's",
+  ignore: !hasWebgpu,
+  fn: async () => {
+    const cases: [number[], number[], "same" | "valid"][] = [
+      [[2, 6, 5, 3], [3, 3, 3, 4], "same"],
+      [[2, 6, 5, 3], [3, 3, 3, 4], "valid"],
+      [[2, 5, 6, 2], [2, 2, 2, 3], "same"], // even kernel: asymmetric padding
+      [[3, 40, 40, 5], [3, 3, 5, 70], "same"], // 4,800 pixels in several splits; 70 channels: tiles at the edge
+    ];
+    for (const [xs, ws, pad] of cases) {
+      await assertClose(`conv2d ${xs} ${ws} ${pad}`, "webgpu", () => {
+        const [x, w] = [rand(xs, 1), rand(ws, 2)];
+        return withGrads((x, w) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, pad), [x, w]);
+      });
+    }
+  },
+});
