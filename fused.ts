@@ -6,11 +6,12 @@ import * as tf from "@tensorflow/tfjs";
 
 /** The kernel names, as registered by fused_webgpu.ts and fused_wasm.ts. */
 export const FUSED = {
+  // stats: what a kernel's gradient needs beside its inputs, in its backend's own layout
   norm: "DdpmNorm", // [y, stats] = norm(x, g, b[, r]): (x - mean)/√(var + 1e-5)·g + b (+ r), then GELU if asked
   normGrad: "DdpmNormGrad", // [dx, dg, db(, dr)]
   gelu: "DdpmGelu",
   geluGrad: "DdpmGeluGrad",
-  attention: "DdpmAttention", // [o, logsumexp] = softmax(q·kᵀ/√d)·v per head, from qkv [b, n, 3c]
+  attention: "DdpmAttention", // [o, stats] = softmax(q·kᵀ/√d)·v per head, from qkv [b, n, 3c]
   attentionGrad: "DdpmAttentionGrad", // dqkv
   adamw: "DdpmAdamW", // updates the weights and their moments in place
   ema: "DdpmEma", // e ← β·e + (1-β)·w in place
@@ -68,10 +69,10 @@ export function fusedAttention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
   return withGrad(
     [qkv],
     () => {
-      const [o, lse] = run(FUSED.attention, { qkv }, { heads }) as tf.Tensor[];
-      return [o, [o, lse]];
+      const [o, stats] = run(FUSED.attention, { qkv }, { heads }) as tf.Tensor[];
+      return [o, [o, stats]];
     },
-    (dy, [qkv, o, lse]) => run(FUSED.attentionGrad, { dy, qkv, o, lse }, { heads }),
+    (dy, [qkv, o, stats]) => run(FUSED.attentionGrad, { dy, qkv, o, stats }, { heads }),
   ) as tf.Tensor3D;
 }
 

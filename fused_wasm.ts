@@ -156,18 +156,9 @@ function transpose(src: Float32Array, dst: Float32Array, rows: number, cols: num
   }
 }
 
-/** The rows' log-sum-exp from S and P = softmax(S): lse = max S - log(max P), with no exp of its own. */
-function logSumExp(S: Float32Array, P: Float32Array, rows: number, n: number, out: Float32Array, at: number) {
-  for (let i = 0; i < rows; i++) {
-    let ms = -Infinity, mp = 0;
-    for (let j = i * n; j < (i + 1) * n; j++) ms = Math.max(ms, S[j]), mp = Math.max(mp, P[j]);
-    out[at + i] = ms - Math.log(mp);
-  }
-}
-
 function attention({ inputs: { qkv }, attrs }: { inputs: { qkv: Info }; attrs: unknown }) {
   const a = dims(qkv, (attrs as { heads: number }).heads), { B, n, c, d, R } = a;
-  const [o, lse] = [alloc([B, n, c]), alloc([B * a.heads, n])];
+  const o = alloc([B, n, c]);
   const [q, kT, v, s, p, ob] = [[R, d], [d, n], [n, d], [R, n], [R, n], [R, d]].map((shape) => alloc(shape));
   const kRows = new Float32Array(n * d);
   for (let b = 0; b < B; b++) {
@@ -181,20 +172,16 @@ function attention({ inputs: { qkv }, attrs }: { inputs: { qkv: Info }; attrs: u
         gather(heap(qkv), at(r0, 0), 3 * c, heap(q), rows, d, a.scale);
         matMul2d(q, kT, s, rows, d, n);
         softmaxRows(s, p, rows, n);
-        logSumExp(heap(s), heap(p), rows, n, heap(lse), (b * a.heads + h) * n + r0);
         matMul2d(p, v, ob, rows, n, d);
         scatter(heap(ob), heap(o), (b * n + r0) * c + h * d, c, rows, d);
       }
     }
   }
   free(q, kT, v, s, p, ob);
-  return [o, lse];
+  return [o, alloc([0])]; // nothing kept for the backward pass, which takes the softmax again
 }
 
-/**
- * The backward pass: dS = P∘(dO·vᵀ - D), D_i = dO_i·O_i; dq = dS·k/√d, dk = dSᵀ·q/√d, dv = Pᵀ·dO. P comes from
- * XNNPACK's softmax again, faster here than exp(S - lse).
- */
+/** The backward pass: dS = P∘(dO·vᵀ - D), D_i = dO_i·O_i; dq = dS·k/√d, dk = dSᵀ·q/√d, dv = Pᵀ·dO. */
 function attentionGrad(
   { inputs: { dy, qkv, o }, attrs }: { inputs: { dy: Info; qkv: Info; o: Info }; attrs: unknown },
 ) {

@@ -370,7 +370,7 @@ function attention({ inputs: { qkv }, backend, attrs }: KernelArgs<{ qkv: Info }
  * per query row i, dq_i = Σ_j ds_ij·k_j/√d; p_ij = exp(q_i·k_j/√d - lse_i), ds_ij = p_ij·(dO_i·v_j - D_i).
  * The key and the query passes write into one dqkv. 3 dispatches.
  */
-function attentionGrad({ inputs: { dy, qkv, o, lse }, backend, attrs }: KernelArgs<Record<string, Info>>) {
+function attentionGrad({ inputs: { dy, qkv, o, stats: lse }, backend, attrs }: KernelArgs<Record<string, Info>>) {
   const be = backend as Backend, a = attnLayout(qkv, attrs);
   const dsum = output(be, [a.b * a.heads, a.n]), dqkv = output(be, qkv.shape);
   run(be, {

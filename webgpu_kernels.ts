@@ -112,8 +112,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let i = (wid.y * nwg.x + wid.x) * 256u + lid;`;
 
 // ------------------------------------------------------------------ the filter gradient of a convolution
-// dW[(i, j, ci), co] = Σ_p x[p shifted by (i, j), ci]·dy[p, co] as a tiled matrix product: workgroups of 16 × 16
-// threads make 32 × 32 blocks of dW, each over a share of the pixels p; a second dispatch sums the shares.
+// dW[(i, j, ci), co] = Σ_p x[p shifted by (i, j), ci]·dy[p, co] over the pixels p of the batch. tfjs's kernel has
+// a thread for each weight walk all the pixels: a conv with few weights and many pixels (the first and the last of
+// the U-Net: 1,728 and 192 weights, 49,152 pixels at 64 px batch 12) keeps a few threads busy for long. Here the
+// pixels are split into shares, a thread for each (share, weight), and a second dispatch sums the shares.
 
 let shippedFilterGrad: tf.KernelFunc;
 
@@ -126,51 +128,35 @@ function conv2dBackpropFilter(args: KernelArgs<{ x: Info; dy: Info }>) {
     return shippedFilterGrad(args as unknown as Parameters<tf.KernelFunc>[0]);
   }
   const [kh, kw, ci, co] = a.filterShape, M = kh * kw * ci, K = info.batchSize * info.outHeight * info.outWidth;
-  const tiles = Math.ceil(M / 32) * Math.ceil(co / 32);
-  const shares = Math.min(Math.ceil(K / 256), Math.max(1, Math.ceil(1024 / tiles))); // ~1,000 workgroups
-  const per = 32 * Math.ceil(K / shares / 32);
+  const shares = Math.max(1, Math.min(Math.ceil(2 ** 18 / (M * co)), Math.ceil(K / 64))); // ≥ 256 K threads
+  const per = Math.ceil(K / shares);
   const dW = output(be, a.filterShape), part = shares > 1 ? output(be, [shares, M, co]) : dW;
-  const u32 = { M, N: co, K, per, h: info.inHeight, w: info.inWidth, ci, kw, ho: info.outHeight, wo: info.outWidth };
   run(be, {
     key: "filterGrad",
-    groups: [Math.ceil(M / 32), Math.ceil(co / 32), shares],
+    groups: grid(shares * M * co),
     outputs: { part },
     inputs: { x, dy },
-    u32: { ...u32, top: info.padInfo.top, left: info.padInfo.left },
-    code: () => `
-var<workgroup> at: array<f32, 1024>; // [32 pixels][32 rows (i, j, ci) of dW]
-var<workgroup> bt: array<f32, 1024>; // [32 pixels][32 output channels]
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let m0 = wid.x * 32u; let n0 = wid.y * 32u; let start = wid.z * u.per; let end = min(start + u.per, u.K);
-  var acc = vec4<f32>(0.0); // dW at rows m, m + 1 and columns n, n + 1
-  for (var p0 = start; p0 < end; p0 += 32u) {
-    for (var e = lid; e < 1024u; e += 256u) {
-      let p = p0 + e / 32u; let m = m0 + e % 32u; let n = n0 + e % 32u;
-      var va = 0.0; var vb = 0.0;
-      if (p < end && m < u.M) {
-        let c = m % u.ci; let j = (m / u.ci) % u.kw; let i = m / (u.ci * u.kw);
-        let xo = p % u.wo; let yo = (p / u.wo) % u.ho; let b = p / (u.wo * u.ho);
-        let yy = i32(yo + i) - i32(u.top); let xx = i32(xo + j) - i32(u.left);
-        if (yy >= 0 && yy < i32(u.h) && xx >= 0 && xx < i32(u.w)) { va = x[((b * u.h + u32(yy)) * u.w + u32(xx)) * u.ci + c]; }
-      }
-      if (p < end && n < u.N) { vb = dy[p * u.N + n]; }
-      at[e] = va; bt[e] = vb;
+    u32: {
+      ...{ size: shares * M * co, M, N: co, K, per, h: info.inHeight, w: info.inWidth, ci, kw },
+      ...{ ho: info.outHeight, wo: info.outWidth, top: info.padInfo.top, left: info.padInfo.left },
+    },
+    code: () =>
+      `${MAIN}
+  if (i >= u.size) { return; }
+  let n = i % u.N; let m = (i / u.N) % u.M; let share = i / (u.N * u.M);
+  let c = m % u.ci; let dj = (m / u.ci) % u.kw; let di = m / (u.ci * u.kw); // the weight (di, dj, c, n)
+  let start = share * u.per; let end = min(start + u.per, u.K);
+  var xo = start % u.wo; var yo = (start / u.wo) % u.ho; var b = start / (u.wo * u.ho); // pixel p = (b, yo, xo)
+  var acc = 0.0;
+  for (var p = start; p < end; p++) {
+    let y = i32(yo + di) - i32(u.top); let xx = i32(xo + dj) - i32(u.left);
+    if (y >= 0 && y < i32(u.h) && xx >= 0 && xx < i32(u.w)) {
+      acc += x[((b * u.h + u32(y)) * u.w + u32(xx)) * u.ci + c] * dy[p * u.N + n];
     }
-    workgroupBarrier();
-    for (var k = 0u; k < 32u; k++) {
-      let a0 = at[k * 32u + l.x * 2u]; let a1 = at[k * 32u + l.x * 2u + 1u];
-      let b0 = bt[k * 32u + l.y * 2u]; let b1 = bt[k * 32u + l.y * 2u + 1u];
-      acc += vec4<f32>(a0 * b0, a0 * b1, a1 * b0, a1 * b1);
-    }
-    workgroupBarrier();
+    xo++;
+    if (xo == u.wo) { xo = 0u; yo++; if (yo == u.ho) { yo = 0u; b++; } }
   }
-  let m = m0 + l.x * 2u; let n = n0 + l.y * 2u; let o = (wid.z * u.M + m) * u.N + n;
-  if (m < u.M && n < u.N) { part[o] = acc.x; }
-  if (m < u.M && n + 1u < u.N) { part[o + 1u] = acc.y; }
-  if (m + 1u < u.M && n < u.N) { part[o + u.N] = acc.z; }
-  if (m + 1u < u.M && n + 1u < u.N) { part[o + u.N + 1u] = acc.w; }
+  part[i] = acc;
 }`,
   });
   if (part === dW) return dW;
