@@ -7,7 +7,7 @@ import { type Config, DEFAULTS, flagOf, HELP, parseConfig, runCli, TrainingError
 import { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
 import { type Module, UNet } from "./modules.ts";
-import { Progress, readLossRows, sampleGrids, writeReport } from "./report.ts";
+import { Progress, readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
 import { loadDataset, mulberry32 } from "./utils.ts";
 
 /** AdamW (Loshchilov & Hutter 2019), PyTorch's defaults: decoupled weight decay, then the Adam step. */
@@ -101,6 +101,7 @@ export async function train(config: Config, { resume = false, given = [], log = 
     cacheDir: config.cacheDir,
     log,
   });
+  await saveDataImages(runDir, data, config.seed);
   const numClasses = config.conditional ? data.classes.length : 0;
   const makeModel = () => new UNet({ width: config.width, numClasses });
   const model = makeModel();
