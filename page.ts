@@ -28,13 +28,29 @@ const view = {
 };
 (globalThis as unknown as { ddpmView: typeof view }).ddpmView = view;
 
-/** The first of webgpu, webgl, wasm and cpu that starts, or the one named by ?backend=NAME. */
+/** Whether the browser's WebGPU or WebGL is a software one (SwiftShader, llvmpipe): slower than wasm. */
+async function softwareGpu(name: string): Promise<boolean> {
+  const soft = (s: unknown) => /swiftshader|llvmpipe|software|basic render/i.test(String(s));
+  if (name === "webgpu") {
+    const adapter = await (navigator as { gpu?: GPU }).gpu?.requestAdapter();
+    const info = adapter?.info as (GPUAdapterInfo & { isFallbackAdapter?: boolean }) | undefined;
+    return !!info && (!!info.isFallbackAdapter || soft(`${info.device} ${info.description}`));
+  }
+  if (name !== "webgl") return false;
+  const gl = document.createElement("canvas").getContext("webgl2");
+  const debug = gl?.getExtension("WEBGL_debug_renderer_info");
+  return !!gl && soft(gl.getParameter(debug ? debug.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+}
+
+/** ?backend=NAME, or the first of webgpu, webgl (on a real GPU: a software one is skipped), wasm and cpu. */
 async function startBackend(): Promise<string> {
   setWasmPaths(new URL("page/", location.href).href); // the .wasm files lie beside page.js: nothing from the internet
   const wanted = new URLSearchParams(location.search).get("backend");
+  const skipped: string[] = [];
   for (const name of wanted ? [wanted] : ["webgpu", "webgl", "wasm", "cpu"]) {
     try {
-      if (await tf.setBackend(name)) return name;
+      if (!wanted && await softwareGpu(name)) skipped.push(`software ${name}`);
+      else if (await tf.setBackend(name)) return name + (skipped.length ? ` (${skipped.join(", ")} skipped)` : "");
     } catch { /* not in this browser: the next one */ }
   }
   throw new Error(`no tfjs backend started${wanted ? ` (asked for ${wanted})` : ""}`);
