@@ -139,8 +139,11 @@ function scoresHtml(text: string): string {
   }
 }
 
-/** The width of a PNG (its IHDR), to scale a grid by a whole number. */
-const pngWidth = (path: string) => new DataView(Deno.readFileSync(path).buffer).getUint32(16);
+/** The width and height of a PNG (its IHDR), to scale a grid by a whole number. */
+const pngSize = (path: string) => {
+  const header = new DataView(Deno.readFileSync(path).buffer);
+  return [header.getUint32(16), header.getUint32(20)];
+};
 
 /**
  * loss.png and index.html, the run's page: the live forward and reverse processes (page.ts, once `deno task view`
@@ -156,7 +159,7 @@ export async function writeReport(runDir: string) {
   const pairs = Object.entries(config).map(([k, v]) => `<th>${esc(k)}</th><td>${esc(v)}</td>`);
   const configRows = Array.from({ length: Math.ceil(pairs.length / 3) }, (_, i) => pairs.slice(3 * i, 3 * i + 3));
   const figures = grids.map((g) => {
-    const w = pngWidth(join(runDir, "samples", g)), scale = Math.max(1, Math.floor(400 / w));
+    const [w, h] = pngSize(join(runDir, "samples", g)), scale = Math.max(1, Math.floor(Math.min(480 / w, 480 / h, 8)));
     return `<figure><img src="samples/${esc(g)}" width="${w * scale}"><figcaption>${esc(g)}</figcaption></figure>`;
   });
   const html = `<!doctype html><meta charset="utf-8"><title>${esc(config.name)} · DDPM</title>
@@ -207,7 +210,7 @@ type="number" min="1" max="32" value="8"></label><span id="cond" hidden><label>c
 <h3>Training loss (${losses.length} steps, last ${losses.at(-1)?.toFixed(4) ?? "-"})</h3>
 ${lossSvg(rows)}<p><a href="loss.png">loss.png</a> · <a href="loss.jsonl">loss.jsonl</a></p>
 ${scores ? `<h3>Scores (deno task eval)</h3>${scoresHtml(scores)}` : ""}
-<h3>Sample grids (newest first)</h3>${figures.join("\n")}
+<h3 id="grids">Sample grids (newest first)</h3>${figures.join("\n")}
 <script type="module" src="page/page.js"></script>
 `;
   await Deno.writeTextFile(join(runDir, "index.html"), html);
