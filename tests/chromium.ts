@@ -112,12 +112,18 @@ export class Chromium {
     }
   }
 
-  /** A PNG of the whole page. */
-  async screenshot(): Promise<Uint8Array> {
+  /** A PNG of the page, its top `maxHeight` CSS pixels. */
+  async screenshot(maxHeight = Infinity): Promise<Uint8Array> {
     const { cssContentSize } = await this.send("Page.getLayoutMetrics") as {
       cssContentSize: { width: number; height: number };
     };
-    const clip = { x: 0, y: 0, width: cssContentSize.width, height: cssContentSize.height, scale: 1 };
+    const clip = {
+      x: 0,
+      y: 0,
+      width: cssContentSize.width,
+      height: Math.min(maxHeight, cssContentSize.height),
+      scale: 1,
+    };
     const { data } = await this.send("Page.captureScreenshot", { format: "png", clip, captureBeyondViewport: true });
     return Uint8Array.from(atob(data as string), (c) => c.charCodeAt(0));
   }

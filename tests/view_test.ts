@@ -5,13 +5,14 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { Image } from "imagescript";
-import { nextSeed, setSeed } from "../backend.ts";
+import { nextSeed, setBackend, setSeed } from "../backend.ts";
 import { loadWeights, readState } from "../checkpoint.ts";
 import { DEFAULTS } from "../cli.ts";
 import { Diffusion, toUint8 } from "../diffusion.ts";
 import { train } from "../train.ts";
 import { Chromium } from "./chromium.ts";
 
+await setBackend("cpu"); // (training the tiny run switches to wasm)
 const GAP = 2;
 let S = 16, T = 1000; // the run's image size and step count
 
@@ -180,9 +181,11 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
     }
     diffusion.dispose();
 
-    await page.evaluate(`(() => { const s = document.getElementById("scrub"); s.value = s.max; s.oninput(); })()`);
-    await slide(page, 400);
-    const shot = await page.screenshot();
+    // The screenshot: a partly noised x_t, and the sample replayed at its middle step (x_t and x̂_0 side by side).
+    await page.evaluate(`(() => { const s = document.getElementById("scrub"); s.value = "2"; s.oninput(); })()`);
+    await slide(page, 150);
+    const top = await page.evaluate<number>(`document.getElementById("grids").getBoundingClientRect().top`);
+    const shot = await page.screenshot(top);
     assert.deepEqual([...shot.subarray(1, 4)], [80, 78, 71]); // "PNG"
     const keep = Deno.env.get("SCREENSHOT");
     if (keep) await Deno.writeFile(keep, shot);
