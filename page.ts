@@ -4,7 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-webgpu";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
-import { nextSeed, setSeed } from "./backend.ts";
+import { getSeedState, nextSeed, setSeed } from "./backend.ts";
 import { assignWeights, parseWeights, type RunState } from "./checkpoint.ts";
 import { Diffusion, toUint8 } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
@@ -127,16 +127,18 @@ function forwardView(diffusion: Diffusion, data: tf.Tensor4D) {
     $("data").append(cv);
     return cv;
   });
+  let latest = 0;
   const update = async () => {
-    const t = Number($("t").value), i = t - 1;
+    const t = Number($("t").value), i = t - 1, id = ++latest;
     const x0 = tf.tidy(() => data.slice([chosen, 0, 0, 0], [1, s, s, 3]));
+    const tIndex = tf.tensor1d([Math.max(0, i)], "int32"), sampling = getSeedState();
     setSeed(epsSeed); // the same ε at every t: the image dissolves rather than flickers
-    const tIndex = tf.tensor1d([Math.max(0, i)], "int32");
     const [xt, eps] = diffusion.noiseImages(x0, tIndex);
-    draw($("f-x0"), await pixelsOf(x0), 1, s, big);
-    draw($("f-eps"), await pixelsOf(eps), 1, s, big);
-    draw($("f-xt"), await pixelsOf(t === 0 ? x0 : xt), 1, s, big);
+    setSeed(sampling); // (a sample running meanwhile draws what it would have drawn)
+    const pixels = await Promise.all([x0, eps, t === 0 ? x0 : xt].map(pixelsOf));
     tf.dispose([x0, tIndex, xt, eps]);
+    if (id !== latest) return; // the slider moved on meanwhile
+    pixels.forEach((p, k) => draw($(["f-x0", "f-eps", "f-xt"][k]), p, 1, s, big));
     thumbs.forEach((cv, k) => cv.classList.toggle("on", k === chosen));
     const a = t === 0 ? 1 : diffusion.alphaHat[i];
     $("f-cap").textContent = `x_t at t = ${t}`;

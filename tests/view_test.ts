@@ -151,6 +151,7 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
       set("sampler", "ddim"), set("steps", "${sampleSteps}"), set("eta", "0.5"), set("seed", "${seed}"), set("n", "${n}");
       document.getElementById("sample").click();
     })()`);
+    for (const t of [500, 20]) await slide(page, t); // the forward view, used meanwhile, leaves the sample's noise alone
     await page.waitFor("ddpmView.sample || ddpmView.error", 120);
     assert.equal(await page.evaluate("ddpmView.error"), "");
     const raw = join(dir, "x0.bin"), png = join(dir, "x0.png");
