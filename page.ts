@@ -28,18 +28,20 @@ const view = {
 };
 (globalThis as unknown as { ddpmView: typeof view }).ddpmView = view;
 
-/** Whether the browser's WebGPU or WebGL is a software one (SwiftShader, llvmpipe): slower than wasm. */
-async function softwareGpu(name: string): Promise<boolean> {
+/** Why not to take WebGPU or WebGL here: no GPU, or a software one (SwiftShader, llvmpipe: slower than wasm). */
+async function skipGpu(name: string): Promise<string | null> {
   const soft = (s: unknown) => /swiftshader|llvmpipe|software|basic render/i.test(String(s));
   if (name === "webgpu") {
     const adapter = await (navigator as { gpu?: GPU }).gpu?.requestAdapter();
     const info = adapter?.info as (GPUAdapterInfo & { isFallbackAdapter?: boolean }) | undefined;
-    return !!info && (!!info.isFallbackAdapter || soft(`${info.device} ${info.description}`));
+    if (!info) return "no WebGPU adapter";
+    return info.isFallbackAdapter || soft(`${info.device} ${info.description}`) ? "software WebGPU" : null;
   }
-  if (name !== "webgl") return false;
+  if (name !== "webgl") return null;
   const gl = document.createElement("canvas").getContext("webgl2");
   const debug = gl?.getExtension("WEBGL_debug_renderer_info");
-  return !!gl && soft(gl.getParameter(debug ? debug.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+  if (!gl) return "no WebGL 2";
+  return soft(gl.getParameter(debug ? debug.UNMASKED_RENDERER_WEBGL : gl.RENDERER)) ? "software WebGL" : null;
 }
 
 /** ?backend=NAME, or the first of webgpu, webgl (on a real GPU: a software one is skipped), wasm and cpu. */
@@ -49,8 +51,9 @@ async function startBackend(): Promise<string> {
   const skipped: string[] = [];
   for (const name of wanted ? [wanted] : ["webgpu", "webgl", "wasm", "cpu"]) {
     try {
-      if (!wanted && await softwareGpu(name)) skipped.push(`software ${name}`);
-      else if (await tf.setBackend(name)) return name + (skipped.length ? ` (${skipped.join(", ")} skipped)` : "");
+      const why = wanted ? null : await skipGpu(name);
+      if (why) skipped.push(why);
+      else if (await tf.setBackend(name)) return name + (skipped.length ? ` (skipped: ${skipped.join(", ")})` : "");
     } catch { /* not in this browser: the next one */ }
   }
   throw new Error(`no tfjs backend started${wanted ? ` (asked for ${wanted})` : ""}`);
