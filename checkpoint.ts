@@ -1,8 +1,17 @@
 // Checkpoints: model, EMA and optimizer weights plus the run's state, written so a crash never loses one.
+// No node: imports: the run's page (page.ts) bundles this file for the browser to read the weights.
 import * as tf from "@tensorflow/tfjs";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import type { Config } from "./cli.ts";
+
+const join = (...parts: string[]) => parts.join("/");
+const existsSync = (path: string) => {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 /** One file of named float32 tensors: [header length u32][JSON {name: [shape, offset]}][data]. */
 export async function saveWeights(path: string, weights: Map<string, tf.Tensor>) {
@@ -27,9 +36,15 @@ export async function saveWeights(path: string, weights: Map<string, tf.Tensor>)
   }
 }
 
-export function loadWeights(path: string): Map<string, { shape: number[]; values: Float32Array }> {
-  const bytes = Deno.readFileSync(path);
-  const n = bytes.length >= 4 ? new DataView(bytes.buffer).getUint32(0, true) : Infinity;
+export type SavedWeights = Map<string, { shape: number[]; values: Float32Array }>;
+
+export function loadWeights(path: string): SavedWeights {
+  return parseWeights(Deno.readFileSync(path), path);
+}
+
+/** The tensors of a weights file's bytes (`path` names it in errors). */
+export function parseWeights(bytes: Uint8Array, path: string): SavedWeights {
+  const n = bytes.length >= 4 ? new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true) : Infinity;
   let header: Record<string, [number[], number]>;
   try {
     if (4 + n > bytes.length) throw new Error();
@@ -49,9 +64,8 @@ export function loadWeights(path: string): Map<string, { shape: number[]; values
 
 export class CheckpointError extends Error {}
 
-/** Assigns saved weights to variables, refusing any mismatch of names or shapes. */
-export function assignWeights(path: string, variables: Map<string, tf.Variable>) {
-  const saved = loadWeights(path);
+/** Assigns saved weights (the file at `path`, or its tensors) to variables, refusing any mismatch of names or shapes. */
+export function assignWeights(path: string, variables: Map<string, tf.Variable>, saved = loadWeights(path)) {
   for (const [name, v] of variables) {
     const s = saved.get(name);
     if (!s) throw new CheckpointError(`${path} has no weight ${name}: saved from another model`);

@@ -1,8 +1,8 @@
 // Sampling from a trained run: `deno task sample --run RUN [--n 16] [--labels 3,3,5] [--cfg-scale 3] [--ema]`.
 import { join } from "node:path";
 import { BACKENDS, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, CheckpointError, readState } from "./checkpoint.ts";
-import { Diffusion } from "./diffusion.ts";
+import { assignWeights, CheckpointError, readState, saveWeights } from "./checkpoint.ts";
+import { Diffusion, toUint8 } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
 import { choiceFlag, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { saveGrid } from "./utils.ts";
@@ -34,8 +34,10 @@ const HELP = `Sample images from a trained run and save them as a PNG grid.
   --sampler NAME   ddpm (Algorithm 2, all T steps; default) | ddim
   --sample-steps N DDIM steps (default 50)       --eta X   DDIM's η (default 0: deterministic)
   --no-clip        do not clip the predicted x̂_0 to [-1, 1] at each step
+  --seed N         the seed of x_T and of every step's noise (default: the clock)
   --backend NAME   auto | tensorflow | webgpu | wasm | cpu
-  --out FILE       output PNG (default RUN/samples/sample_<time>.png)`;
+  --out FILE       output PNG (default RUN/samples/sample_<time>.png)
+  --raw FILE       also save x_0 as floats (NHWC, tensor "samples" in the checkpoint format)`;
 
 async function main() {
   const v = parseFlags(Deno.args, {
@@ -51,6 +53,7 @@ async function main() {
     seed: { type: "string" },
     backend: { type: "string" },
     out: { type: "string" },
+    raw: { type: "string" },
     help: { type: "boolean", short: "h" },
   });
   if (v.help) return console.log(HELP);
@@ -61,8 +64,8 @@ async function main() {
   const sampler = choiceFlag("sampler", v.sampler, ["ddpm", "ddim"] as const) ?? "ddpm";
   const eta = numberFlag("eta", v.eta, 0, 1, false) ?? 0;
   const nFlag = numberFlag("n", v.n, 1, 1024);
+  const seed = numberFlag("seed", v.seed, 0, 2 ** 31 - 1) ?? Date.now() % 2 ** 31;
   console.log(`backend ${await setBackend(backend)}`);
-  setSeed(numberFlag("seed", v.seed, 0, 2 ** 31 - 1) ?? Date.now() % 2 ** 31);
   const { model, config, classes } = await loadRun(runDir, !!v.ema);
   const k = model.numClasses;
   let labels: number[] | null = null;
@@ -80,7 +83,8 @@ async function main() {
     schedule: config.schedule,
   });
   const t0 = performance.now();
-  const pixels = await diffusion.sample(model, n, {
+  setSeed(seed); // after the model is made: the seed alone fixes the noise (as in the run's page)
+  const x0 = await diffusion.sampleX0(model, n, {
     labels,
     cfgScale: cfgScale ?? config.cfgScale,
     sampler,
@@ -88,6 +92,8 @@ async function main() {
     eta,
     clip: !v["no-clip"],
   });
+  if (v.raw) await saveWeights(v.raw as string, new Map([["samples", x0]]));
+  const pixels = await toUint8(x0);
   const out = (v.out as string | undefined) ??
     join(runDir, "samples", `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
   await saveGrid(out, pixels, n, config.imageSize, k && !v.labels ? n / k : undefined);

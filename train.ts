@@ -8,7 +8,7 @@ import { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
 import { fusedAdamW, hasFused } from "./fused.ts";
 import { type Module, UNet } from "./modules.ts";
-import { Progress, readLossRows, sampleGrids, writeReport } from "./report.ts";
+import { Progress, readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
 import { loadDataset, mulberry32 } from "./utils.ts";
 
 /** AdamW (Loshchilov & Hutter 2019), PyTorch's defaults: decoupled weight decay, then the Adam step. */
@@ -105,6 +105,7 @@ export async function train(config: Config, { resume = false, given = [], log = 
     cacheDir: config.cacheDir,
     log,
   });
+  await saveDataImages(runDir, data, config.seed);
   const numClasses = config.conditional ? data.classes.length : 0;
   const makeModel = () => new UNet({ width: config.width, numClasses });
   const model = makeModel();
