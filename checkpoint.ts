@@ -1,11 +1,17 @@
 // Checkpoints: model, EMA and optimizer weights plus the run's state, written so a crash never loses one.
 import * as tf from "@tensorflow/tfjs";
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "./cli.ts";
 
-/** One file of named float32 tensors: [header length u32][JSON {name: [shape, offset]}][data]. */
-export async function saveWeights(path: string, weights: Map<string, tf.Tensor>) {
+/** Named float32 tensors, read from or for a file. */
+export type Tensors = Map<string, { shape: number[]; values: Float32Array }>;
+
+const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
+
+/** One file of named float32 tensors: [header length u32][JSON {name: [shape, offset]}][data]. Returns its SHA-256. */
+export async function saveWeights(path: string, weights: Map<string, tf.Tensor>): Promise<string> {
   const header: Record<string, [number[], number]> = {};
   let offset = 0;
   for (const [name, w] of weights) {
@@ -13,21 +19,29 @@ export async function saveWeights(path: string, weights: Map<string, tf.Tensor>)
     offset += w.size;
   }
   const json = new TextEncoder().encode(JSON.stringify(header));
-  const data = new Float32Array(offset);
-  for (const [name, w] of weights) data.set(await w.data() as Float32Array, header[name][1]);
+  const bytes = new Uint8Array(4 + json.length + 4 * offset);
+  new DataView(bytes.buffer).setUint32(0, json.length, true);
+  bytes.set(json, 4);
+  for (const [name, w] of weights) {
+    const values = await w.data() as Float32Array;
+    bytes.set(
+      new Uint8Array(values.buffer, values.byteOffset, 4 * values.length),
+      4 + json.length + 4 * header[name][1],
+    );
+  }
   const file = await Deno.open(path, { write: true, create: true, truncate: true });
   try {
-    for (const part of [new Uint8Array(new Uint32Array([json.length]).buffer), json, new Uint8Array(data.buffer)]) {
-      let written = 0;
-      while (written < part.length) written += await file.write(part.subarray(written));
-    }
+    let written = 0;
+    while (written < bytes.length) written += await file.write(bytes.subarray(written));
     await file.sync();
   } finally {
     file.close();
   }
+  return sha256(bytes);
 }
 
-export function loadWeights(path: string): Map<string, { shape: number[]; values: Float32Array }> {
+/** A weights file's tensors; weights named as before the tutorial's names (`down.0.conv1.conv1.weight`) are renamed. */
+export function loadWeights(path: string): Tensors {
   const bytes = Deno.readFileSync(path);
   const n = bytes.length >= 4 ? new DataView(bytes.buffer).getUint32(0, true) : Infinity;
   let header: Record<string, [number[], number]>;
@@ -42,10 +56,27 @@ export function loadWeights(path: string): Map<string, { shape: number[]; values
     const size = shape.reduce((a, b) => a * b, 1);
     if (start + 4 * (offset + size) > bytes.length) throw new CheckpointError(`${path} is truncated`);
     const values = new Float32Array(bytes.slice(start + 4 * offset, start + 4 * (offset + size)).buffer);
-    out.set(name, { shape, values });
+    out.set(OLD_NAMES.reduce((n, [old, now]) => n.replace(old, now as string), name), { shape, values });
   }
   return out;
 }
+
+/** Our weight names before they were the tutorial's, and theirs now (old run folders load as they are). */
+const OLD_NAMES: [RegExp, string | ((...m: string[]) => string)][] = [
+  [/^down\.(\d)\.conv(\d)\./, (_, k, i) => `down${+k + 1}.maxpool_conv.${i}.`],
+  [/^down\.(\d)\.emb\./, (_, k) => `down${+k + 1}.emb_layer.1.`],
+  [/^up\.(\d)\.conv(\d)\./, (_, k, i) => `up${+k + 1}.conv.${+i - 1}.`],
+  [/^up\.(\d)\.emb\./, (_, k) => `up${+k + 1}.emb_layer.1.`],
+  [/^sa_down\.(\d)\./, (_, k) => `sa${+k + 1}.`],
+  [/^sa_up\.(\d)\./, (_, k) => `sa${+k + 4}.`],
+  [/^bot\.(\d)\./, (_, k) => `bot${+k + 1}.`],
+  [/conv1\.weight$/, "double_conv.0.weight"],
+  [/norm1\.(weight|bias)$/, "double_conv.1.$1"],
+  [/conv2\.weight$/, "double_conv.3.weight"],
+  [/norm2\.(weight|bias)$/, "double_conv.4.$1"],
+  [/mha\.in_proj\.(weight|bias)$/, "mha.in_proj_$1"],
+  [/\.ff\.(\d)\./, ".ff_self.$1."],
+];
 
 export class CheckpointError extends Error {}
 
