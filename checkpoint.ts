@@ -1,8 +1,8 @@
 // Checkpoints: model, EMA and optimizer weights plus the run's state, written so a crash never loses one.
 import * as tf from "@tensorflow/tfjs";
 import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readFileSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import type { Config } from "./cli.ts";
 
 /** Named float32 tensors, read from or for a file. */
@@ -40,9 +40,16 @@ export async function saveWeights(path: string, weights: Map<string, tf.Tensor>)
   return sha256(bytes);
 }
 
-/** A weights file's tensors; weights named as before the tutorial's names (`down.0.conv1.conv1.weight`) are renamed. */
+/**
+ * A weights file's tensors. A file listed in its folder's state.json (`sha256`) must have the digest recorded when it
+ * was written; weights named as before the tutorial's names (`down.0.conv1.conv1.weight`) are renamed as they are read.
+ */
 export function loadWeights(path: string): Tensors {
   const bytes = Deno.readFileSync(path);
+  const expected = recordedSha256(path);
+  if (expected && sha256(bytes) !== expected) {
+    throw new CheckpointError(`${path} has changed since it was written (its SHA-256 is not the one in state.json)`);
+  }
   const n = bytes.length >= 4 ? new DataView(bytes.buffer).getUint32(0, true) : Infinity;
   let header: Record<string, [number[], number]>;
   try {
@@ -59,6 +66,17 @@ export function loadWeights(path: string): Tensors {
     out.set(OLD_NAMES.reduce((n, [old, now]) => n.replace(old, now as string), name), { shape, values });
   }
   return out;
+}
+
+/** The SHA-256 that the state.json beside `path` recorded for it (none for older checkpoints and other files). */
+function recordedSha256(path: string): string | undefined {
+  const state = join(dirname(path), "state.json");
+  if (!existsSync(state)) return undefined;
+  try {
+    return JSON.parse(readFileSync(state, "utf8")).sha256?.[basename(path)];
+  } catch {
+    return undefined; // an unreadable state.json is reported by readState
+  }
 }
 
 /** Our weight names before they were the tutorial's, and theirs now (old run folders load as they are). */
@@ -107,8 +125,9 @@ export async function saveCheckpoint(dir: string, files: Map<string, Map<string,
   try {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     await Deno.mkdir(tmp, { recursive: true });
-    for (const [name, weights] of files) await saveWeights(join(tmp, name), weights);
-    await Deno.writeTextFile(join(tmp, "state.json"), JSON.stringify(state, null, 1));
+    const sha256: Record<string, string> = {}; // checked when a file is read (loadWeights)
+    for (const [name, weights] of files) sha256[name] = await saveWeights(join(tmp, name), weights);
+    await Deno.writeTextFile(join(tmp, "state.json"), JSON.stringify({ ...state, sha256 }, null, 1));
   } catch (e) { // disk full, no permission…: the previous checkpoint stays as it was
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw new CheckpointError(`could not write a checkpoint to ${tmp} (${(e as Error).message}); ${dir} is kept`);
@@ -142,6 +161,7 @@ export interface RunState {
   emaStep: number;
   adamStep: number;
   classes: string[];
+  sha256?: Record<string, string>; // of each weights file, as written
   dir?: string; // where it was read from
 }
 

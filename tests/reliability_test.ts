@@ -8,6 +8,8 @@
  *  Ctrl-C      the current step finishes, a checkpoint is saved, exit 0
  *  NaN         a non-finite loss stops the run naming the step; the last good checkpoint stays
  *  disk full   a failed checkpoint write (ENOSPC from /dev/full) stops with one line; the previous one stays
+ *  damaged     a checkpoint file changed after it was written (NaNs in model.bin, a bit flip): its SHA-256 in
+ *              state.json differs, and --resume, sample and export name the file
  *  PyTorch     --weights: a run starts from the file (its width), export gives the weights back bit for bit; a
  *              truncated or foreign file, a conditional file without --conditional, another --width, --weights with
  *              --resume, an export to an unknown extension: one line each
@@ -298,6 +300,25 @@ Deno.test("bad input: folders, flags, checkpoints and outputs each get one line 
   assertOneLine(await cli("sample.ts", "--run", shapes), 1, /label_emb\.weight has shape \[2,256\]/);
   Deno.removeSync(join(shapes, "checkpoint", "model.bin"));
   assertOneLine(await cli("sample.ts", "--run", shapes), 1, /no complete checkpoint.*model\.bin/);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("damaged checkpoint: a file changed after it was written is named on --resume, sample and export", async () => {
+  const dir = await tmp(), run = join(dir, "run"), ckpt = join(run, "checkpoint");
+  await train(tiny(dir, { count: 4, epochs: 1 }), { log: quiet });
+  const pristine = Deno.readFileSync(join(ckpt, "model.bin"));
+  const nan = pristine.slice(); // four float32 NaNs in the tail of model.bin
+  nan.set(new Uint8Array(new Float32Array(4).fill(NaN).buffer), nan.length - 16);
+  Deno.writeFileSync(join(ckpt, "model.bin"), nan);
+  const changed = /model\.bin has changed since it was written \(its SHA-256 is not the one in state\.json\)/;
+  assertOneLine(await cli("train.ts", "--resume", run, "--epochs", "2", "--backend", "wasm"), 1, changed);
+  assertOneLine(await cli("sample.ts", "--run", run, "--n", "1", "--backend", "wasm"), 1, changed);
+  assertOneLine(await cli("export.ts", "--run", run, "--out", join(dir, "x.safetensors")), 1, changed);
+  Deno.writeFileSync(join(ckpt, "model.bin"), pristine);
+  const flipped = Deno.readFileSync(join(ckpt, "adam_v.bin")); // one finite bit flip
+  flipped[flipped.length - 3] ^= 4;
+  Deno.writeFileSync(join(ckpt, "adam_v.bin"), flipped);
+  await assert.rejects(() => train(tiny(dir, { epochs: 2 }), { resume: true, log: quiet }), /adam_v\.bin has changed/);
   await Deno.remove(dir, { recursive: true });
 });
 
