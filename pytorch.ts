@@ -10,6 +10,15 @@ const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 /** A state_dict from a `.pt`/`.pth` file (torch.save's zip) or a `.safetensors` file, told apart by their bytes. */
 export function readTorchFile(path: string): Tensors {
   const bytes = Deno.readFileSync(path);
+  try {
+    return parse(path, bytes);
+  } catch (e) { // a malformed file that the checks below let through: still one line
+    if (e instanceof CheckpointError) throw e;
+    throw new CheckpointError(`${path} is not a readable state_dict (${(e as Error).message})`);
+  }
+}
+
+function parse(path: string, bytes: Uint8Array): Tensors {
   if (bytes[0] === 0x50 && bytes[1] === 0x4b) return readPt(path, bytes); // "PK": a zip
   if (bytes[0] === 0x80 && bytes[1] <= 5) {
     throw new CheckpointError(

@@ -74,8 +74,18 @@ class Global {
 /** The globals a state_dict refers to; a pickle naming any other is refused, and nothing in it is ever run. */
 const CALLS: Record<string, (args: unknown[]) => unknown> = {
   "collections OrderedDict": () => new Map(),
-  "torch._utils _rebuild_tensor_v2": ([storage, offset, shape, stride]) =>
-    new TensorRef(storage as { type: string; key: string }, offset as number, shape as number[], stride as number[]),
+  "torch._utils _rebuild_tensor_v2": ([storage, offset, shape, stride]) => {
+    const ints = (a: unknown) => Array.isArray(a) && a.every(Number.isInteger);
+    if (!(storage as { key?: string })?.key || !Number.isInteger(offset) || !ints(shape) || !ints(stride)) {
+      throw new Error("a malformed tensor");
+    }
+    return new TensorRef(
+      storage as { type: string; key: string },
+      offset as number,
+      shape as number[],
+      stride as number[],
+    );
+  },
   "torch._utils _rebuild_parameter": ([data]) => data,
 };
 

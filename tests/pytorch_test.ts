@@ -81,6 +81,10 @@ Deno.test("bad PyTorch files: one line naming the problem, and no code in a pick
   // the classic: posix.system("touch PWNED") by REDUCE; refused at the GLOBAL, before anything is called
   fails(write("evil.pt", pickle(`cposix\nsystem\nX\x0b\x00\x00\x00touch PWNED\x85R.`)), /refers to posix\.system/);
   fails(write("list.pt", pickle("]q\x00.")), /pickle opcode 0x5d/);
+  fails(
+    write("args.pt", pickle("ctorch._utils\n_rebuild_tensor_v2\n)R.")),
+    /not a readable state_dict \(a malformed tensor\)/,
+  );
   // keys: missing, unexpected, mis-shaped (written as .safetensors), a DDP "module." prefix is fine
   const sd = readTorchFile(join(fixtures, "unet_w8.pt"));
   const variant = async (name: string, edit: (m: Tensors) => void) => {
