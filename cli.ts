@@ -33,6 +33,8 @@ export interface Config {
   emaStart: number;
   count: number; // images to load (0 = all)
   cacheDir?: string;
+  weights?: string; // the initial weights: a PyTorch file of the tutorial's U-Net (.pt, .pth, .safetensors)
+  removeDeepConv?: boolean; // the tutorial's later U-Net variant without bot2 (set from --weights)
 }
 
 export const PRESETS: Record<string, Partial<Config>> = {
@@ -121,6 +123,7 @@ Options (defaults from --preset, then these):
   --conditional        train with labels (class sub-folders)  --label-drop X (0.1)
   --ema-beta X         0 = no EMA model                --ema-start N  (steps of EMA warm-up)
   --count N            load at most N images           --cache-dir DIR (CIFAR-10 files)
+  --weights FILE       start from a PyTorch file of the tutorial's UNet (.pt, .pth, .safetensors; width from it)
   --resume RUN         continue a run folder from its last checkpoint
   --help`;
 
@@ -198,7 +201,7 @@ export function parseConfig(
     args,
     Object.fromEntries([
       ...NUMBERS.map(([, flag]) => [flag, { type: "string" }]),
-      ...["preset", "data", "out", "name", "resume", "cache-dir", ...CHOICES.map(([k]) => k)].map((f) => [
+      ...["preset", "data", "out", "name", "resume", "cache-dir", "weights", ...CHOICES.map(([k]) => k)].map((f) => [
         f,
         { type: "string" },
       ]),
@@ -219,6 +222,7 @@ export function parseConfig(
   for (const [key, flag] of [["data", "data"], ["out", "out"], ["name", "name"], ["cacheDir", "cache-dir"]] as const) {
     if (values[flag] !== undefined) config[key] = values[flag] as string;
   }
+  if (values.weights !== undefined) config.weights = values.weights as string;
   if (values.conditional) config.conditional = true;
   if (values["no-clip"]) config.clip = false;
   for (const [key, choices] of CHOICES) {
@@ -230,6 +234,7 @@ export function parseConfig(
   }
   if (config.width % 4) throw new UsageError(`--width ${config.width}: must be divisible by 4 (4 attention heads)`);
   const resume = values.resume as string | undefined;
+  if (resume && config.weights) throw new UsageError("--weights starts a new run; --resume continues one: give one");
   if (resume) {
     const dir = runFolder(resume, config.out);
     [config.out, config.name] = [dirname(dir), basename(dir)];

@@ -5,7 +5,8 @@ import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-webgpu";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { getSeedState, nextSeed, setSeed } from "./backend.ts";
-import { assignWeights, parseWeights, type RunState } from "./checkpoint.ts";
+import type { RunState } from "./checkpoint.ts";
+import { assignTensors, parseWeights } from "./weights.ts";
 import { Diffusion, toUint8 } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
 
@@ -76,7 +77,7 @@ async function loadModel(): Promise<{ state: RunState; model: UNet; weights: str
   }
   const c = state.config, weights = c.emaBeta > 0 ? "ema.bin" : "model.bin", path = `${dir}/${weights}`;
   const model = new UNet({ width: c.width, numClasses: c.conditional ? state.classes.length : 0 });
-  assignWeights(path, model.weights, parseWeights(new Uint8Array(await (await fetchOk(path)).arrayBuffer()), path));
+  assignTensors(path, model.weights, parseWeights(new Uint8Array(await (await fetchOk(path)).arrayBuffer()), path));
   return { state, model, weights: weights === "ema.bin" ? "EMA" : "model" };
 }
 

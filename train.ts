@@ -2,12 +2,13 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { getSeedState, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
+import { assignWeights, CheckpointError, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
 import { type Config, DEFAULTS, flagOf, HELP, parseConfig, runCli, TrainingError, UsageError } from "./cli.ts";
 import { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
 import { fusedAdamW, hasFused } from "./fused.ts";
 import { type Module, UNet } from "./modules.ts";
+import { loadTorchModel } from "./pytorch.ts";
 import { Progress, readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
 import { loadDataset, mulberry32 } from "./utils.ts";
 
@@ -107,8 +108,10 @@ export async function train(config: Config, { resume = false, given = [], log = 
   });
   await saveDataImages(runDir, data, config.seed);
   const numClasses = config.conditional ? data.classes.length : 0;
-  const makeModel = () => new UNet({ width: config.width, numClasses });
-  const model = makeModel();
+  const makeModel = () => new UNet({ width: config.width, numClasses, removeDeepConv: config.removeDeepConv });
+  const model = config.weights && !resume ? fromWeights(config, numClasses, given) : makeModel();
+  if (model.width !== config.width) config = { ...config, width: model.width }; // (from --weights)
+  if (model.removeDeepConv) config = { ...config, removeDeepConv: true };
   const emaModel = config.emaBeta > 0 ? makeModel() : null;
   const ema = new EMA(config.emaBeta);
   const opt = new AdamW(model, config.lr);
@@ -242,6 +245,23 @@ export async function train(config: Config, { resume = false, given = [], log = 
     for (const d of [model, emaModel, opt, diffusion]) d?.dispose();
   }
   return { runDir, step, losses };
+}
+
+/** A new run's model from a PyTorch file (--weights): its width and variant are taken, its labels must fit the data. */
+function fromWeights(config: Config, numClasses: number, given: (keyof Config)[]): UNet {
+  const file = config.weights!, model = loadTorchModel(file), k = model.numClasses;
+  const fail = (e: Error): never => {
+    model.dispose();
+    throw e;
+  };
+  if (model.timeDim !== 256) fail(new CheckpointError(`${file}: time_dim ${model.timeDim}; the tutorial's is 256`));
+  if (given.includes("width") && config.width !== model.width) {
+    fail(new UsageError(`--width ${config.width}: ${file} has width ${model.width}`));
+  }
+  if (k && !numClasses) fail(new UsageError(`${file} is a conditional UNet: add --conditional`));
+  if (!k && numClasses) fail(new UsageError(`${file} is an unconditional UNet: train it without --conditional`));
+  if (k !== numClasses) fail(new CheckpointError(`${file} has ${k} classes, the data ${numClasses}`));
+  return model;
 }
 
 const CHANGEABLE: (keyof Config)[] = [
