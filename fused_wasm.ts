@@ -8,15 +8,18 @@ import { alloc, free, heap, matMul2d, onBackend, softmaxRows } from "./wasm_kern
 type Info = tf.TensorInfo;
 const size = (t: Info) => t.shape.reduce((a, b) => a * b, 1);
 
-/** erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), as tfjs's Erf kernel. */
-function erf(x: number) {
-  const t = 1 / (1 + 0.3275911 * Math.abs(x));
-  const y = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t *
-      Math.exp(-x * x);
-  return x >= 0 ? y : -y;
+/** Φ(x), the normal CDF, by Abramowitz & Stegun 7.1.26 for erf (|error| < 1.5e-7, as tfjs's Erf), given e^(-x²/2). */
+function phi(x: number, gauss: number) {
+  const t = 1 / (1 + 0.3275911 * Math.SQRT1_2 * Math.abs(x));
+  const y = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * gauss;
+  return 0.5 * (x >= 0 ? 1 + y : 1 - y);
 }
-const gelu = (x: number) => 0.5 * x * (1 + erf(x * Math.SQRT1_2));
-const geluGrad = (x: number) => 0.5 * (1 + erf(x * Math.SQRT1_2)) + x * Math.exp(-0.5 * x * x) / Math.sqrt(2 * Math.PI);
+/** GELU(x) = x·Φ(x), and its derivative Φ(x) + x·φ(x): one exp for both Φ and φ. */
+const gelu = (x: number) => x * phi(x, Math.exp(-0.5 * x * x));
+const geluGrad = (x: number) => {
+  const gauss = Math.exp(-0.5 * x * x);
+  return phi(x, gauss) + x * gauss * 0.3989422804014327;
+};
 
 function geluKernel({ inputs: { x } }: { inputs: { x: Info } }) {
   const y = alloc(x.shape), [X, Y] = [heap(x), heap(y)];
@@ -90,13 +93,12 @@ function adamw({ inputs, attrs }: { inputs: Record<string, Info>; attrs: unknown
   const s = attrs as Record<"lr" | "beta1" | "beta2" | "eps" | "weightDecay" | "c1" | "c2", number>;
   const count = Object.keys(inputs).length / 4;
   const outs = Array.from({ length: count }, (_, i) => alloc(inputs[`w${i}`].shape));
-  const decay = 1 - s.lr * s.weightDecay;
+  const { beta1, beta2, eps } = s, decay = 1 - s.lr * s.weightDecay, step = s.lr / s.c1, c2 = s.c2;
   outs.forEach((out, i) => {
     const [W, M, V, G, O] = [...["w", "m", "v", "g"].map((f) => heap(inputs[`${f}${i}`])), heap(out)];
     for (let e = 0; e < W.length; e++) {
-      const m = M[e] = s.beta1 * M[e] + (1 - s.beta1) * G[e];
-      const v = V[e] = s.beta2 * V[e] + (1 - s.beta2) * G[e] * G[e];
-      O[e] = W[e] * decay - s.lr * (m / s.c1) / (Math.sqrt(v / s.c2) + s.eps);
+      const g = G[e], m = M[e] = beta1 * M[e] + (1 - beta1) * g, v = V[e] = beta2 * V[e] + (1 - beta2) * g * g;
+      O[e] = W[e] * decay - step * m / (Math.sqrt(v / c2) + eps);
     }
   });
   return outs;
@@ -187,8 +189,12 @@ function attentionGrad(
 ) {
   const a = dims(qkv, (attrs as { heads: number }).heads), { B, n, c, d, R } = a;
   const dqkv = alloc(qkv.shape);
-  const shapes = [[n, d], [n, d], [d, n], [d, n], [R, d], [R, d], [R, n], [R, n], [R, n], [n, R], [n, d], [R, d]];
-  const [k, v, kT, vT, q, g, s, p, ds, t, tmp, dqb] = shapes.map((shape) => alloc(shape));
+  const shapes = [[n, d], [n, d], [d, n], [d, n], [R, d], [R, d], [R, n], [R, n], [R, n], [n, R], [n, R], [n, d], [
+    R,
+    d,
+  ]];
+  const [k, v, kT, vT, q, g, s, p, ds, pT, dsT, tmp, dqb] = shapes.map((shape) => alloc(shape));
+  const dRows = new Float64Array(R);
   const [dk, dv, rowsT, oRows] = [
     new Float32Array(n * d),
     new Float32Array(n * d),
@@ -213,17 +219,26 @@ function attentionGrad(
         matMul2d(q, kT, s, rows, d, n);
         softmaxRows(s, p, rows, n);
         matMul2d(g, vT, ds, rows, d, n); // dP = dO·vᵀ, made dS in place
-        const [P, DS, G] = [heap(p), heap(ds), heap(g)];
+        const [P, DS, G, PT, DST] = [heap(p), heap(ds), heap(g), heap(pT), heap(dsT)];
         for (let i = 0; i < rows; i++) {
           let D = 0;
           for (let e = 0; e < d; e++) D += G[i * d + e] * oRows[i * d + e];
-          for (let j = i * n; j < (i + 1) * n; j++) DS[j] = P[j] * (DS[j] - D);
+          dRows[i] = D;
+        }
+        for (let i0 = 0; i0 < rows; i0 += 32) { // dS = P∘(dP - D), and Pᵀ and dSᵀ, in 32 × 32 blocks
+          for (let j0 = 0; j0 < n; j0 += 32) {
+            for (let i = i0; i < Math.min(i0 + 32, rows); i++) {
+              for (let j = j0, at = i * n + j0; j < Math.min(j0 + 32, n); j++, at++) {
+                const pij = P[at], sij = pij * (DS[at] - dRows[i]);
+                DS[at] = sij, PT[j * rows + i] = pij, DST[j * rows + i] = sij;
+              }
+            }
+          }
         }
         matMul2d(ds, k, dqb, rows, n, d);
         scatter(heap(dqb), heap(dqkv), at(r0, 0), 3 * c, rows, d, a.scale);
-        for (const [m, right, acc] of [[p, g, dv], [ds, q, dk]] as const) { // acc += mᵀ·right
-          transpose(heap(m), heap(t), rows, n);
-          matMul2d(t, right, tmp, n, rows, d);
+        for (const [mT, right, acc] of [[pT, g, dv], [dsT, q, dk]] as const) { // acc += m·right, m = Pᵀ or dSᵀ
+          matMul2d(mT, right, tmp, n, rows, d);
           const TMP = heap(tmp);
           for (let e = 0; e < n * d; e++) acc[e] += TMP[e];
         }
@@ -232,7 +247,7 @@ function attentionGrad(
       scatter(dv, heap(dqkv), at(0, 2), 3 * c, n, d);
     }
   }
-  free(k, v, kT, vT, q, g, s, p, ds, t, tmp, dqb);
+  free(k, v, kT, vT, q, g, s, p, ds, pT, dsT, tmp, dqb);
   return dqkv;
 }
 

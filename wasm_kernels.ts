@@ -260,17 +260,19 @@ function conv2dBackpropFilter({ inputs, attrs }: { inputs: { x: Info; dy: Info }
         const x0 = Math.max(0, -sx), x1 = Math.min(wo, w - sx);
         for (let c = 0; c < ci; c++) {
           let o = ((i * kw + j) * ci + c) * len;
-          if (ho === h && wo === w) { // 'same': each image plane is one shifted block copy, edges zeroed
-            const y0 = Math.max(0, -sy), y1 = Math.min(h, h - sy);
-            for (let n = n0; n < n0 + cn; n++, o += h * w) {
-              const base = (c * nb + n) * h * w, from = base + y0 * w + sy * w + sx, to = base + y1 * w + sy * w + sx;
-              const [a, b] = [Math.max(from, base), Math.min(to, base + h * w)];
-              dst.fill(0, o, o + y0 * w + (a - from));
-              if (b > a) dst.set(src.subarray(a, b), o + y0 * w + (a - from));
-              dst.fill(0, o + y0 * w + (a - from) + Math.max(0, b - a), o + h * w);
-              for (let y = y0; y < y1; y++) { // columns that wrapped around a row's end
-                for (let xx = 0; xx < x0; xx++) dst[o + y * w + xx] = 0;
-                for (let xx = x1; xx < w; xx++) dst[o + y * w + xx] = 0;
+          if (ho === h && wo === w) { // 'same': the cn planes of channel c as one shifted copy, then the pixels
+            const base = (c * nb + n0) * h * w, shift = sy * w + sx; //       that came from outside their plane zeroed
+            const lo = Math.max(0, -shift - base), hi = Math.min(len, src.length - base - shift);
+            dst.fill(0, o, o + lo);
+            if (hi > lo) dst.set(src.subarray(base + lo + shift, base + hi + shift), o + lo);
+            dst.fill(0, o + Math.max(lo, hi), o + len);
+            for (let q = o; q < o + len; q += h * w) {
+              for (let y = 0; y < h; y++) {
+                if (y + sy < 0 || y + sy >= h) { for (let xx = 0; xx < w; xx++) dst[q + y * w + xx] = 0; }
+                else {
+                  for (let xx = 0; xx < x0; xx++) dst[q + y * w + xx] = 0;
+                  for (let xx = x1; xx < w; xx++) dst[q + y * w + xx] = 0;
+                }
               }
             }
             continue;
