@@ -26,6 +26,7 @@ const { values: a } = parseArgs({
     ema: { type: "boolean", default: false }, // the EMA update too, as in training
     "by-kernel": { type: "boolean", default: false }, // print the counts of each kernel (and its dispatches)
     "gpu-time": { type: "boolean", default: false }, // WebGPU: the GPU time of each kernel (timestamp queries)
+    "count-only": { type: "boolean", default: false }, // WebGPU: record the steps but never run them: counts, no times
   },
 });
 const [imageSize, batch, width, steps, warmup, classes] = [
@@ -61,6 +62,7 @@ function count<T extends object>(proto: T | undefined, method: string, label: st
     counts[label] = (counts[label] ?? 0) + 1;
     if (label === "dispatches") current().dispatches++;
     if (label === "buffers_created") current().created++;
+    if (label === "submits" && a["count-only"]) return; // --count-only: the work is recorded, counted and dropped
     return f.apply(this, args);
   };
 }
@@ -142,7 +144,7 @@ async function step() {
     ? trainStep(model, diffusion, opt, x0, labels)
     : tf.tidy(() => model.forward(x0, tSample, labels));
   if (emaModel) ema.stepEma(emaModel, model, 0);
-  await out.data(); // sync: the step is done when its result can be read
+  if (!a["count-only"]) await out.data(); // sync: the step is done when its result can be read
   out.dispose();
 }
 
@@ -172,8 +174,8 @@ console.log(JSON.stringify({
   batch,
   width,
   params: model.parameterCount,
-  step_ms_median: Math.round(med * 10) / 10,
-  images_per_s: Math.round(batch / med * 1e6) / 1e3,
+  step_ms_median: a["count-only"] ? null : Math.round(med * 10) / 10,
+  images_per_s: a["count-only"] ? null : Math.round(batch / med * 1e6) / 1e3,
   peak_rss_mb: peakRssMb(),
   num_tensors: tf.memory().numTensors,
   ema: !!emaModel,
@@ -201,3 +203,4 @@ opt.dispose();
 model.dispose();
 emaModel?.dispose();
 diffusion.dispose();
+if (a["count-only"]) Deno.exit(0); // without waiting for the GPU to finish what was issued
