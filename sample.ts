@@ -5,6 +5,7 @@ import { assignWeights, CheckpointError, readState } from "./checkpoint.ts";
 import { Diffusion } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
 import { choiceFlag, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
+import { stepProgress } from "./progress.ts";
 import { saveGrid } from "./utils.ts";
 
 /** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
@@ -79,15 +80,18 @@ async function main() {
     imgSize: config.imageSize,
     schedule: config.schedule,
   });
-  const t0 = performance.now();
+  const sampleSteps = numberFlag("sample-steps", v["sample-steps"], 1, config.noiseSteps) ?? 50;
+  const t0 = performance.now(), progress = stepProgress(diffusion.stepCount(sampler, sampleSteps), "sampling");
   const pixels = await diffusion.sample(model, n, {
     labels,
     cfgScale: cfgScale ?? config.cfgScale,
     sampler,
-    sampleSteps: numberFlag("sample-steps", v["sample-steps"], 1, config.noiseSteps) ?? 50,
+    sampleSteps,
     eta,
     clip: !v["no-clip"],
+    onStep: progress.step,
   });
+  progress.done();
   const out = (v.out as string | undefined) ??
     join(runDir, "samples", `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
   await saveGrid(out, pixels, n, config.imageSize, k && !v.labels ? n / k : undefined);
