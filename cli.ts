@@ -32,7 +32,8 @@ export interface Config {
   emaBeta: number; // 0 = no EMA model
   emaStart: number;
   count: number; // images to load (0 = all)
-  cacheDir?: string;
+  cacheDir?: string; // CIFAR-10 files and the decoded image folders (default ~/.cache/ddpm-deno)
+  noCache?: boolean; // decode an image folder without its disk cache
 }
 
 export const PRESETS: Record<string, Partial<Config>> = {
@@ -120,7 +121,9 @@ Options (defaults from --preset, then these):
   --no-clip            do not clip the predicted x̂_0 to [-1, 1] while sampling (the tutorial does not)
   --conditional        train with labels (class sub-folders)  --label-drop X (0.1)
   --ema-beta X         0 = no EMA model                --ema-start N  (steps of EMA warm-up)
-  --count N            load at most N images           --cache-dir DIR (CIFAR-10 files)
+  --count N            load at most N images
+  --cache-dir DIR      CIFAR-10 files and decoded image folders (default ~/.cache/ddpm-deno, or $DDPM_CACHE)
+  --no-cache           decode an image folder afresh (default: from its cache where files are unchanged)
   --resume RUN         continue a run folder from its last checkpoint
   --help`;
 
@@ -204,6 +207,7 @@ export function parseConfig(
       ]),
       ["conditional", { type: "boolean" }],
       ["no-clip", { type: "boolean" }],
+      ["no-cache", { type: "boolean" }],
       ["help", { type: "boolean", short: "h" }],
     ]),
   );
@@ -221,6 +225,7 @@ export function parseConfig(
   }
   if (values.conditional) config.conditional = true;
   if (values["no-clip"]) config.clip = false;
+  if (values["no-cache"]) config.noCache = true;
   for (const [key, choices] of CHOICES) {
     const v = choiceFlag(key, values[key], choices);
     if (v !== undefined) (config as unknown as Record<string, string>)[key] = v;
@@ -243,6 +248,7 @@ export function parseConfig(
   ];
   const given = keys.filter((k) => values[flagOf(k).slice(2)] !== undefined);
   if (values["no-clip"]) given.push("clip");
+  if (values["no-cache"]) given.push("noCache");
   return { config, resume: !!resume, help: !!values.help, given };
 }
 

@@ -3,12 +3,12 @@
  * - built-in procedural sets, drawn directly at the requested size as uint8
  *   RGB (HWC), so that everything runs offline: landscapes (sky, sun or moon,
  *   layered mountain ridges, water or ground) and shapes (10 classes);
- * - image folders: listing and decoding;
+ * - image files: decoding (image_folder.ts lists, decodes and caches folders);
  * - the CIFAR-10 binary files: download, checksum, tar extraction, parsing.
  */
 import { createHash } from "node:crypto";
 import { decode, Image } from "imagescript";
-import { basename, extname, join, resolve } from "node:path";
+import { basename, join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import type { Rand, RGBImage } from "./utils.ts";
 
@@ -212,35 +212,7 @@ export function drawShape(label: number, size: number, rand: Rand, out: Uint8Arr
   }
 }
 
-// ------------------------------------------------------------- image folders
-
-const IMAGE_EXTS = [".png", ".jpg", ".jpeg"];
-const OTHER_IMAGE_EXTS = [".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".avif"];
-
-/** The entries of dir, sorted, without hidden ones; symbolic links are followed. */
-async function listDir(dir: string) {
-  const entries: { name: string; isFile: boolean; isDirectory: boolean }[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    if (e.name.startsWith(".")) continue;
-    const info = e.isSymlink ? await Deno.stat(join(dir, e.name)).catch(() => null) : e;
-    if (info) entries.push({ name: e.name, isFile: info.isFile, isDirectory: info.isDirectory });
-  }
-  return entries.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
-}
-
-/** Image files in dir (recursively, sorted). */
-async function listImages(dir: string, recursive: boolean, log: (s: string) => void): Promise<string[]> {
-  const files: string[] = [];
-  for (const e of await listDir(dir)) {
-    const path = join(dir, e.name), ext = extname(e.name).toLowerCase();
-    if (e.isDirectory && recursive) files.push(...await listImages(path, true, log));
-    else if (e.isFile && IMAGE_EXTS.includes(ext)) files.push(path);
-    else if (e.isFile && OTHER_IMAGE_EXTS.includes(ext)) {
-      log(`warning: skipping ${path}: unsupported format (PNG, JPEG)`);
-    }
-  }
-  return files;
-}
+// ------------------------------------------------------------- image files
 
 /** Decodes a PNG/JPEG to RGB; alpha is dropped (like PIL's convert("RGB")). */
 export async function decodeRGB(bytes: Uint8Array): Promise<RGBImage> {
@@ -253,26 +225,6 @@ export async function decodeRGB(bytes: Uint8Array): Promise<RGBImage> {
     pix[p * 3 + 2] = rgba[p * 4 + 2];
   }
   return { w: im.width, h: im.height, pix };
-}
-
-/** The image files of a folder, like torchvision's ImageFolder: class
- * sub-folders (labels = sorted names, searched recursively), or a flat folder
- * of images (one class named after the folder). Other files are ignored. */
-export async function listImageFolder(path: string, log: (s: string) => void) {
-  const stat = await Deno.stat(path).catch(() => null);
-  if (!stat) throw new DataError(`data folder not found: ${path}`);
-  if (!stat.isDirectory) throw new DataError(`not a folder: ${path}`);
-  const subdirs = (await listDir(path)).filter((e) => e.isDirectory).map((e) => e.name);
-  const classes = subdirs.length ? subdirs : [basename(resolve(path))];
-  const files: { file: string; label: number }[] = [];
-  for (const [label, c] of classes.entries()) {
-    const dir = subdirs.length ? join(path, c) : path;
-    const found = await listImages(dir, subdirs.length > 0, log);
-    if (!found.length && subdirs.length) log(`warning: no .png/.jpg images in ${dir}`);
-    files.push(...found.map((file) => ({ file, label })));
-  }
-  if (!files.length) throw new DataError(`no .png/.jpg/.jpeg images found in ${path}`);
-  return { classes, files };
 }
 
 // ------------------------------------------------------------------ CIFAR-10

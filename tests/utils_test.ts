@@ -173,7 +173,7 @@ Deno.test("image folder with class sub-folders: labels, decoding, skipping", asy
     }
     await Deno.symlink(join(dir, "dogs", "gray.png"), join(dir, "dogs", "link.png")); // links are followed
     const lines: string[] = [];
-    const ds = await loadDataset(dir, 16, { log: (l) => lines.push(l) });
+    const ds = await loadDataset(dir, 16, { cacheDir: join(dir, ".cache"), log: (l) => lines.push(l) });
     assert.deepEqual(ds.classes, ["cats", "dogs"]);
     assert.equal(ds.length, 7);
     assert.equal(ds.skipped, 1);
@@ -204,7 +204,8 @@ Deno.test("flat image folder: one class named after the folder; upright crops; c
     const flat = join(dir, "faces");
     await Deno.mkdir(flat);
     for (let i = 0; i < 5; i++) await Deno.writeFile(join(flat, `${i}.png`), await img.encode());
-    const ds = await loadDataset(flat, 8, { log: quiet });
+    const cacheDir = join(dir, "cache");
+    const ds = await loadDataset(flat, 8, { cacheDir, log: quiet });
     assert.deepEqual(ds.classes, ["faces"]);
     assert.equal(ds.length, 5);
     const b = ds.batches(5, mulberry32(0)).next().value as Batch;
@@ -216,7 +217,7 @@ Deno.test("flat image folder: one class named after the folder; upright crops; c
       assert.ok(at(0, 7, 1) - at(0, 0, 1) > 0.8, "green increases downwards");
       assert.ok(Math.abs(at(0, 7, 0) - at(0, 0, 0)) < 0.01 && Math.abs(at(7, 0, 1) - at(0, 0, 1)) < 0.01);
     }
-    assert.equal((await loadDataset(flat, 8, { count: 2, log: quiet })).length, 2);
+    assert.equal((await loadDataset(flat, 8, { count: 2, cacheDir, log: quiet })).length, 2);
   });
 });
 
