@@ -8,6 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import { decode, Image } from "imagescript";
+import jpeg from "imagescript/wasm/node/jpeg.js"; // imagescript's JPEG decoder, without its RGBA conversion
 import { basename, join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import type { Rand, RGBImage } from "./utils.ts";
@@ -214,8 +215,43 @@ export function drawShape(label: number, size: number, rand: Rand, out: Uint8Arr
 
 // ------------------------------------------------------------- image files
 
-/** Decodes a PNG/JPEG to RGB; alpha is dropped (like PIL's convert("RGB")). */
-export async function decodeRGB(bytes: Uint8Array): Promise<RGBImage> {
+type JpegFrame = { width: number; height: number; format: number; buffer: Uint8Array };
+type JpegLib = { decode(bytes: Uint8Array, width?: number, height?: number): JpegFrame };
+
+/** A decoded JPEG (imagescript's decoder: 0 = gray, 1 = RGB, 2 = CMYK, as imagescript converts it) as RGB. */
+function jpegRGB({ width: w, height: h, format, buffer: b }: JpegFrame): RGBImage {
+  if (format === 1) return { w, h, pix: b };
+  const pix = new Uint8Array(w * h * 3);
+  for (let p = 0; p < w * h; p++) {
+    for (let k = 0; k < 3; k++) {
+      pix[p * 3 + k] = format === 0 ? b[p] : 255 * (1 - b[p * 4 + k] / 255) * (1 - b[p * 4 + 3] / 255);
+    }
+  }
+  return { w, h, pix };
+}
+
+/** [width, height] from a JPEG's frame header (SOF marker), or null. */
+function jpegSize(b: Uint8Array): [number, number] | null {
+  for (let i = 2; i + 8 < b.length; i += 2 + ((b[i + 2] << 8) | b[i + 3])) {
+    if (b[i] !== 0xff) return null;
+    const m = b[i + 1];
+    if (m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc) {
+      return [(b[i + 7] << 8) | b[i + 8], (b[i + 5] << 8) | b[i + 6]];
+    }
+  }
+  return null;
+}
+
+/**
+ * Decodes a PNG/JPEG to RGB; alpha is dropped (like PIL's convert("RGB")). A JPEG is decoded at 1/8, 1/4 or 1/2
+ * scale (DCT scaling, like PIL's draft mode: up to 8× faster) where its short side stays ≥ `short`.
+ */
+export async function decodeRGB(bytes: Uint8Array, short = 0): Promise<RGBImage> {
+  if (bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff) {
+    const lib: JpegLib = await jpeg.init(), size = short ? jpegSize(bytes) : null;
+    const s = size && [8, 4, 2].find((s) => Math.ceil(Math.min(...size) / s) >= short);
+    return jpegRGB(s ? lib.decode(bytes, Math.ceil(size[0] / s), Math.ceil(size[1] / s)) : lib.decode(bytes));
+  }
   const decoded = await decode(bytes, true);
   const im = decoded instanceof Image ? decoded : decoded[0]; // GIF: first frame
   const rgba = im.bitmap, pix = new Uint8Array(im.width * im.height * 3);

@@ -1,7 +1,7 @@
 // A decoding worker (image_folder.ts starts one per core): reads one PNG/JPEG, decodes it and resizes it to the
 // cached size (utils.ts fit), so that the main thread only ever holds the small images.
 import { decodeRGB } from "./datasets.ts";
-import { fit } from "./utils.ts";
+import { cachedShortSide, fit } from "./utils.ts";
 
 /** What a worker answers for the i-th file: the resized image, or why it is skipped. */
 export type Decoded = { i: number; w: number; h: number; W: number; H: number; pix: Uint8Array } | {
@@ -24,7 +24,7 @@ scope.onmessage = async ({ data: { i, file, size } }) => {
     return scope.postMessage({ i, why: "unreadable", detail: message(e) });
   }
   try {
-    const { img: { w, h, pix }, W, H } = fit(await decodeRGB(bytes), size);
+    const { img: { w, h, pix }, W, H } = fit(await decodeRGB(bytes, cachedShortSide(size)), size);
     scope.postMessage({ i, w, h, W, H, pix }, [pix.buffer as ArrayBuffer]);
   } catch (e) {
     scope.postMessage({ i, why: "not a valid PNG/JPEG", detail: message(e) });
