@@ -159,15 +159,14 @@ async function writeCache(path: string, key: string, entries: Entry[]) {
   new DataView(head.buffer).setUint32(MAGIC.length, header.length, true);
   head.set(header, MAGIC.length + 4);
   await Deno.mkdir(dirname(path), { recursive: true });
-  const tmp = `${path}.${Deno.pid}.tmp`, f = await Deno.open(tmp, { write: true, create: true, truncate: true });
+  const tmp = `${path}.${Deno.pid}.tmp`, pixels = entries.flatMap((e) => e.pix ? [e.pix] : []);
   try {
-    for (const chunk of [head, ...entries.flatMap((e) => e.pix ? [e.pix] : [])]) {
-      for (let at = 0; at < chunk.length;) at += await f.write(chunk.subarray(at));
-    }
-  } finally {
-    f.close();
+    await Deno.writeFile(tmp, ReadableStream.from([head, ...pixels]));
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
   }
-  await Deno.rename(tmp, path);
 }
 
 // ---------------------------------------------------------------- decoding
@@ -183,24 +182,23 @@ async function decodeInWorkers(files: string[], size: number, workers: number, o
   try {
     await Promise.all(pool.map((w) =>
       new Promise<void>((done, fail) => {
-        let inFlight = 0;
+        const inFlight = new Set<number>();
         const send = () => {
-          for (; inFlight < 2 && next < files.length; inFlight++, next++) {
+          for (; inFlight.size < 2 && next < files.length; next++) {
+            inFlight.add(next);
             w.postMessage({ i: next, file: files[next], size });
           }
-          if (!inFlight) {
-            done();
-          }
+          if (!inFlight.size) done();
         };
         w.onmessage = (e: MessageEvent<Decoded>) => {
           out[e.data.i] = e.data;
-          inFlight--;
+          inFlight.delete(e.data.i);
           onEach();
           send();
         };
-        w.onerror = (e) => {
+        w.onerror = (e) => { // not a decoding error (those are answers): the worker itself stopped
           e.preventDefault();
-          fail(new Error(`a decoding worker failed: ${e.message}`));
+          fail(new DataError(`decoding ${[...inFlight].map((i) => files[i]).join(" or ")} failed: ${e.message}`));
         };
         send();
       })

@@ -120,7 +120,7 @@ Deno.test("cache: a second start reads it; touching one file re-decodes only tha
 /** Largest channel difference between a colour signature "r,g,b" and a colour. */
 const dist = (sig: string, c: number[]) => Math.max(...sig.split(",").map((v, k) => Math.abs(Number(v) - c[k])));
 
-Deno.test("1 worker and 2 workers decode the same pixels; a damaged cache is ignored and rewritten", async () => {
+Deno.test("1 worker and 2 workers decode the same pixels; a damaged cache is rewritten, an unwritable one warned of", async () => {
   await withTempDir(async (dir) => {
     const data = join(dir, "d"), cache = join(dir, "cache");
     await Deno.mkdir(data);
@@ -144,6 +144,12 @@ Deno.test("1 worker and 2 workers decode the same pixels; a damaged cache is ign
     assert.deepEqual(again.images, one.images);
     assert.deepEqual((await Deno.readFile(file)).length, bytes.length, "rewritten whole");
     assert.equal((await decodeFolder(data, files, 16, { cacheDir: cache, ...quiet })).fromCache, 6);
+
+    const notAFolder = join(dir, "file"), warned: string[] = []; // a cache that cannot be written: a warning
+    await Deno.writeTextFile(notAFolder, "");
+    const unwritable = await decodeFolder(data, files, 16, { cacheDir: notAFolder, log: (l) => warned.push(l) });
+    assert.ok(warned.some((l) => l.startsWith(`warning: could not write the cache ${notAFolder}`)), warned.join("\n"));
+    assert.deepEqual(unwritable.images, one.images);
   });
 });
 
