@@ -8,7 +8,8 @@
  */
 import { createHash } from "node:crypto";
 import { decode, Image } from "imagescript";
-import jpeg from "imagescript/wasm/node/jpeg.js"; // imagescript's JPEG decoder, without its RGBA conversion
+import jpeg from "imagescript/wasm/node/jpeg.js"; // imagescript's decoders, without its RGBA copies
+import png from "imagescript/wasm/node/png.js";
 import { basename, join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import type { Rand, RGBImage } from "./utils.ts";
@@ -216,7 +217,14 @@ export function drawShape(label: number, size: number, rand: Rand, out: Uint8Arr
 // ------------------------------------------------------------- image files
 
 type JpegFrame = { width: number; height: number; format: number; buffer: Uint8Array };
-type JpegLib = { decode(bytes: Uint8Array, width?: number, height?: number): JpegFrame };
+type Decoders = {
+  png: { decode(bytes: Uint8Array): { width: number; height: number; framebuffer: Uint8Array } };
+  jpeg: { decode(bytes: Uint8Array, width?: number, height?: number): JpegFrame };
+};
+let decoders: Promise<Decoders> | undefined;
+
+/** imagescript's PNG and JPEG decoders, one instance each: a new one per image would hold its memory until a GC. */
+const codecs = () => decoders ??= Promise.all([png.init(), jpeg.init()]).then(([png, jpeg]) => ({ png, jpeg }));
 
 /** A decoded JPEG (imagescript's decoder: 0 = gray, 1 = RGB, 2 = CMYK, as imagescript converts it) as RGB. */
 function jpegRGB({ width: w, height: h, format, buffer: b }: JpegFrame): RGBImage {
@@ -248,19 +256,24 @@ function jpegSize(b: Uint8Array): [number, number] | null {
  */
 export async function decodeRGB(bytes: Uint8Array, short = 0): Promise<RGBImage> {
   if (bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff) {
-    const lib: JpegLib = await jpeg.init(), size = short ? jpegSize(bytes) : null;
+    const { jpeg } = await codecs(), size = short ? jpegSize(bytes) : null;
     const s = size && [8, 4, 2].find((s) => Math.ceil(Math.min(...size) / s) >= short);
-    return jpegRGB(s ? lib.decode(bytes, Math.ceil(size[0] / s), Math.ceil(size[1] / s)) : lib.decode(bytes));
+    return jpegRGB(s ? jpeg.decode(bytes, Math.ceil(size[0] / s), Math.ceil(size[1] / s)) : jpeg.decode(bytes));
   }
-  const decoded = await decode(bytes, true);
-  const im = decoded instanceof Image ? decoded : decoded[0]; // GIF: first frame
-  const rgba = im.bitmap, pix = new Uint8Array(im.width * im.height * 3);
-  for (let p = 0; p < im.width * im.height; p++) {
+  let w: number, h: number, rgba: ArrayLike<number>;
+  if (bytes.length > 8 && bytes[0] === 0x89 && bytes[1] === 0x50 && bytes[2] === 0x4e && bytes[3] === 0x47) {
+    ({ width: w, height: h, framebuffer: rgba } = (await codecs()).png.decode(bytes));
+  } else { // other formats imagescript reads (GIF: the first frame), or its error
+    const decoded = await decode(bytes, true), im = decoded instanceof Image ? decoded : decoded[0];
+    [w, h, rgba] = [im.width, im.height, im.bitmap];
+  }
+  const pix = new Uint8Array(w * h * 3);
+  for (let p = 0; p < w * h; p++) {
     pix[p * 3] = rgba[p * 4];
     pix[p * 3 + 1] = rgba[p * 4 + 1];
     pix[p * 3 + 2] = rgba[p * 4 + 2];
   }
-  return { w: im.width, h: im.height, pix };
+  return { w, h, pix };
 }
 
 // ------------------------------------------------------------------ CIFAR-10
