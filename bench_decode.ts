@@ -3,6 +3,7 @@
 // `deno task bench:decode [--n 500] [--width 2000] [--height 1500] [--size 64] [--dir DIR]`
 import { Image } from "imagescript";
 import { join } from "node:path";
+import process from "node:process";
 import { numberFlag, parseFlags, runCli } from "./cli.ts";
 import { loadDataset, mulberry32 } from "./utils.ts";
 
@@ -37,10 +38,12 @@ async function writeFolder(dir: string, n: number, w: number, h: number) {
   }
 }
 
+/** Wall seconds of a load, and the cores it kept busy (process CPU time / wall time: < workers on a busy machine). */
 async function timeLoad(dir: string, size: number, workers: number, cacheDir: string | null) {
-  const t0 = performance.now();
-  const ds = await loadDataset(dir, size, { workers, noCache: cacheDir === null, cacheDir: cacheDir ?? undefined });
-  return { seconds: (performance.now() - t0) / 1000, n: ds.length };
+  const t0 = performance.now(), cpu0 = process.cpuUsage();
+  await loadDataset(dir, size, { workers, noCache: cacheDir === null, cacheDir: cacheDir ?? undefined });
+  const seconds = (performance.now() - t0) / 1000, cpu = process.cpuUsage(cpu0);
+  return { seconds, cores: (cpu.user + cpu.system) / 1e6 / seconds };
 }
 
 async function main() {
@@ -63,11 +66,12 @@ async function main() {
     const many = await timeLoad(dir, size, all, null);
     const first = await timeLoad(dir, size, all, cache);
     const cached = await timeLoad(dir, size, all, cache);
-    const rate = (r: { seconds: number; n: number }) => `${(n / r.seconds).toFixed(1)} images/s`;
+    const rate = (r: { seconds: number; cores: number }) =>
+      `${r.seconds.toFixed(1)} s (${(n / r.seconds).toFixed(1)} images/s, ${r.cores.toFixed(2)} cores busy)`;
     console.log(
-      `\n${n} images ${w}×${h} (JPEG + PNG) to ${size} px: 1 worker ${one.seconds.toFixed(1)} s (${rate(one)}), ` +
-        `${all} workers ${many.seconds.toFixed(1)} s (${rate(many)}): ${(one.seconds / many.seconds).toFixed(2)}× | ` +
-        `first start with the cache ${first.seconds.toFixed(1)} s, cached start ${cached.seconds.toFixed(2)} s`,
+      `\n${n} images ${w}×${h} (JPEG + PNG) to ${size} px: 1 worker ${rate(one)}, ${all} workers ${rate(many)}: ` +
+        `${(one.seconds / many.seconds).toFixed(2)}× | first start with the cache ${first.seconds.toFixed(1)} s, ` +
+        `cached start ${cached.seconds.toFixed(2)} s`,
     );
   } finally {
     if (!v.dir) await Deno.remove(root, { recursive: true });
