@@ -18,7 +18,7 @@ async function loadTensorflow(): Promise<string | null> {
 }
 
 /** WebGPU through Deno; `realOnly` refuses software adapters such as llvmpipe. */
-async function loadWebgpu(realOnly: boolean): Promise<string | null> {
+async function loadWebgpu(realOnly: boolean, log: (line: string) => void): Promise<string | null> {
   const gpu = (navigator as { gpu?: GPU }).gpu;
   const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) return "no WebGPU adapter";
@@ -26,13 +26,14 @@ async function loadWebgpu(realOnly: boolean): Promise<string | null> {
   const software = (info as { isFallbackAdapter?: boolean })?.isFallbackAdapter ||
     /llvmpipe|swiftshader|software/i.test(`${info?.device} ${info?.description}`);
   if (realOnly && software) return `WebGPU adapter is software (${info?.description || "fallback"})`;
-  await import("@tensorflow/tfjs-backend-webgpu");
+  await (await import("./fused_webgpu.ts")).registerWebgpu(log);
   return null;
 }
 
 async function loadWasm(): Promise<string | null> {
   const { registerWasmKernels } = await import("./wasm_kernels.ts");
   await registerWasmKernels();
+  (await import("./fused_wasm.ts")).registerWasmFused();
   return null;
 }
 
@@ -40,7 +41,7 @@ async function loadWasm(): Promise<string | null> {
 export async function setBackend(name: BackendName, log = console.log): Promise<string> {
   const loaders: Record<Exclude<BackendName, "auto">, () => Promise<string | null>> = {
     tensorflow: loadTensorflow,
-    webgpu: () => loadWebgpu(name === "auto"),
+    webgpu: () => loadWebgpu(name === "auto", log),
     wasm: loadWasm,
     cpu: () => Promise.resolve(null),
   };

@@ -1,10 +1,14 @@
-// Times one training step (forward + backward + AdamW) or one sampling forward pass of the U-Net.
-// Same flags and JSON line as ../shared/bench/torch_ref.py, so the two can be run side by side:
-//   deno task bench --image-size 32 --batch 4 --width 64 --steps 5 --mode train
+// Times one training step (forward + backward + AdamW [+ EMA]) or one sampling forward pass of the U-Net, and
+// counts what a training step costs the backend: tfjs kernels run, and on WebGPU the compute dispatches, GPU
+// buffers created, uniform uploads (writeBuffer), buffer copies and queue submits (counted by wrapping the
+// WebGPU classes' methods: tf.profile would submit once per kernel). Same flags and JSON line as
+// ../shared/bench/torch_ref.py, so the two can be run side by side:
+//   deno task bench --image-size 32 --batch 4 --width 64 --steps 5 --mode train [--by-kernel]
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
 import { Diffusion } from "./diffusion.ts";
+import { EMA } from "./ema.ts";
 import { UNet } from "./modules.ts";
 import { AdamW, trainStep } from "./train.ts";
 
@@ -19,6 +23,9 @@ const { values: a } = parseArgs({
     mode: { type: "string", default: "train" },
     backend: { type: "string", default: "auto" },
     classes: { type: "string", default: "0" },
+    ema: { type: "boolean", default: false }, // the EMA update too, as in training
+    "by-kernel": { type: "boolean", default: false }, // print the counts of each kernel (and its dispatches)
+    "gpu-time": { type: "boolean", default: false }, // WebGPU: the GPU time of each kernel (timestamp queries)
   },
 });
 const [imageSize, batch, width, steps, warmup, classes] = [
@@ -28,10 +35,87 @@ const [imageSize, batch, width, steps, warmup, classes] = [
   a.steps,
   a.warmup,
   a.classes,
-]
-  .map(Number);
+].map(Number);
 if (a.mode !== "train" && a.mode !== "sample") throw new Error(`--mode must be train or sample, not ${a.mode}`);
 if (!BACKENDS.includes(a.backend as BackendName)) throw new Error(`--backend must be one of ${BACKENDS.join(", ")}`);
+
+// ------------------------------------------------------------------ counting
+const counts: Record<string, number> = {}; // GPU calls, by method
+interface PerKernel {
+  runs: number;
+  dispatches: number;
+  created: number; // GPU buffers
+  gpuMs: number; // with --gpu-time
+}
+const kernels = new Map<string, PerKernel>();
+const running: string[] = []; // the kernels being run (a kernel may run others): counts go to the innermost
+const current = () => {
+  const name = running.at(-1) ?? "(outside kernels)";
+  if (!kernels.has(name)) kernels.set(name, { runs: 0, dispatches: 0, created: 0, gpuMs: 0 });
+  return kernels.get(name)!;
+};
+function count<T extends object>(proto: T | undefined, method: string, label: string) {
+  if (!proto) return; // no WebGPU in this Deno
+  const f = (proto as Record<string, (...args: unknown[]) => unknown>)[method];
+  (proto as Record<string, unknown>)[method] = function (this: unknown, ...args: unknown[]) {
+    counts[label] = (counts[label] ?? 0) + 1;
+    if (label === "dispatches") current().dispatches++;
+    if (label === "buffers_created") current().created++;
+    return f.apply(this, args);
+  };
+}
+const g = globalThis as unknown as Record<string, { prototype: object } | undefined>;
+count(g.GPUComputePassEncoder?.prototype, "dispatchWorkgroups", "dispatches");
+count(g.GPUDevice?.prototype, "createBuffer", "buffers_created");
+count(g.GPUQueue?.prototype, "writeBuffer", "uploads");
+count(g.GPUCommandEncoder?.prototype, "copyBufferToBuffer", "copies");
+count(g.GPUQueue?.prototype, "submit", "submits");
+const engine = tf.engine() as unknown as { runKernelFunc: (p: { kernelName?: string }) => unknown };
+const runKernelFunc = engine.runKernelFunc;
+engine.runKernelFunc = function (p) {
+  running.push(p.kernelName ?? "(custom gradient)");
+  current().runs++;
+  try {
+    return runKernelFunc.call(this, p);
+  } finally {
+    running.pop();
+  }
+};
+
+// --gpu-time: every dispatch in a compute pass of its own (a submit each: slower) with timestamps at its start and
+// end, so that the GPU time of each kernel can be summed.
+const timing = { querySet: null as GPUQuerySet | null, passes: [] as PerKernel[] };
+if (a["gpu-time"] && g.GPUCommandEncoder) {
+  const proto = g.GPUCommandEncoder.prototype as GPUCommandEncoder;
+  const begin = proto.beginComputePass;
+  proto.beginComputePass = function (this: GPUCommandEncoder, desc: GPUComputePassDescriptor = {}) {
+    const i = timing.passes.length;
+    if (!timing.querySet || 2 * i + 2 > timing.querySet.count) return begin.call(this, desc);
+    timing.passes.push(current());
+    const timestampWrites = {
+      querySet: timing.querySet,
+      beginningOfPassWriteIndex: 2 * i,
+      endOfPassWriteIndex: 2 * i + 1,
+    };
+    return begin.call(this, { ...desc, timestampWrites });
+  };
+}
+/** Adds the GPU time of the timed passes to their kernels. */
+async function readGpuTimes(device: GPUDevice) {
+  const n = 2 * timing.passes.length, bytes = 8 * n;
+  if (!n) return;
+  const resolved = device.createBuffer({ size: bytes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+  const read = device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const encoder = device.createCommandEncoder();
+  encoder.resolveQuerySet(timing.querySet!, 0, n, resolved, 0);
+  encoder.copyBufferToBuffer(resolved, 0, read, 0, bytes);
+  device.queue.submit([encoder.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const t = new BigUint64Array(read.getMappedRange());
+  timing.passes.forEach((k, i) => k.gpuMs += Number(t[2 * i + 1] - t[2 * i]) / 1e6);
+  read.unmap();
+  [resolved, read].forEach((b) => b.destroy());
+}
 
 /** Peak resident set size in MiB (Linux: VmHWM), else the current RSS. */
 function peakRssMb(): number {
@@ -45,6 +129,8 @@ function peakRssMb(): number {
 const backend = await setBackend(a.backend as BackendName, (s) => console.error(s));
 setSeed(0);
 const model = new UNet({ width, numClasses: classes });
+const emaModel = a.ema ? new UNet({ width, numClasses: classes }) : null;
+const ema = new EMA();
 const diffusion = new Diffusion({ imgSize: imageSize });
 const opt = new AdamW(model, 3e-4);
 const x0 = tf.randomUniform([batch, imageSize, imageSize, 3], -1, 1) as tf.Tensor4D;
@@ -55,19 +141,30 @@ async function step() {
   const out = a.mode === "train"
     ? trainStep(model, diffusion, opt, x0, labels)
     : tf.tidy(() => model.forward(x0, tSample, labels));
+  if (emaModel) ema.stepEma(emaModel, model, 0);
   await out.data(); // sync: the step is done when its result can be read
   out.dispose();
 }
 
+const device = backend === "webgpu" ? (tf.backend() as unknown as { device: GPUDevice }).device : null;
+if (device && a["gpu-time"]) tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", 1);
 const times: number[] = [];
 for (let i = 0; i < warmup + steps; i++) {
+  for (const k in counts) delete counts[k];
+  kernels.clear();
+  const last = i === warmup + steps - 1;
+  if (last && a["gpu-time"] && device?.features.has("timestamp-query")) {
+    timing.querySet = device.createQuerySet({ type: "timestamp", count: 4096 });
+  }
   const t0 = performance.now();
   await step();
   if (i >= warmup) times.push(performance.now() - t0);
 }
+if (timing.querySet) await readGpuTimes(device!);
 times.sort((x, y) => x - y);
 const mid = times.length >> 1;
 const med = times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
+const run = (k: string) => !k.startsWith("(") && !["Reshape", "Identity"].includes(k); // not a computation
 console.log(JSON.stringify({
   mode: a.mode,
   backend,
@@ -79,8 +176,28 @@ console.log(JSON.stringify({
   images_per_s: Math.round(batch / med * 1e6) / 1e3,
   peak_rss_mb: peakRssMb(),
   num_tensors: tf.memory().numTensors,
+  ema: !!emaModel,
+  // per step (the last one): kernels that compute (not Reshape or Identity, which only relabel data), and GPU calls
+  kernels: [...kernels].filter(([k]) => run(k)).reduce((n, [, k]) => n + k.runs, 0),
+  ...(backend === "webgpu" ? counts : {}),
 }));
+if (a["by-kernel"] || a["gpu-time"]) {
+  const total = [...kernels.values()].reduce((t, k) => t + k.gpuMs, 0);
+  const sorted = [...kernels].sort(([, p], [, q]) =>
+    q.gpuMs - p.gpuMs || q.dispatches - p.dispatches || q.runs - p.runs
+  );
+  for (const [name, k] of sorted) {
+    const gpu = timing.passes.length
+      ? ` ${k.gpuMs.toFixed(1).padStart(8)} ms GPU (${(100 * k.gpuMs / total).toFixed(1)} %)`
+      : "";
+    const n = (v: number) => String(v).padStart(5);
+    console.log(
+      `${name.padEnd(24)} ${n(k.runs)} runs ${n(k.dispatches)} dispatches ${n(k.created)} buffers created${gpu}`,
+    );
+  }
+}
 tf.dispose([x0, tSample, ...(labels ? [labels] : [])]);
 opt.dispose();
 model.dispose();
+emaModel?.dispose();
 diffusion.dispose();

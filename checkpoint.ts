@@ -1,71 +1,53 @@
 // Checkpoints: model, EMA and optimizer weights plus the run's state, written so a crash never loses one.
 import * as tf from "@tensorflow/tfjs";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { createHash } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import type { Config } from "./cli.ts";
+import { assignTensors, CheckpointError, parseWeights, serializeWeights, type Tensors } from "./weights.ts";
 
-/** One file of named float32 tensors: [header length u32][JSON {name: [shape, offset]}][data]. */
-export async function saveWeights(path: string, weights: Map<string, tf.Tensor>) {
-  const header: Record<string, [number[], number]> = {};
-  let offset = 0;
-  for (const [name, w] of weights) {
-    header[name] = [w.shape, offset];
-    offset += w.size;
-  }
-  const json = new TextEncoder().encode(JSON.stringify(header));
-  const data = new Float32Array(offset);
-  for (const [name, w] of weights) data.set(await w.data() as Float32Array, header[name][1]);
+export { CheckpointError, type Tensors };
+
+const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
+
+/** Writes a weights file (weights.ts); returns its SHA-256. */
+export async function saveWeights(path: string, weights: Map<string, tf.Tensor>): Promise<string> {
+  const bytes = await serializeWeights(weights);
   const file = await Deno.open(path, { write: true, create: true, truncate: true });
   try {
-    for (const part of [new Uint8Array(new Uint32Array([json.length]).buffer), json, new Uint8Array(data.buffer)]) {
-      let written = 0;
-      while (written < part.length) written += await file.write(part.subarray(written));
-    }
+    let written = 0;
+    while (written < bytes.length) written += await file.write(bytes.subarray(written));
     await file.sync();
   } finally {
     file.close();
   }
+  return sha256(bytes);
 }
 
-export function loadWeights(path: string): Map<string, { shape: number[]; values: Float32Array }> {
+/** A weights file's tensors; a file listed in its folder's state.json must have the SHA-256 recorded there. */
+export function loadWeights(path: string): Tensors {
   const bytes = Deno.readFileSync(path);
-  const n = bytes.length >= 4 ? new DataView(bytes.buffer).getUint32(0, true) : Infinity;
-  let header: Record<string, [number[], number]>;
+  const expected = recordedSha256(path);
+  if (expected && sha256(bytes) !== expected) {
+    throw new CheckpointError(`${path} has changed since it was written (its SHA-256 is not the one in state.json)`);
+  }
+  return parseWeights(bytes, path);
+}
+
+/** The SHA-256 that the state.json beside `path` recorded for it (none for older checkpoints and other files). */
+function recordedSha256(path: string): string | undefined {
+  const state = join(dirname(path), "state.json");
+  if (!existsSync(state)) return undefined;
   try {
-    if (4 + n > bytes.length) throw new Error();
-    header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + n)));
+    return JSON.parse(readFileSync(state, "utf8")).sha256?.[basename(path)];
   } catch {
-    throw new CheckpointError(`${path} is not a weights file (bad header)`);
-  }
-  const start = 4 + n, out = new Map();
-  for (const [name, [shape, offset]] of Object.entries(header)) {
-    const size = shape.reduce((a, b) => a * b, 1);
-    if (start + 4 * (offset + size) > bytes.length) throw new CheckpointError(`${path} is truncated`);
-    const values = new Float32Array(bytes.slice(start + 4 * offset, start + 4 * (offset + size)).buffer);
-    out.set(name, { shape, values });
-  }
-  return out;
-}
-
-export class CheckpointError extends Error {}
-
-/** Assigns saved weights to variables, refusing any mismatch of names or shapes. */
-export function assignWeights(path: string, variables: Map<string, tf.Variable>) {
-  const saved = loadWeights(path);
-  for (const [name, v] of variables) {
-    const s = saved.get(name);
-    if (!s) throw new CheckpointError(`${path} has no weight ${name}: saved from another model`);
-    if (s.shape.join() !== v.shape.join()) {
-      throw new CheckpointError(
-        `${path}: ${name} has shape [${s.shape}], the model [${v.shape}] (other width/classes?)`,
-      );
-    }
-    tf.tidy(() => v.assign(tf.tensor(s.values, s.shape)));
-  }
-  if (saved.size !== variables.size) {
-    throw new CheckpointError(`${path} holds ${saved.size} weights, the model ${variables.size}`);
+    return undefined; // an unreadable state.json is reported by readState
   }
 }
+
+/** Assigns the weights of a file to variables, refusing any mismatch of names or shapes. */
+export const assignWeights = (path: string, variables: Map<string, tf.Variable>) =>
+  assignTensors(path, variables, loadWeights(path));
 
 /**
  * Writes a checkpoint folder atomically: everything goes to `dir.tmp`, then `dir` becomes `dir.old`,
@@ -76,8 +58,9 @@ export async function saveCheckpoint(dir: string, files: Map<string, Map<string,
   try {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     await Deno.mkdir(tmp, { recursive: true });
-    for (const [name, weights] of files) await saveWeights(join(tmp, name), weights);
-    await Deno.writeTextFile(join(tmp, "state.json"), JSON.stringify(state, null, 1));
+    const sha256: Record<string, string> = {}; // checked when a file is read (loadWeights)
+    for (const [name, weights] of files) sha256[name] = await saveWeights(join(tmp, name), weights);
+    await Deno.writeTextFile(join(tmp, "state.json"), JSON.stringify({ ...state, sha256 }, null, 1));
   } catch (e) { // disk full, no permission…: the previous checkpoint stays as it was
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw new CheckpointError(`could not write a checkpoint to ${tmp} (${(e as Error).message}); ${dir} is kept`);
@@ -111,6 +94,7 @@ export interface RunState {
   emaStep: number;
   adamStep: number;
   classes: string[];
+  sha256?: Record<string, string>; // of each weights file, as written
   dir?: string; // where it was read from
 }
 

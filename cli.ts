@@ -34,6 +34,8 @@ export interface Config {
   count: number; // images to load (0 = all)
   cacheDir?: string; // CIFAR-10 files and the decoded image folders (default ~/.cache/ddpm-deno)
   noCache?: boolean; // decode an image folder without its disk cache
+  weights?: string; // the initial weights: a PyTorch file of the tutorial's U-Net (.pt, .pth, .safetensors)
+  removeDeepConv?: boolean; // the tutorial's later U-Net variant without bot2 (set from --weights)
 }
 
 export const PRESETS: Record<string, Partial<Config>> = {
@@ -124,6 +126,7 @@ Options (defaults from --preset, then these):
   --count N            load at most N images
   --cache-dir DIR      CIFAR-10 files and decoded image folders (default ~/.cache/ddpm-deno, or $DDPM_CACHE)
   --no-cache           decode an image folder afresh (default: from its cache where files are unchanged)
+  --weights FILE       start from a PyTorch file of the tutorial's UNet (.pt, .pth, .safetensors; width from it)
   --resume RUN         continue a run folder from its last checkpoint
   --help`;
 
@@ -201,7 +204,7 @@ export function parseConfig(
     args,
     Object.fromEntries([
       ...NUMBERS.map(([, flag]) => [flag, { type: "string" }]),
-      ...["preset", "data", "out", "name", "resume", "cache-dir", ...CHOICES.map(([k]) => k)].map((f) => [
+      ...["preset", "data", "out", "name", "resume", "cache-dir", "weights", ...CHOICES.map(([k]) => k)].map((f) => [
         f,
         { type: "string" },
       ]),
@@ -223,6 +226,7 @@ export function parseConfig(
   for (const [key, flag] of [["data", "data"], ["out", "out"], ["name", "name"], ["cacheDir", "cache-dir"]] as const) {
     if (values[flag] !== undefined) config[key] = values[flag] as string;
   }
+  if (values.weights !== undefined) config.weights = values.weights as string;
   if (values.conditional) config.conditional = true;
   if (values["no-clip"]) config.clip = false;
   if (values["no-cache"]) config.noCache = true;
@@ -235,6 +239,7 @@ export function parseConfig(
   }
   if (config.width % 4) throw new UsageError(`--width ${config.width}: must be divisible by 4 (4 attention heads)`);
   const resume = values.resume as string | undefined;
+  if (resume && config.weights) throw new UsageError("--weights starts a new run; --resume continues one: give one");
   if (resume) {
     const dir = runFolder(resume, config.out);
     [config.out, config.name] = [dirname(dir), basename(dir)];

@@ -27,13 +27,15 @@ export interface SampleOptions {
   eta?: number; // DDIM only: η of Eq. 16; 0 = deterministic, 1 = DDPM's posterior variance
   xT?: tf.Tensor4D; // the starting noise (default: drawn); not disposed
   clip?: boolean; // clip the predicted x̂_0 to [-1, 1] at every step (default true), as the DDPM authors' code does
-  onStep?: (i: number) => void; // progress: called with the remaining step count
+  /** Progress: the remaining step count, x after the step and the x̂_0 it came from (both freed after the call). */
+  onStep?: (k: number, x: tf.Tensor4D, x0: tf.Tensor4D) => void | Promise<void>;
 }
 
-/** One reverse step x_t → x_prev = mean + σ·z, z ~ N(0, I). */
+/** One reverse step x_t → x_prev = mean + σ·z, z ~ N(0, I), and the x̂_0 it implies. */
 export interface Step {
   mean: tf.Tensor4D;
   sigma: number;
+  x0: tf.Tensor4D;
 }
 
 /** Nichol & Dhariwal Eq. 17: f(t) = cos²((t/T + s)/(1 + s)·π/2), s = 0.008; ᾱ_t = f(t)/f(0). */
@@ -120,15 +122,15 @@ export class Diffusion {
       this.alphaHatAt(i - 1),
     ];
     const sigma = i === 0 ? 0 : Math.sqrt(beta);
+    const x0 = this.predictX0(x, eps, i, clip);
     if (clip) { // Eq. 7: μ̃_t = √ᾱ_{t-1}·β_t/(1-ᾱ_t)·x̂_0 + √α_t·(1-ᾱ_{t-1})/(1-ᾱ_t)·x_t
-      const x0 = this.predictX0(x, eps, i, true);
       const mean = x0.mul(Math.sqrt(alphaHatPrev) * beta / (1 - alphaHat))
         .add(x.mul(Math.sqrt(alpha) * (1 - alphaHatPrev) / (1 - alphaHat)));
-      return { mean: mean as tf.Tensor4D, sigma };
+      return { mean: mean as tf.Tensor4D, sigma, x0 };
     }
     // x_{t-1} = 1/√α_t·(x_t - (1-α_t)/√(1-ᾱ_t)·ε_θ) + σ_t·z, with z = 0 at the last step
     const mean = x.sub(eps.mul((1 - alpha) / Math.sqrt(1 - alphaHat))).div(Math.sqrt(alpha)) as tf.Tensor4D;
-    return { mean, sigma };
+    return { mean, sigma, x0 };
   }
 
   /** DDIM (Song et al. Eq. 12) from index i to index prev < i (-1: to x_0), with σ_t(η) of Eq. 16. */
@@ -139,7 +141,7 @@ export class Diffusion {
     // Eq. 12: x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t; x_{t-1} = √ᾱ_{t-1}·x̂_0 + √(1-ᾱ_{t-1}-σ_t²)·ε_θ + σ_t·z
     const x0 = this.predictX0(x, eps, i, clip);
     const mean = x0.mul(Math.sqrt(aPrev)).add(eps.mul(Math.sqrt(Math.max(0, 1 - aPrev - sigma ** 2))));
-    return { mean: mean as tf.Tensor4D, sigma };
+    return { mean: mean as tf.Tensor4D, sigma, x0 };
   }
 
   /** The model evaluations of one sample() call: all T steps (ddpm), or DDIM's sub-sequence τ. */
@@ -157,11 +159,16 @@ export class Diffusion {
     return [...new Set(Array.from({ length: S }, (_, k) => Math.round(k * (T - 1) / (S - 1))))];
   }
 
+  /** `sampleX0` as n RGB images, NHWC uint8. */
+  async sample(model: NoiseModel, n: number, opts: SampleOptions = {}): Promise<Uint8Array> {
+    return await toUint8(await this.sampleX0(model, n, opts));
+  }
+
   /**
    * From x_T ~ N(0, I) down to x_0: Algorithm 2 over all T steps (ddpm), or DDIM over `sampleSteps` of them.
-   * Returns n RGB images, NHWC uint8.
+   * Returns x_0, NHWC floats (the caller disposes it).
    */
-  async sample(model: NoiseModel, n: number, opts: SampleOptions = {}) {
+  async sampleX0(model: NoiseModel, n: number, opts: SampleOptions = {}): Promise<tf.Tensor4D> {
     const { labels = null, cfgScale = 3, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, clip = true, onStep } = opts;
     if (sampler !== "ddpm" && sampler !== "ddim") throw new RangeError(`unknown sampler ${sampler}`);
     if (!(eta >= 0)) throw new RangeError(`eta must be ≥ 0, got ${eta}`);
@@ -173,22 +180,29 @@ export class Diffusion {
     let x = xT ? xT.clone() : tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D;
     for (let k = tau.length - 1; k >= 0; k--) {
       const i = tau[k];
-      const next = tf.tidy(() => {
+      const [next, x0] = tf.tidy(() => {
         const t = tf.fill([n], i, "int32") as tf.Tensor1D;
         const eps = this.predictNoise(model, x, t, y, cfgScale);
-        const { mean, sigma } = sampler === "ddim"
+        const { mean, sigma, x0 } = sampler === "ddim"
           ? this.ddimStep(x, eps, i, k ? tau[k - 1] : -1, eta, clip)
           : this.ddpmStep(x, eps, i, clip);
-        if (sigma === 0) return mean;
-        return mean.add(tf.randomNormal(x.shape, 0, sigma, "float32", nextSeed())) as tf.Tensor4D;
+        if (sigma === 0) return [mean, x0];
+        return [mean.add(tf.randomNormal(x.shape, 0, sigma, "float32", nextSeed())) as tf.Tensor4D, x0];
       });
       x.dispose();
       x = next;
-      onStep?.(k);
+      try {
+        await onStep?.(k, x, x0);
+      } catch (e) { // given up (a stopped run): free what the loop holds
+        tf.dispose(y ? [x, y] : x);
+        throw e;
+      } finally {
+        x0.dispose();
+      }
       if (k % 50 === 0) await x.data(); // let the backend drain its queue (WebGPU)
     }
     y?.dispose();
-    return await toUint8(x);
+    return x;
   }
 
   dispose() {

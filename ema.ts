@@ -1,5 +1,6 @@
 // Exponential moving average of the weights (the tutorial's EMA, with its warm-up).
 import * as tf from "@tensorflow/tfjs";
+import { fusedEma, hasFused } from "./fused.ts";
 import type { Module } from "./modules.ts";
 
 export class EMA {
@@ -8,10 +9,7 @@ export class EMA {
 
   /** w_ema ← β·w_ema + (1-β)·w, for every weight. */
   updateModelAverage(emaModel: Module, model: Module) {
-    for (const [name, w] of model.weights) {
-      const e = emaModel.weights.get(name)!;
-      tf.tidy(() => e.assign(e.mul(this.beta).add(w.mul(1 - this.beta))));
-    }
+    average(emaModel, model, this.beta);
   }
 
   /** Until stepStartEma the EMA copy is reset to the model; from then on it averages. */
@@ -21,7 +19,15 @@ export class EMA {
     this.step += 1;
   }
 
+  /** w_ema ← w (a copy: the fused kernels update the EMA weights in place). */
   resetParameters(emaModel: Module, model: Module) {
-    for (const [name, w] of model.weights) emaModel.weights.get(name)!.assign(w);
+    average(emaModel, model, 0);
   }
+}
+
+/** w_ema ← β·w_ema + (1-β)·w: one fused kernel for many weights where the backend has it. */
+function average(emaModel: Module, model: Module, beta: number) {
+  const pairs = [...model.weights].map(([name, w]) => ({ e: emaModel.weights.get(name)!, w }));
+  if (hasFused("ema")) return fusedEma(pairs, beta);
+  for (const { e, w } of pairs) tf.tidy(() => e.assign(beta ? e.mul(beta).add(w.mul(1 - beta)) : w));
 }

@@ -4,7 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, readState, saveWeights } from "./checkpoint.ts";
+import { assignWeights, CheckpointError, readState, type RunState, saveWeights } from "./checkpoint.ts";
 import {
   Classifier,
   classify,
@@ -17,7 +17,7 @@ import {
   trainClassifier,
 } from "./classifier.ts";
 import { Diffusion, type NoiseModel, type Sampler, type Schedule } from "./diffusion.ts";
-import { loadRun } from "./sample.ts";
+import { loadFile, loadRun } from "./sample.ts";
 import { choiceFlag, type Config, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { duration, stepProgress } from "./progress.ts";
 import { writeReport } from "./report.ts";
@@ -46,6 +46,7 @@ export interface EvalOptions {
   sampleSteps?: number;
   eta?: number;
   ema?: boolean;
+  weights?: string; // score this PyTorch file's weights instead of the run's (on the run's data)
   seed?: number;
   log?: (line: string) => void;
 }
@@ -144,12 +145,22 @@ interface Result {
   classAccuracy?: ReturnType<typeof classAccuracy>;
 }
 
+/** A PyTorch file's model, scored on a run's data and settings: its class count must be the run's. */
+function fileOnRun(path: string, state: RunState) {
+  const { model } = loadFile(path, state.config.imageSize), k = state.config.conditional ? state.classes.length : 0;
+  if (model.numClasses !== k) {
+    model.dispose();
+    throw new CheckpointError(`${path} has ${model.numClasses} classes, the run ${k}`);
+  }
+  return { model, config: state.config, classes: state.classes };
+}
+
 /** Scores a run; writes RUN/eval.json, the sample grids, and the run's index.html. Returns the report. */
 export async function evaluate(o: EvalOptions) {
   const log = o.log ?? console.log, runDir = o.run, seed = o.seed ?? 0, ema = o.ema ?? false;
   const started = performance.now();
   const state = await readState(runDir);
-  const { model, config: c, classes } = await loadRun(runDir, ema);
+  const { model, config: c, classes } = o.weights ? fileOnRun(o.weights, state) : await loadRun(runDir, ema);
   const config = c as RunConfig, size = config.imageSize;
   const runDdim = config.sampler === "ddim"; // DDIM by default, with the run's steps and η if it samples with DDIM
   const sampler = o.sampler ?? (o.full ? "ddpm" : "ddim");
@@ -233,7 +244,7 @@ export async function evaluate(o: EvalOptions) {
     metric: METRIC_NOTE,
     run: runDir,
     step: state.step,
-    weights: ema ? "ema" : "model",
+    weights: o.weights ?? (ema ? "ema" : "model"),
     sampler,
     ...(sampler === "ddim" ? { sampleSteps: stepCount, eta } : {}),
     n: { value: n, per: conditional ? "class" : "all", chosenBy, estimatedSeconds: Math.round(n * perImage) },
@@ -267,6 +278,7 @@ const HELP = `Score a trained run with a classifier trained on its own data (off
   --sample-steps N   DDIM steps (default: the run's if it samples with DDIM, else 50)
   --eta X            DDIM η in [0, 1] (default: the run's if it samples with DDIM, else 0: deterministic)
   --ema              score the EMA weights
+  --weights FILE     score a PyTorch file of the tutorial's UNet instead, on the run's data and settings
   --backend NAME     auto | tensorflow | webgpu | wasm | cpu
   --seed N           seed of the samples (default 0)
 
@@ -285,6 +297,7 @@ export function parseEvalArgs(args: string[]) {
     "sample-steps": { type: "string" },
     eta: { type: "string" },
     ema: { type: "boolean" },
+    weights: { type: "string" },
     backend: { type: "string" },
     seed: { type: "string" },
     help: { type: "boolean", short: "h" },
@@ -300,6 +313,7 @@ export function parseEvalArgs(args: string[]) {
     sampleSteps: numberFlag("sample-steps", v["sample-steps"], 1, 100000),
     eta: numberFlag("eta", v.eta, 0, 1, false),
     ema: !!v.ema,
+    weights: v.weights as string | undefined,
     seed: numberFlag("seed", v.seed, 0, 2 ** 31 - 1),
   };
   return { opts, backend, help: !!v.help };

@@ -5,6 +5,7 @@ export { DoubleConv, Down, Module, SelfAttention, UNet, UNetConditional, type UN
 export { EMA } from "./ema.ts";
 export { AdamW, train, trainStep } from "./train.ts";
 export { type Config, DEFAULTS, PRESETS } from "./cli.ts";
-export { loadRun } from "./sample.ts";
+export { loadFile, loadRun } from "./sample.ts";
 export { type Dataset, loadDataset, saveGrid, savePlot } from "./utils.ts";
-export { loadWeights, saveCheckpoint, saveWeights } from "./checkpoint.ts";
+export { loadWeights, saveCheckpoint, saveWeights, type Tensors } from "./checkpoint.ts";
+export { loadTorchModel, readTorchFile, torchOptions, torchStateDict, writeTorchFile } from "./pytorch.ts";

@@ -1,11 +1,12 @@
 // The tutorial's U-Net, NHWC throughout: DoubleConv, Down, Up, SelfAttention, UNet, UNetConditional.
 import * as tf from "@tensorflow/tfjs";
 import { nextSeed } from "./backend.ts";
+import { fusedAttention, fusedGelu, fusedNorm, hasFused } from "./fused.ts";
 
 type T4 = tf.Tensor4D;
 type T2 = tf.Tensor2D;
 
-/** A layer's weights by PyTorch-style name ("down.0.net.1.conv1.weight"), children's included. */
+/** A layer's weights by their name in the tutorial's state_dict ("down1.maxpool_conv.1.double_conv.0.weight"). */
 export class Module {
   readonly weights = new Map<string, tf.Variable>();
 
@@ -34,51 +35,25 @@ export class Module {
 const uniform = (shape: number[], fanIn: number) =>
   tf.randomUniform(shape, -1 / Math.sqrt(fanIn), 1 / Math.sqrt(fanIn), "float32", nextSeed());
 
-/** tf.customGrad for a function of tensors (`save` last). tfjs calls the gradient outside any tidy. */
-const customGrad = <F>(f: (...args: never[]) => unknown) => tf.customGrad(f as never) as unknown as F;
-
+/** y = x·W + b, W stored [in, out] (PyTorch's nn.Linear stores [out, in]: the files convert). */
 export class Linear extends Module {
   w: tf.Variable;
   b: tf.Variable;
-  constructor(cin: number, cout: number) {
+  constructor(cin: number, cout: number, [wName, bName] = ["weight", "bias"]) {
     super();
-    this.w = this.param("weight", uniform([cin, cout], cin));
-    this.b = this.param("bias", uniform([cout], cin));
+    this.w = this.param(wName, uniform([cin, cout], cin));
+    this.b = this.param(bName, uniform([cout], cin));
   }
   forward(x: tf.Tensor): tf.Tensor {
     const flat = x.reshape([-1, x.shape.at(-1)!]) as T2;
-    return tf.add(tf.matMul(flat, this.w as T2), this.b).reshape([...x.shape.slice(0, -1), -1]);
+    return tf.fused.matMul({ a: flat, b: this.w as T2, bias: this.b }).reshape([...x.shape.slice(0, -1), -1]);
   }
 }
 
 /**
- * (x - mean)/sqrt(var + 1e-5)·g + b over the last `axes`, with its gradient written out: the backward pass
- * keeps only x and recomputes the rest, where autodiff would keep four tensors the size of x.
+ * Normalization over the last `axes` with a per-channel affine: GroupNorm(1, c) and LayerNorm(c). `residual` is added
+ * after the affine and `gelu` applied last, so that a DoubleConv's norm, residual and GELU are one fused kernel.
  */
-const normalize = (axes: number[]) =>
-  customGrad<(x: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => tf.Tensor>(
-    (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
-      const standardize = (x: tf.Tensor) => {
-        const { mean, variance } = tf.moments(x, axes, true);
-        const r = tf.rsqrt(variance.add(1e-5));
-        return [x.sub(mean).mul(r), r];
-      };
-      save([x, g]);
-      const value = tf.tidy(() => standardize(x)[0].mul(g).add(b));
-      const gradFunc = (dy: tf.Tensor, [x, g]: tf.Tensor[]) =>
-        tf.tidy(() => {
-          const [xhat, r] = standardize(x);
-          const dxhat = dy.mul(g);
-          const mean = (t: tf.Tensor) => t.mean(axes, true);
-          const dx = dxhat.sub(mean(dxhat)).sub(xhat.mul(mean(dxhat.mul(xhat)))).mul(r);
-          const channelSums = (t: tf.Tensor) => t.reshape([-1, t.shape.at(-1)!]).sum(0);
-          return [dx, channelSums(dy.mul(xhat)), channelSums(dy)];
-        });
-      return { value, gradFunc };
-    },
-  );
-
-/** Normalization over the last `axes` with a per-channel affine: GroupNorm(1, c) and LayerNorm(c). */
 export class Norm extends Module {
   g: tf.Variable;
   b: tf.Variable;
@@ -87,166 +62,124 @@ export class Norm extends Module {
     this.g = this.param("weight", tf.ones([c]));
     this.b = this.param("bias", tf.zeros([c]));
   }
-  forward<X extends tf.Tensor>(x: X): X {
-    return normalize(this.axes)(x, this.g, this.b) as X;
+  forward<X extends tf.Tensor>(x: X, { residual = null, gelu: withGelu = false }: NormOptions = {}): X {
+    const rowSize = this.axes.reduce((n, a) => n * x.shape.at(a)!, 1);
+    if (hasFused("norm")) return fusedNorm(x, this.g, this.b, { rowSize, residual, gelu: withGelu }) as X;
+    const rows = x.reshape([-1, rowSize]);
+    const { mean, variance } = tf.moments(rows, 1, true);
+    let y = rows.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).reshape(x.shape).mul(this.g).add(this.b);
+    if (residual) y = y.add(residual);
+    return (withGelu ? gelu(y) : y) as X;
   }
 }
+type NormOptions = { residual?: tf.Tensor | null; gelu?: boolean };
 const groupNorm1 = (c: number) => new Norm(c, [1, 2, 3]); // GroupNorm(1, c) on NHWC
 const layerNorm = (c: number) => new Norm(c, [-1]);
 
-/** Exact GELU: x·Φ(x), Φ(x) = (1 + erf(x/√2))/2; its gradient Φ(x) + x·φ(x) keeps only x. */
-export const gelu = customGrad<<X extends tf.Tensor>(x: X) => X>((x: tf.Tensor, save: tf.GradSaveFunc) => {
-  const phi = (x: tf.Tensor) => tf.erf(x.mul(Math.SQRT1_2)).add(1).mul(0.5);
-  save([x]);
-  const value = tf.tidy(() => x.mul(phi(x)));
-  const gradFunc = (dy: tf.Tensor, [x]: tf.Tensor[]) =>
-    tf.tidy(() => dy.mul(phi(x).add(x.mul(x.square().mul(-0.5).exp().mul(1 / Math.sqrt(2 * Math.PI))))));
-  return { value, gradFunc };
-});
+/** Exact GELU: x·Φ(x), Φ(x) = (1 + erf(x/√2))/2. */
+export const gelu = <X extends tf.Tensor>(x: X): X =>
+  hasFused("gelu") ? fusedGelu(x) : tf.tidy(() => x.mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)).mul(0.5) as X);
 
-/** 3x3 conv without bias, GroupNorm, GELU, conv, GroupNorm (+ residual and GELU). */
+/** double_conv: 3x3 conv without bias, GroupNorm, GELU, conv, GroupNorm (+ residual and GELU). */
 export class DoubleConv extends Module {
   conv1: tf.Variable;
-  conv2: tf.Variable;
   norm1: Norm;
+  conv2: tf.Variable;
   norm2: Norm;
   constructor(cin: number, cout: number, cmid = cout, readonly residual = false) {
     super();
-    this.conv1 = this.param("conv1.weight", uniform([3, 3, cin, cmid], 9 * cin));
-    this.norm1 = this.child("norm1", groupNorm1(cmid));
-    this.conv2 = this.param("conv2.weight", uniform([3, 3, cmid, cout], 9 * cmid));
-    this.norm2 = this.child("norm2", groupNorm1(cout));
+    this.conv1 = this.param("double_conv.0.weight", uniform([3, 3, cin, cmid], 9 * cin));
+    this.norm1 = this.child("double_conv.1", groupNorm1(cmid));
+    this.conv2 = this.param("double_conv.3.weight", uniform([3, 3, cmid, cout], 9 * cmid));
+    this.norm2 = this.child("double_conv.4", groupNorm1(cout));
   }
   forward(x: T4): T4 {
-    let h = this.norm1.forward(tf.conv2d(x, this.conv1 as T4, 1, "same"));
-    h = this.norm2.forward(tf.conv2d(gelu(h), this.conv2 as T4, 1, "same"));
-    return this.residual ? gelu(x.add(h)) : h;
+    const h = this.norm1.forward(tf.conv2d(x, this.conv1 as T4, 1, "same"), { gelu: true });
+    const y = tf.conv2d(h, this.conv2 as T4, 1, "same");
+    return this.residual ? this.norm2.forward(y, { residual: x, gelu: true }) : this.norm2.forward(y);
   }
 }
 
-/** SiLU + Linear of the time embedding, added to every pixel of each channel. */
-class TimeProj extends Linear {
+/** emb_layer: SiLU + Linear of the time embedding, added to every pixel of each channel. */
+class EmbLayer extends Linear {
   add(x: T4, t: T2): T4 {
     const e = this.forward(tf.mul(t, tf.sigmoid(t)));
     return x.add(e.reshape([-1, 1, 1, x.shape[3]]));
   }
 }
 
-/** 2x2 max pooling as reshape + max (its gradient is right on every backend). */
-const maxPool2 = (x: T4): T4 => {
-  const [b, h, w, c] = x.shape;
-  return x.reshape([b, h / 2, 2, w / 2, 2, c]).max([2, 4]) as T4;
-};
-
+/** maxpool_conv: MaxPool2d(2), DoubleConv (residual), DoubleConv; then + emb_layer(t). */
 export class Down extends Module {
-  conv1: DoubleConv;
-  conv2: DoubleConv;
-  emb: TimeProj;
+  maxpoolConv: [DoubleConv, DoubleConv];
+  embLayer: EmbLayer;
   constructor(cin: number, cout: number, embDim = 256) {
     super();
-    this.conv1 = this.child("conv1", new DoubleConv(cin, cin, cin, true));
-    this.conv2 = this.child("conv2", new DoubleConv(cin, cout));
-    this.emb = this.child("emb", new TimeProj(embDim, cout));
+    this.maxpoolConv = [
+      this.child("maxpool_conv.1", new DoubleConv(cin, cin, cin, true)),
+      this.child("maxpool_conv.2", new DoubleConv(cin, cout)),
+    ];
+    this.embLayer = this.child("emb_layer.1", new EmbLayer(embDim, cout));
   }
   forward(x: T4, t: T2): T4 {
-    return this.emb.add(this.conv2.forward(this.conv1.forward(maxPool2(x))), t);
+    const [res, conv] = this.maxpoolConv;
+    return this.embLayer.add(conv.forward(res.forward(tf.maxPool(x, 2, 2, "valid"))), t);
   }
 }
 
+/** up (bilinear, align_corners), cat with the skip, conv: DoubleConv (residual), DoubleConv; then + emb_layer(t). */
 export class Up extends Module {
-  conv1: DoubleConv;
-  conv2: DoubleConv;
-  emb: TimeProj;
+  conv: [DoubleConv, DoubleConv];
+  embLayer: EmbLayer;
   constructor(cin: number, cout: number, embDim = 256) {
     super();
-    this.conv1 = this.child("conv1", new DoubleConv(cin, cin, cin, true));
-    this.conv2 = this.child("conv2", new DoubleConv(cin, cout, cin / 2));
-    this.emb = this.child("emb", new TimeProj(embDim, cout));
+    this.conv = [
+      this.child("conv.0", new DoubleConv(cin, cin, cin, true)),
+      this.child("conv.1", new DoubleConv(cin, cout, cin / 2)),
+    ];
+    this.embLayer = this.child("emb_layer.1", new EmbLayer(embDim, cout));
   }
   forward(x: T4, skip: T4, t: T2): T4 {
     const [, h, w] = x.shape;
     const up = tf.image.resizeBilinear(x, [2 * h, 2 * w], true); // align_corners=True
-    const cat = tf.concat([skip, up], 3);
-    return this.emb.add(this.conv2.forward(this.conv1.forward(cat)), t);
+    const [res, conv] = this.conv;
+    return this.embLayer.add(conv.forward(res.forward(tf.concat([skip, up], 3))), t);
   }
 }
 
-/** Rows of queries per attention chunk: keeps each [b·heads, rows, n] score block near 16 M floats. */
-const chunkRows = (bh: number, n: number) => Math.max(1, Math.min(n, Math.floor(2 ** 24 / (bh * n))));
+/** softmax(q·kᵀ/√d)·v for each head, from qkv [b, n, 3c] (q, k, v side by side; a head has d = c/heads columns). */
+export function attention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
+  if (hasFused("attention")) return fusedAttention(qkv, heads);
+  return tf.tidy(() => {
+    const [b, n, c3] = qkv.shape, c = c3 / 3, d = c / heads;
+    const [q, k, v] = tf.split(qkv, 3, -1).map((p) => p.reshape([b, n, heads, d]).transpose([0, 2, 1, 3])); // (b, heads, n, d)
+    const scores = tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true).mul(1 / Math.sqrt(d)); // (b, heads, n, n)
+    const o = tf.matMul(tf.softmax(scores) as tf.Tensor4D, v as tf.Tensor4D); // (b, heads, n, d)
+    return o.transpose([0, 2, 1, 3]).reshape([b, n, c]) as tf.Tensor3D;
+  });
+}
 
-/**
- * softmax(q·kᵀ·scale)·v for q, k, v of shape [b·heads, n, d], a chunk of query rows at a time.
- * The backward pass recomputes each chunk's probabilities, so no [n, n] matrix is ever kept.
- */
-export const attention = customGrad<(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D) => tf.Tensor3D>(
-  (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
-    const [bh, n, d] = q.shape as [number, number, number];
-    const scale = 1 / Math.sqrt(d);
-    const rows = chunkRows(bh, n);
-    // The scale goes on the [rows, d] query chunk rather than on the [rows, n] scores; kᵀ is made once.
-    const probs = (qc: tf.Tensor, kT: tf.Tensor) =>
-      tf.softmax(tf.matMul(qc.mul(scale) as tf.Tensor3D, kT as tf.Tensor3D));
-    const rowsOf = (t: tf.Tensor, r: number) => t.slice([0, r, 0], [bh, Math.min(rows, n - r), d]) as tf.Tensor3D;
-    const parts: tf.Tensor[] = [];
-    const kT = k.transpose([0, 2, 1]);
-    for (let r = 0; r < n; r += rows) parts.push(tf.tidy(() => tf.matMul(probs(rowsOf(q, r), kT), v as tf.Tensor3D)));
-    const value = tf.concat(parts, 1);
-    tf.dispose([...parts, kT]);
-    save([q, k, v]);
-    // (tfjs calls a custom gradient outside any tidy: each chunk's temporaries are freed by hand)
-    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [qs, ks, vs] = saved as tf.Tensor3D[];
-      const [kT, vT] = [ks.transpose([0, 2, 1]), vs.transpose([0, 2, 1])];
-      let dk = tf.zerosLike(ks), dv = tf.zerosLike(vs);
-      const dq: tf.Tensor[] = [];
-      for (let r = 0; r < n; r += rows) {
-        const [dqc, dkNew, dvNew] = tf.tidy(() => {
-          const [qc, dyc] = [rowsOf(qs, r), rowsOf(dy, r)];
-          const p = probs(qc, kT);
-          const dp = tf.matMul(dyc, vT as tf.Tensor3D);
-          const ds = p.mul(dp.sub(p.mul(dp).sum(-1, true))) as tf.Tensor3D; // softmax backward, before the scale
-          const dkc = tf.matMul(ds, qc.mul(scale) as tf.Tensor3D, true);
-          return [tf.matMul(ds, ks).mul(scale), dk.add(dkc), dv.add(tf.matMul(p, dyc, true))];
-        });
-        tf.dispose([dk, dv]);
-        [dk, dv] = [dkNew, dvNew];
-        dq.push(dqc);
-      }
-      const dqAll = tf.concat(dq, 1);
-      tf.dispose([...dq, kT, vT]);
-      return [dqAll, dk, dv];
-    };
-    return { value, gradFunc };
-  },
-);
-
-/** LayerNorm, 4-head self-attention, residual; LayerNorm-Linear-GELU-Linear, residual. */
+/** ln, mha (4 heads), residual; ff_self: LayerNorm-Linear-GELU-Linear, residual. */
 export class SelfAttention extends Module {
-  ln: Norm;
-  inProj: Linear;
+  inProj: Linear; // mha.in_proj_weight/bias: q, k and v side by side
   outProj: Linear;
-  ffNorm: Norm;
-  ff1: Linear;
-  ff2: Linear;
+  ln: Norm;
+  ffNorm: Norm; // ff_self.0
+  ff1: Linear; // ff_self.1
+  ff2: Linear; // ff_self.3
   constructor(readonly c: number, readonly heads = 4) {
     super();
-    this.ln = this.child("ln", layerNorm(c));
-    this.inProj = this.child("mha.in_proj", new Linear(c, 3 * c));
+    this.inProj = this.child("mha", new Linear(c, 3 * c, ["in_proj_weight", "in_proj_bias"]));
     this.outProj = this.child("mha.out_proj", new Linear(c, c));
-    this.ffNorm = this.child("ff.0", layerNorm(c));
-    this.ff1 = this.child("ff.1", new Linear(c, c));
-    this.ff2 = this.child("ff.3", new Linear(c, c));
+    this.ln = this.child("ln", layerNorm(c));
+    this.ffNorm = this.child("ff_self.0", layerNorm(c));
+    this.ff1 = this.child("ff_self.1", new Linear(c, c));
+    this.ff2 = this.child("ff_self.3", new Linear(c, c));
   }
   forward(x: T4): T4 {
     const [b, h, w, c] = x.shape;
-    const n = h * w, d = c / this.heads;
-    const s = x.reshape([b, n, c]); // NHWC: the tokens are already rows
-    const qkv = tf.split(this.inProj.forward(this.ln.forward(s)), 3, -1); // q, k, v: [b, n, c] each
-    const [q, k, v] = qkv.map((p) =>
-      p.reshape([b, n, this.heads, d]).transpose([0, 2, 1, 3]).reshape([b * this.heads, n, d]) as tf.Tensor3D
-    );
-    const o = attention(q, k, v).reshape([b, this.heads, n, d]).transpose([0, 2, 1, 3]).reshape([b, n, c]);
-    const a = this.outProj.forward(o).add(s);
+    const s = x.reshape([b, h * w, c]); // NHWC: the tokens are already rows
+    const qkv = this.inProj.forward(this.ln.forward(s)) as tf.Tensor3D; // (b, n, 3c)
+    const a = this.outProj.forward(attention(qkv, this.heads)).add(s);
     const f = this.ff2.forward(gelu(this.ff1.forward(this.ffNorm.forward(a)))).add(a);
     return f.reshape([b, h, w, c]);
   }
@@ -256,6 +189,7 @@ export interface UNetOptions {
   width?: number; // base channel count c (64 in the tutorial)
   timeDim?: number;
   numClasses?: number; // > 0: class-conditional
+  removeDeepConv?: boolean; // the tutorial's later variant: bot1 and bot3 at 4c, no bot2
 }
 
 /** The tutorial's U-Net: 3 Down + attention, a 3-conv bottleneck, 3 Up + attention, 1x1 output. */
@@ -263,32 +197,49 @@ export class UNet extends Module {
   readonly width!: number;
   readonly timeDim!: number;
   readonly numClasses!: number;
+  readonly removeDeepConv!: boolean;
   inc: DoubleConv;
-  down: Down[];
-  saDown: SelfAttention[];
-  bot: DoubleConv[];
-  up: Up[];
-  saUp: SelfAttention[];
-  outW: tf.Variable;
-  outB: tf.Variable;
+  down1: Down;
+  sa1: SelfAttention;
+  down2: Down;
+  sa2: SelfAttention;
+  down3: Down;
+  sa3: SelfAttention;
+  bot1: DoubleConv;
+  bot2: DoubleConv | null = null;
+  bot3: DoubleConv;
+  up1: Up;
+  sa4: SelfAttention;
+  up2: Up;
+  sa5: SelfAttention;
+  up3: Up;
+  sa6: SelfAttention;
+  outcWeight: tf.Variable; // outc: Conv2d(c, 3, kernel_size=1)
+  outcBias: tf.Variable;
   labelEmb: tf.Variable | null = null;
 
-  constructor({ width = 64, timeDim = 256, numClasses = 0 }: UNetOptions = {}) {
+  constructor({ width = 64, timeDim = 256, numClasses = 0, removeDeepConv = false }: UNetOptions = {}) {
     super();
-    const c = width;
-    Object.assign(this, { width, timeDim, numClasses });
+    const c = width, bot = removeDeepConv ? 4 * c : 8 * c;
+    Object.assign(this, { width, timeDim, numClasses, removeDeepConv });
     this.inc = this.child("inc", new DoubleConv(3, c));
-    this.down = [[c, 2 * c], [2 * c, 4 * c], [4 * c, 4 * c]].map(([i, o], k) =>
-      this.child(`down.${k}`, new Down(i, o, timeDim))
-    );
-    this.saDown = [2 * c, 4 * c, 4 * c].map((ch, k) => this.child(`sa_down.${k}`, new SelfAttention(ch)));
-    this.bot = [[4 * c, 8 * c], [8 * c, 8 * c], [8 * c, 4 * c]].map(([i, o], k) =>
-      this.child(`bot.${k}`, new DoubleConv(i, o))
-    );
-    this.up = [[8 * c, 2 * c], [4 * c, c], [2 * c, c]].map(([i, o], k) => this.child(`up.${k}`, new Up(i, o, timeDim)));
-    this.saUp = [2 * c, c, c].map((ch, k) => this.child(`sa_up.${k}`, new SelfAttention(ch)));
-    this.outW = this.param("outc.weight", uniform([1, 1, c, 3], c));
-    this.outB = this.param("outc.bias", uniform([3], c));
+    this.down1 = this.child("down1", new Down(c, 2 * c, timeDim));
+    this.sa1 = this.child("sa1", new SelfAttention(2 * c));
+    this.down2 = this.child("down2", new Down(2 * c, 4 * c, timeDim));
+    this.sa2 = this.child("sa2", new SelfAttention(4 * c));
+    this.down3 = this.child("down3", new Down(4 * c, 4 * c, timeDim));
+    this.sa3 = this.child("sa3", new SelfAttention(4 * c));
+    this.bot1 = this.child("bot1", new DoubleConv(4 * c, bot));
+    if (!removeDeepConv) this.bot2 = this.child("bot2", new DoubleConv(bot, bot));
+    this.bot3 = this.child("bot3", new DoubleConv(bot, 4 * c));
+    this.up1 = this.child("up1", new Up(8 * c, 2 * c, timeDim));
+    this.sa4 = this.child("sa4", new SelfAttention(2 * c));
+    this.up2 = this.child("up2", new Up(4 * c, c, timeDim));
+    this.sa5 = this.child("sa5", new SelfAttention(c));
+    this.up3 = this.child("up3", new Up(2 * c, c, timeDim));
+    this.sa6 = this.child("sa6", new SelfAttention(c));
+    this.outcWeight = this.param("outc.weight", uniform([1, 1, c, 3], c));
+    this.outcBias = this.param("outc.bias", uniform([3], c));
     if (numClasses > 0) {
       this.labelEmb = this.param(
         "label_emb.weight",
@@ -297,8 +248,8 @@ export class UNet extends Module {
     }
   }
 
-  /** Sinusoidal encoding of t (Transformer-style): [sin(t·ω_i), cos(t·ω_i)], ω_i = 10000^(-2i/dim). */
-  encodeTime(t: tf.Tensor1D): T2 {
+  /** pos_encoding of t (Transformer-style): [sin(t·ω_i), cos(t·ω_i)], ω_i = 10000^(-2i/dim). */
+  posEncoding(t: tf.Tensor1D): T2 {
     return tf.tidy(() => {
       const invFreq = tf.pow(10000, tf.range(0, this.timeDim, 2).div(-this.timeDim));
       const angle = t.toFloat().reshape([-1, 1]).mul(invFreq.reshape([1, -1]));
@@ -312,16 +263,35 @@ export class UNet extends Module {
       throw new Error(`image size ${x.shape[1]}x${x.shape[2]} is not divisible by 8`);
     }
     return tf.tidy(() => {
-      let emb = this.encodeTime(t);
-      if (labels && this.labelEmb) {
+      let emb = this.posEncoding(t);
+      if (labels && this.labelEmb) { // t += label_emb(y)
         emb = emb.add(tf.matMul(tf.oneHot(labels.toInt(), this.numClasses), this.labelEmb as T2));
       }
-      const skips = [this.inc.forward(x)];
-      for (let i = 0; i < 3; i++) skips.push(this.saDown[i].forward(this.down[i].forward(skips[i], emb)));
-      let h = this.bot.reduce((h, conv) => conv.forward(h), skips.pop()!);
-      for (let i = 0; i < 3; i++) h = this.saUp[i].forward(this.up[i].forward(h, skips.pop()!, emb));
-      return tf.conv2d(h, this.outW as T4, 1, "same").add(this.outB);
+      return this.unetForward(x, emb);
     });
+  }
+
+  /** The tutorial's unet_forwad, line by line. */
+  unetForward(x: T4, t: T2): T4 {
+    const x1 = this.inc.forward(x);
+    let x2 = this.down1.forward(x1, t);
+    x2 = this.sa1.forward(x2);
+    let x3 = this.down2.forward(x2, t);
+    x3 = this.sa2.forward(x3);
+    let x4 = this.down3.forward(x3, t);
+    x4 = this.sa3.forward(x4);
+
+    x4 = this.bot1.forward(x4);
+    if (this.bot2) x4 = this.bot2.forward(x4);
+    x4 = this.bot3.forward(x4);
+
+    let h = this.up1.forward(x4, x3, t);
+    h = this.sa4.forward(h);
+    h = this.up2.forward(h, x2, t);
+    h = this.sa5.forward(h);
+    h = this.up3.forward(h, x1, t);
+    h = this.sa6.forward(h);
+    return tf.conv2d(h, this.outcWeight as T4, 1, "same").add(this.outcBias);
   }
 }
 

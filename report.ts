@@ -6,7 +6,7 @@ import type { Config } from "./cli.ts";
 import type { Diffusion } from "./diffusion.ts";
 import type { UNet } from "./modules.ts";
 import { Progress, stepProgress } from "./progress.ts";
-import { saveGrid, savePlot } from "./utils.ts";
+import { type Dataset, mulberry32, saveGrid, savePlot, ticks } from "./utils.ts";
 
 export { Progress };
 
@@ -16,6 +16,17 @@ export async function readLossRows(runDir: string): Promise<{ step: number; epoc
 }
 
 class Interrupted extends Error {}
+
+/** RUN/data.png: a row of `n` training images as the model sees them, for the page's forward-process view. */
+export async function saveDataImages(runDir: string, data: Dataset, seed: number, n = 8) {
+  const batch = data.batches(n, mulberry32(seed)).next().value;
+  if (!batch) return;
+  const pixels = Uint8Array.from(
+    batch.x as ArrayLike<number>,
+    (v) => Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5),
+  );
+  await saveGrid(join(runDir, "data.png"), pixels, batch.n, data.size, batch.n);
+}
 
 /** Sample grids of the model (and of the EMA model): one row per class for a conditional model. */
 export async function sampleGrids(
@@ -66,26 +77,142 @@ export async function sampleGrids(
   }
 }
 
-/** loss.png and index.html: the samples, the loss curve and the scores (eval.json) on one page. */
+const esc = (s: unknown) => String(s).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+
+/** The loss curve as SVG: every step faint, a centred moving average bold; a log axis past two decades. */
+export function lossSvg(rows: { step: number; loss: number }[], W = 640, H = 280): string {
+  const pts = rows.filter((r) => Number.isFinite(r.loss) && Number.isFinite(r.step)), ys = pts.map((r) => r.loss);
+  if (!pts.length) return "<p>no steps yet</p>";
+  const [L, R, T, B] = [64, 16, 10, 40], lo = Math.min(...ys), hi = Math.max(...ys);
+  const logY = lo > 0 && hi / lo > 100, f = (v: number) => logY ? Math.log10(v) : v;
+  const [y0, y1] = lo === hi ? [f(lo) - 0.5, f(hi) + 0.5] : [f(lo), f(hi)];
+  const [x0, x1] = [pts[0].step, Math.max(pts.at(-1)!.step, pts[0].step + 1)];
+  const px = (x: number) => (L + (x - x0) / (x1 - x0) * (W - L - R)).toFixed(1);
+  const py = (v: number) => (H - B - (v - y0) / (y1 - y0) * (H - T - B)).toFixed(1);
+  const k = Math.max(1, Math.floor(ys.length / 50)), sum = [0];
+  for (const v of ys) sum.push(sum.at(-1)! + v);
+  const smooth = ys.map((_, i) => {
+    const h = Math.min(k, i, ys.length - 1 - i);
+    return (sum[i + h + 1] - sum[i - h]) / (2 * h + 1);
+  });
+  const every = Math.ceil(pts.length / 1500); // at most ~1500 points a line
+  const line = (vs: number[], cls: string) =>
+    `<polyline class="${cls}" points="${
+      pts.flatMap((p, i) => i % every && i < pts.length - 1 ? [] : [`${px(p.step)},${py(f(vs[i]))}`]).join(" ")
+    }"/>`;
+  const label = (v: number) => logY ? `${+(10 ** v).toPrecision(3)}` : `${+v.toPrecision(6)}`;
+  const yTicks = ticks(y0, y1).filter((v) => !logY || Number.isInteger(v));
+  return `<svg class="plot" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img">
+${
+    yTicks.map((v) =>
+      `<line class="grid" x1="${L}" x2="${W - R}" y1="${py(v)}" y2="${py(v)}"/>
+<text x="${L - 6}" y="${py(v)}" dy="4" text-anchor="end">${label(v)}</text>`
+    ).join("\n")
+  }
+${
+    ticks(x0, x1).filter(Number.isInteger).map((x) =>
+      `<line class="grid" y1="${T}" y2="${H - B}" x1="${px(x)}" x2="${px(x)}"/>
+<text x="${px(x)}" y="${H - B + 16}" text-anchor="middle">${x}</text>`
+    ).join("\n")
+  }
+<path class="axis" d="M${L},${T}V${H - B}H${W - R}"/>${line(ys, "raw")}${line(smooth, "smooth")}
+<text x="${(L + W - R) / 2}" y="${H - 6}" text-anchor="middle">step</text>
+<text transform="translate(14 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">MSE${
+    logY ? " (log)" : ""
+  }</text></svg>`;
+}
+
+/** eval.json as a table (its raw text if it is not the expected shape). */
+function scoresHtml(text: string): string {
+  try {
+    const r = JSON.parse(text), pct = (x: number) => `${(100 * x).toFixed(1)} %`;
+    const rows = r.results.map((x: Record<string, never>) =>
+      `<tr><td>${x.cfgScale ?? "-"}</td><td>${x.n}</td><td>${x.frechetDistance}</td>
+<td>${x.classAccuracy ? pct((x.classAccuracy as { total: number }).total) : "-"}</td><td>${x.seconds}</td></tr>`
+    ).join("");
+    const how = `${r.weights} weights at step ${r.step}, ${r.sampler}${
+      r.sampleSteps ? ` ${r.sampleSteps} steps η ${r.eta}` : ""
+    }`;
+    return `<p>${esc(how)}; real vs real: ${esc(r.reference?.frechetDistance)}. ${esc(r.metric)}</p>
+<table><tr><th>cfg scale</th><th>n</th><th>Fréchet distance</th><th>class accuracy</th><th>seconds</th></tr>${rows}</table>`;
+  } catch {
+    return `<pre>${esc(text)}</pre>`;
+  }
+}
+
+/** The width and height of a PNG (its IHDR), to scale a grid by a whole number. */
+const pngSize = (path: string) => {
+  const header = new DataView(Deno.readFileSync(path).buffer);
+  return [header.getUint32(16), header.getUint32(20)];
+};
+
+/**
+ * loss.png and index.html, the run's page: the live forward and reverse processes (page.ts, once `deno task view`
+ * has put page/page.js beside it), then the config, the loss curve, every sample grid and the scores (eval.json).
+ */
 export async function writeReport(runDir: string) {
-  const losses = (await readLossRows(runDir)).map((r) => r.loss);
-  const { config } = await readState(runDir);
+  const rows = await readLossRows(runDir), losses = rows.map((r) => r.loss);
+  const { config, step } = await readState(runDir);
   if (losses.length) await savePlot(join(runDir, "loss.png"), losses, { title: "training loss (MSE)", xlabel: "step" });
   const grids = [...Deno.readDirSync(join(runDir, "samples"))].map((e) => e.name).filter((f) => f.endsWith(".png"))
     .sort().reverse();
   const scores = await Deno.readTextFile(join(runDir, "eval.json")).catch(() => null);
-  const esc = (s: string) => s.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
-  const html = `<!doctype html><meta charset="utf-8"><title>${esc(config.name)}</title>
-<style>body{font:14px system-ui;margin:2em}img{image-rendering:pixelated;margin:4px;border:1px solid #ccc}
-figure{display:inline-block;margin:8px}</style>
-<h1>${esc(config.name)}</h1><p>${esc(JSON.stringify(config))}</p>
-<h2>Loss (${losses.length} steps, last ${losses.at(-1)?.toFixed(4) ?? "-"})</h2><img src="loss.png">
-${scores ? `<h2>Scores (deno task eval)</h2><pre>${esc(scores)}</pre>` : ""}
-<h2>Samples</h2>${
-    grids.map((g) =>
-      `<figure><img src="samples/${g}" width="${Math.min(512, 8 * config.imageSize)}">
-<figcaption>${esc(g)}</figcaption></figure>`
-    ).join("\n")
-  }`;
+  const pairs = Object.entries(config).map(([k, v]) => `<th>${esc(k)}</th><td>${esc(v)}</td>`);
+  const configRows = Array.from({ length: Math.ceil(pairs.length / 3) }, (_, i) => pairs.slice(3 * i, 3 * i + 3));
+  const figures = grids.map((g) => {
+    const [w, h] = pngSize(join(runDir, "samples", g)), scale = Math.max(1, Math.floor(Math.min(480 / w, 480 / h, 8)));
+    return `<figure><img src="samples/${esc(g)}" width="${w * scale}"><figcaption>${esc(g)}</figcaption></figure>`;
+  });
+  const html = `<!doctype html><meta charset="utf-8"><title>${esc(config.name)} · DDPM</title>
+<style>
+body{font:15px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#222}
+h2{border-bottom:1px solid #ddd;margin-top:1.6em}figure{display:inline-block;margin:6px 10px 6px 0;vertical-align:top}
+figcaption{font-size:13px;color:#555;text-align:center}img,canvas{image-rendering:pixelated}
+canvas{background:#fff;border:1px solid #ccc;display:block}table{border-collapse:collapse;font-size:13px}
+th,td{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}th{color:#666;font-weight:normal}
+.live{display:none}body.ready .live{display:block}body.ready .note{display:none}.note{background:#fff7e0;padding:.6em}
+.plot text{font-size:11px;fill:#444}.plot .grid{stroke:#e4e4e4;shape-rendering:crispEdges}
+.plot .axis{stroke:#222;fill:none;shape-rendering:crispEdges}.plot polyline{fill:none;stroke-linejoin:round}
+.plot .raw{stroke:#aac3eb;stroke-width:1}.plot .smooth{stroke:#194bbe;stroke-width:2}
+.controls label{margin-right:1em;white-space:nowrap}input[type=number]{width:5em}input[type=range]{width:28em}
+#data canvas{display:inline-block;margin-right:4px;cursor:pointer}#data canvas.on{outline:3px solid #194bbe}
+progress{width:28em}.error{color:#b00}
+</style>
+<h1>${esc(config.name)}</h1>
+<p>step ${step} · data ${
+    esc(config.data)
+  } · ${config.imageSize} px · U-Net width ${config.width} · T = ${config.noiseSteps}
+(${esc(config.schedule ?? "linear")}) · <span id="backend">the live parts run on tfjs in this page</span></p>
+<p class="note" id="note">The forward and reverse processes below run the model in the browser: serve this folder with
+<code>deno task view --run ${
+    esc(runDir)
+  }</code> (it puts the page's script, <code>page/page.js</code>, beside this file).</p>
+<section class="live" id="forward"><h2>1 · Forward process: x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε</h2>
+<p>Training images (click one):</p><div id="data"></div>
+<div><figure><canvas id="f-x0"></canvas><figcaption>x_0</figcaption></figure><figure><canvas id="f-eps"></canvas>
+<figcaption>ε ~ N(0, I)</figcaption></figure><figure><canvas id="f-xt"></canvas><figcaption id="f-cap">x_t</figcaption></figure></div>
+<p class="controls"><label>t <input type="range" id="t" min="0" max="${config.noiseSteps}" value="0"></label>
+<button id="new-eps">new ε</button></p><p id="f-stats"></p></section>
+<section class="live" id="reverse"><h2>2 · Reverse process: from x_T ~ N(0, I) to x_0</h2>
+<p class="controls"><label>sampler <select id="sampler"><option value="ddim">DDIM</option>
+<option value="ddpm">DDPM (all T steps)</option></select></label><label>steps <input id="steps" type="number" min="1"
+max="${config.noiseSteps}" value="50"></label><label>η <input id="eta" type="number" min="0" max="1" step="0.1"
+value="0"></label><label>seed <input id="seed" type="number" min="0" value="0"></label><label>images <input id="n"
+type="number" min="1" max="32" value="8"></label><span id="cond" hidden><label>class <select id="label"></select></label>
+<label>cfg scale <input id="cfg" type="number" min="0" step="0.5" value="${config.cfgScale}"></label></span>
+<label><input id="clip" type="checkbox"${config.clip === false ? "" : " checked"}> clip x̂_0</label>
+<button id="sample">Sample</button></p>
+<p><progress id="progress" value="0" max="1"></progress> <span id="r-status"></span></p>
+<figure><canvas id="r-xt"></canvas><figcaption id="r-cap">x_t</figcaption></figure>
+<figure><canvas id="r-x0"></canvas><figcaption>x̂_0, the x_0 that step predicts (Eq. 15)</figcaption></figure>
+<p class="controls"><label>replay <input type="range" id="scrub" min="0" max="0" value="0" disabled></label></p></section>
+<h2>3 · The run</h2>
+<table>${configRows.map((r) => `<tr>${r.join("")}</tr>`).join("\n")}</table>
+<h3>Training loss (${losses.length} steps, last ${losses.at(-1)?.toFixed(4) ?? "-"})</h3>
+${lossSvg(rows)}<p><a href="loss.png">loss.png</a> · <a href="loss.jsonl">loss.jsonl</a></p>
+${scores ? `<h3>Scores (deno task eval)</h3>${scoresHtml(scores)}` : ""}
+<h3 id="grids">Sample grids (newest first)</h3>${figures.join("\n")}
+<script type="module" src="page/page.js"></script>
+`;
   await Deno.writeTextFile(join(runDir, "index.html"), html);
 }

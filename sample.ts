@@ -1,11 +1,12 @@
-// Sampling from a trained run: `deno task sample --run RUN [--n 16] [--labels 3,3,5] [--cfg-scale 3] [--ema]`.
-import { join } from "node:path";
+// Sampling from a trained run or a PyTorch file: `deno task sample (--run RUN [--ema] | --weights FILE) [--n 16]`.
+import { dirname, join } from "node:path";
 import { BACKENDS, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, CheckpointError, readState } from "./checkpoint.ts";
-import { Diffusion } from "./diffusion.ts";
+import { assignWeights, CheckpointError, readState, saveWeights } from "./checkpoint.ts";
+import { Diffusion, toUint8 } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
-import { choiceFlag, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
+import { choiceFlag, DEFAULTS, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { stepProgress } from "./progress.ts";
+import { loadTorchModel } from "./pytorch.ts";
 import { saveGrid } from "./utils.ts";
 
 /** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
@@ -18,16 +19,32 @@ export async function loadRun(runDir: string, ema = false) {
   const model = new UNet({
     width: state.config.width,
     numClasses: state.config.conditional ? state.classes.length : 0,
+    removeDeepConv: state.config.removeDeepConv,
   });
-  assignWeights(join(state.dir!, file), model.weights);
+  try {
+    assignWeights(join(state.dir!, file), model.weights);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
   return { model, config: state.config, classes: state.classes };
+}
+
+/** The model of a PyTorch file of the tutorial's U-Net, with the tutorial's settings (64 px, T = 1000, linear). */
+export function loadFile(path: string, imageSize = 64) {
+  const model = loadTorchModel(path);
+  const classes = Array.from({ length: model.numClasses }, (_, i) => String(i));
+  return { model, config: { ...DEFAULTS, imageSize, conditional: model.numClasses > 0 }, classes };
 }
 
 const HELP = `Sample images from a trained run and save them as a PNG grid.
 
   deno task sample --run RUN [--n 16] [--labels 3,3,5] [--cfg-scale 3] [--ema] [--sampler ddim] [--out FILE]
+  deno task sample --weights FILE [--image-size 64] ...
 
   --run RUN        run folder (or its name under runs/)
+  --weights FILE   a PyTorch file of the tutorial's UNet / UNet_conditional (.pt, .pth, .safetensors)
+  --image-size N   (--weights: default 64, the tutorial's; a run: its own)
   --n N            number of images (default 16; conditional: a row per class, n/classes per row)
   --labels L       comma-separated class indices (conditional runs)
   --cfg-scale X    classifier-free guidance scale (default: the run's)
@@ -35,12 +52,16 @@ const HELP = `Sample images from a trained run and save them as a PNG grid.
   --sampler NAME   ddpm (Algorithm 2, all T steps; default) | ddim
   --sample-steps N DDIM steps (default 50)       --eta X   DDIM's η (default 0: deterministic)
   --no-clip        do not clip the predicted x̂_0 to [-1, 1] at each step
+  --seed N         the seed of x_T and of every step's noise (default: the clock)
   --backend NAME   auto | tensorflow | webgpu | wasm | cpu
-  --out FILE       output PNG (default RUN/samples/sample_<time>.png)`;
+  --out PATH       output PNG, or a folder for it (default RUN/samples/, or samples/ beside FILE)
+  --raw FILE       also save x_0 as floats (NHWC, tensor "samples" in the checkpoint format)`;
 
 async function main() {
   const v = parseFlags(Deno.args, {
     run: { type: "string" },
+    weights: { type: "string" },
+    "image-size": { type: "string" },
     n: { type: "string" },
     labels: { type: "string" },
     "cfg-scale": { type: "string" },
@@ -52,23 +73,30 @@ async function main() {
     seed: { type: "string" },
     backend: { type: "string" },
     out: { type: "string" },
+    raw: { type: "string" },
     help: { type: "boolean", short: "h" },
   });
   if (v.help) return console.log(HELP);
-  if (!v.run) throw new UsageError("--run RUN is required (a run folder, e.g. runs/demo)");
-  const runDir = runFolder(v.run as string);
+  if (!v.run === !v.weights) throw new UsageError("give --run RUN (a run folder, e.g. runs/demo) or --weights FILE");
+  if (v.weights && v.ema) {
+    throw new UsageError("--ema: a PyTorch file holds one set of weights (the EMA ones, if saved so)");
+  }
+  const imageSize = numberFlag("image-size", v["image-size"], 8, 4096);
+  if (imageSize && imageSize % 8) throw new UsageError(`--image-size ${imageSize}: must be divisible by 8`);
+  const source = (v.run ? runFolder(v.run as string) : v.weights) as string;
   const backend = choiceFlag("backend", v.backend, BACKENDS) ?? "auto";
   const cfgScale = numberFlag("cfg-scale", v["cfg-scale"], 0, 100, false);
   const sampler = choiceFlag("sampler", v.sampler, ["ddpm", "ddim"] as const) ?? "ddpm";
   const eta = numberFlag("eta", v.eta, 0, 1, false) ?? 0;
   const nFlag = numberFlag("n", v.n, 1, 1024);
+  const seed = numberFlag("seed", v.seed, 0, 2 ** 31 - 1) ?? Date.now() % 2 ** 31;
   console.log(`backend ${await setBackend(backend)}`);
-  setSeed(numberFlag("seed", v.seed, 0, 2 ** 31 - 1) ?? Date.now() % 2 ** 31);
-  const { model, config, classes } = await loadRun(runDir, !!v.ema);
+  const { model, config: c, classes } = v.run ? await loadRun(source, !!v.ema) : loadFile(source, imageSize);
+  const config = { ...c, imageSize: imageSize ?? c.imageSize };
   const k = model.numClasses;
   let labels: number[] | null = null;
   if (v.labels !== undefined) {
-    if (!k) throw new UsageError(`--labels: ${runDir} is an unconditional model`);
+    if (!k) throw new UsageError(`--labels: ${source} is an unconditional model`);
     labels = (v.labels as string).split(",").map((s) => numberFlag("labels", s.trim(), 0, k - 1)!);
   } else if (k) { // one row per class
     const perClass = Math.ceil((nFlag ?? k) / k);
@@ -82,7 +110,8 @@ async function main() {
   });
   const sampleSteps = numberFlag("sample-steps", v["sample-steps"], 1, config.noiseSteps) ?? 50;
   const t0 = performance.now(), progress = stepProgress(diffusion.stepCount(sampler, sampleSteps), "sampling");
-  const pixels = await diffusion.sample(model, n, {
+  setSeed(seed); // after the model is made: the seed alone fixes the noise (as in the run's page)
+  const x0 = await diffusion.sampleX0(model, n, {
     labels,
     cfgScale: cfgScale ?? config.cfgScale,
     sampler,
@@ -92,8 +121,13 @@ async function main() {
     onStep: progress.step,
   });
   progress.done();
-  const out = (v.out as string | undefined) ??
-    join(runDir, "samples", `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
+  if (v.raw) await saveWeights(v.raw as string, new Map([["samples", x0]]));
+  const pixels = await toUint8(x0);
+  const name = `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`;
+  const outFlag = v.out as string | undefined;
+  const out = outFlag?.endsWith(".png")
+    ? outFlag
+    : join(outFlag ?? join(v.run ? source : dirname(source), "samples"), name);
   await saveGrid(out, pixels, n, config.imageSize, k && !v.labels ? n / k : undefined);
   const what = labels ? ` of ${labels.map((l) => classes[l]).join(", ")}` : "";
   console.log(`${n} samples${what} in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${out}`);

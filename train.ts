@@ -2,12 +2,14 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { getSeedState, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
+import { assignWeights, CheckpointError, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
 import { type Config, DEFAULTS, flagOf, HELP, parseConfig, runCli, TrainingError, UsageError } from "./cli.ts";
 import { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
+import { fusedAdamW, hasFused } from "./fused.ts";
 import { type Module, UNet } from "./modules.ts";
-import { Progress, readLossRows, sampleGrids, writeReport } from "./report.ts";
+import { loadTorchModel } from "./pytorch.ts";
+import { Progress, readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
 import { loadDataset, mulberry32 } from "./utils.ts";
 
 /** AdamW (Loshchilov & Hutter 2019), PyTorch's defaults: decoupled weight decay, then the Adam step. */
@@ -22,25 +24,25 @@ export class AdamW {
     readonly eps = 1e-8,
     readonly weightDecay = 0.01,
   ) {
-    for (const [name, w] of model.weights) {
-      this.m.set(name, tf.variable(tf.zerosLike(w), false));
-      this.v.set(name, tf.variable(tf.zerosLike(w), false));
-    }
+    const zeros = (w: tf.Tensor) => tf.tidy(() => tf.variable(tf.zerosLike(w), false));
+    for (const [name, w] of model.weights) this.m.set(name, zeros(w)), this.v.set(name, zeros(w));
   }
 
-  /** One update from gradients keyed by weight name. */
+  /** One update from gradients keyed by weight name: one fused kernel for many weights where the backend has it. */
   update(grads: Map<string, tf.Tensor>) {
     this.step += 1;
-    const [b1, b2] = this.betas;
-    const c1 = 1 - b1 ** this.step, c2 = 1 - b2 ** this.step;
-    for (const [name, w] of this.model.weights) {
-      const g = grads.get(name), m = this.m.get(name)!, v = this.v.get(name)!;
-      if (!g) continue; // not used this step (the label embedding on an unconditional step): as PyTorch
+    const [beta1, beta2] = this.betas;
+    const c1 = 1 - beta1 ** this.step, c2 = 1 - beta2 ** this.step; // bias corrections of m and v
+    const params = [...this.model.weights].filter(([name]) => grads.get(name)) // a weight unused this step (the label
+      .map(([name, w]) => ({ w, m: this.m.get(name)!, v: this.v.get(name)!, g: grads.get(name)! })); // embedding
+    const { lr, eps, weightDecay } = this; //                                 on an unconditional step) stays, as in PyTorch
+    if (hasFused("adamw")) return fusedAdamW(params, { lr, beta1, beta2, eps, weightDecay, c1, c2 });
+    for (const { w, m, v, g } of params) {
       tf.tidy(() => {
-        m.assign(m.mul(b1).add(g.mul(1 - b1)));
-        v.assign(v.mul(b2).add(g.square().mul(1 - b2)));
-        const stepDir = m.div(c1).div(v.div(c2).sqrt().add(this.eps));
-        w.assign(w.mul(1 - this.lr * this.weightDecay).sub(stepDir.mul(this.lr)));
+        m.assign(m.mul(beta1).add(g.mul(1 - beta1)));
+        v.assign(v.mul(beta2).add(g.square().mul(1 - beta2)));
+        const stepDir = m.div(c1).div(v.div(c2).sqrt().add(eps));
+        w.assign(w.mul(1 - lr * weightDecay).sub(stepDir.mul(lr)));
       });
     }
   }
@@ -82,6 +84,9 @@ export interface TrainOptions {
   log?: (line: string) => void;
 }
 
+/** Steps between loss read-backs: on a GPU a read-back waits for the queue (≥ 10 ms in Deno's WebGPU). */
+export const READ_BACK = { gpu: 20, cpu: 1 };
+
 /** Minutes of training between checkpoints within an epoch (one is also written at each epoch's end). */
 const CHECKPOINT_MINUTES = 10;
 
@@ -102,9 +107,12 @@ export async function train(config: Config, { resume = false, given = [], log = 
     noCache: config.noCache,
     log,
   });
+  await saveDataImages(runDir, data, config.seed);
   const numClasses = config.conditional ? data.classes.length : 0;
-  const makeModel = () => new UNet({ width: config.width, numClasses });
-  const model = makeModel();
+  const makeModel = () => new UNet({ width: config.width, numClasses, removeDeepConv: config.removeDeepConv });
+  const model = config.weights && !resume ? fromWeights(config, numClasses, given) : makeModel();
+  if (model.width !== config.width) config = { ...config, width: model.width }; // (from --weights)
+  if (model.removeDeepConv) config = { ...config, removeDeepConv: true };
   const emaModel = config.emaBeta > 0 ? makeModel() : null;
   const ema = new EMA(config.emaBeta);
   const opt = new AdamW(model, config.lr);
@@ -137,7 +145,29 @@ export async function train(config: Config, { resume = false, given = [], log = 
       `${totalSteps} steps of batch ${config.batchSize} | run folder ${runDir}`,
   );
 
+  const readEvery = backend === "webgpu" || backend === "tensorflow" ? READ_BACK.gpu : READ_BACK.cpu;
+  let pending: { loss: tf.Scalar; step: number; epoch: number }[] = [];
+  const lossFile = await Deno.open(join(runDir, "loss.jsonl"), { append: true, create: true });
+  const progress = new Progress(totalSteps, config.batchSize, log);
+  /** Logs the pending losses; a non-finite one stops the run, naming its step (before anything is saved). */
+  const readBack = async () => {
+    const rows = pending;
+    pending = [];
+    const stacked = tf.stack(rows.map((r) => r.loss));
+    const values = await stacked.data();
+    tf.dispose([stacked, ...rows.map((r) => r.loss)]);
+    for (const [j, { step, epoch }] of rows.entries()) {
+      const loss = values[j];
+      if (!Number.isFinite(loss)) {
+        throw new TrainingError(`loss is ${loss} at step ${step}: stopped; the last good checkpoint is kept`);
+      }
+      losses.push(loss);
+      await lossFile.write(new TextEncoder().encode(JSON.stringify({ step, epoch, loss }) + "\n"));
+      progress.update(step, epoch, config.epochs, loss);
+    }
+  };
   const checkpoint = async () => {
+    if (pending.length) await readBack();
     const files = new Map<string, Map<string, tf.Tensor>>([
       ["model.bin", model.weights],
       ["adam_m.bin", opt.m],
@@ -164,8 +194,6 @@ export async function train(config: Config, { resume = false, given = [], log = 
     log("\nstopping after this step (Ctrl-C again to quit without saving)");
   };
   Deno.addSignalListener("SIGINT", onSigint);
-  const progress = new Progress(totalSteps, config.batchSize, log);
-  const lossFile = await Deno.open(join(runDir, "loss.jsonl"), { append: true, create: true });
   try {
     while (epoch < config.epochs && step < totalSteps && !stopSignal.requested) {
       const rand = mulberry32(config.seed * 7919 + epoch);
@@ -178,16 +206,10 @@ export async function train(config: Config, { resume = false, given = [], log = 
           const labels = numClasses && !dropLabels ? tf.tensor1d(batch.labels, "int32") : null;
           return trainStep(model, diffusion, opt, x0, labels);
         });
-        const value = (await loss.data())[0];
-        loss.dispose();
-        if (!Number.isFinite(value)) {
-          throw new TrainingError(`loss is ${value} at step ${step + 1}: stopped; the last good checkpoint is kept`);
-        }
         if (emaModel) ema.stepEma(emaModel, model, config.emaStart);
         step++, stepInEpoch++;
-        losses.push(value);
-        await lossFile.write(new TextEncoder().encode(JSON.stringify({ step, epoch: epoch + 1, loss: value }) + "\n"));
-        progress.update(step, epoch + 1, config.epochs, value);
+        pending.push({ loss, step, epoch: epoch + 1 });
+        if (pending.length >= readEvery) await readBack();
         if (stopSignal.requested || step >= totalSteps) break;
         if (performance.now() - lastCheckpoint > CHECKPOINT_MINUTES * 60e3) await checkpoint();
       }
@@ -211,6 +233,7 @@ export async function train(config: Config, { resume = false, given = [], log = 
         await writeReport(runDir);
       }
     }
+    if (pending.length) await readBack();
     progress.done();
     if (stopSignal.requested) await checkpoint();
     await writeReport(runDir);
@@ -219,9 +242,27 @@ export async function train(config: Config, { resume = false, given = [], log = 
     Deno.removeSignalListener("SIGINT", onSigint);
     stopSignal.requested = false;
     lossFile.close();
+    tf.dispose(pending.map((r) => r.loss));
     for (const d of [model, emaModel, opt, diffusion]) d?.dispose();
   }
   return { runDir, step, losses };
+}
+
+/** A new run's model from a PyTorch file (--weights): its width and variant are taken, its labels must fit the data. */
+function fromWeights(config: Config, numClasses: number, given: (keyof Config)[]): UNet {
+  const file = config.weights!, model = loadTorchModel(file), k = model.numClasses;
+  const fail = (e: Error): never => {
+    model.dispose();
+    throw e;
+  };
+  if (model.timeDim !== 256) fail(new CheckpointError(`${file}: time_dim ${model.timeDim}; the tutorial's is 256`));
+  if (given.includes("width") && config.width !== model.width) {
+    fail(new UsageError(`--width ${config.width}: ${file} has width ${model.width}`));
+  }
+  if (k && !numClasses) fail(new UsageError(`${file} is a conditional UNet: add --conditional`));
+  if (!k && numClasses) fail(new UsageError(`${file} is an unconditional UNet: train it without --conditional`));
+  if (k !== numClasses) fail(new CheckpointError(`${file} has ${k} classes, the data ${numClasses}`));
+  return model;
 }
 
 const CHANGEABLE: (keyof Config)[] = [

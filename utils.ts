@@ -327,7 +327,7 @@ class Canvas {
 }
 
 /** About 5 round tick values covering [lo, hi]. */
-function ticks(lo: number, hi: number): number[] {
+export function ticks(lo: number, hi: number): number[] {
   const raw = (hi - lo) / 5, mag = 10 ** Math.floor(Math.log10(raw));
   const step = mag * (raw / mag >= 5 ? 5 : raw / mag >= 2 ? 2 : 1), out = [];
   for (let i = Math.ceil(lo / step); i * step <= hi + step * 1e-9; i++) out.push(+(i * step).toPrecision(12));

@@ -37,39 +37,47 @@ const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 const original = new Map<string, tf.KernelFunc>(); // the shipped wasm kernels, for the cases not replaced
 let be: Wasm; // the wasm backend of the kernel call being run
 let bmm: (...args: unknown[]) => void; // its C++ BatchMatMul: a_id, a_shape, rank, b_id, b_shape, rank, tA, tB, out_id
+let softmax: (x: number, out: number, channels: number, batch: number) => void; // its C++ (XNNPACK) Softmax
 let bmmOf: Wasm | null = null;
 
 /** Runs a replacement kernel with `be` (and `bmm`) set to the backend of the call. */
-const onBackend = (f: (args: never) => Info): tf.KernelFunc => (args) => {
+export const onBackend = (f: (args: never) => Info | Info[]): tf.KernelFunc => (args) => {
   be = args.backend as unknown as Wasm;
   if (bmmOf !== be) {
     const n = "number";
     bmm = be.wasm.cwrap("BatchMatMul", null, [n, "array", n, n, "array", n, n, n, n]);
+    softmax = be.wasm.cwrap("Softmax", null, [n, n, n, n]);
     bmmOf = be;
   }
   return f(args as never);
 };
 
-const alloc = (shape: number[], dtype: tf.DataType = "float32") => be.makeOutput(shape, dtype);
-const heap = (t: Info) => be.typedArrayFromHeap(t);
-const free = (...ts: Info[]) => ts.forEach((t) => be.disposeData(t.dataId));
+export const alloc = (shape: number[], dtype: tf.DataType = "float32") => be.makeOutput(shape, dtype);
+export const heap = (t: Info) => be.typedArrayFromHeap(t) as Float32Array;
+export const free = (...ts: Info[]) => ts.forEach((t) => be.disposeData(t.dataId));
 const nativeKernel = (name: string, inputs: Record<string, Info>, attrs: object) =>
   original.get(name)!({ inputs, attrs: attrs as tf.NamedAttrMap, backend: be as unknown as tf.KernelBackend }) as Info;
 
 /** A tensor that aliases `shape`-many floats of `t`, starting at element `offset` (free it with dropView). */
-const view = (t: Info, offset: number, shape: number[]) =>
+export const view = (t: Info, offset: number, shape: number[]) =>
   be.makeOutput(shape, t.dtype, be.dataIdMap.get(t.dataId).memoryOffset + 4 * offset);
-const dropView = (v: Info) => { // unregister without freeing: the memory belongs to the viewed tensor
+export const dropView = (v: Info) => { // unregister without freeing: the memory belongs to the viewed tensor
   be.wasm.tfjs.disposeData(be.dataIdMap.get(v.dataId).id);
   be.dataIdMap.delete(v.dataId);
 };
 const shapeBytes = (s: number[]) => new Uint8Array(new Int32Array(s).buffer);
 
 /** out[m, n] = a[m, k]·b[k, n] with XNNPACK, all three given as tensors (views allowed) and shapes. */
-function matMul2d(a: Info, b: Info, out: Info, m: number, k: number, n: number) {
-  const id = (t: Info) => be.dataIdMap.get(t.dataId).id;
-  bmm(id(a), shapeBytes([1, m, k]), 3, id(b), shapeBytes([1, k, n]), 3, false, false, id(out));
+const id = (t: Info) => be.dataIdMap.get(t.dataId).id;
+export function matMul2d(a: Info, b: Info, out: Info, m: number, k: number, n: number) {
+  // XNNPACK keeps b packed under b's tensor id and would reuse it after b's data changed: a fresh id every time.
+  const fresh = view(b, 0, [k, n]);
+  bmm(id(a), shapeBytes([1, m, k]), 3, id(fresh), shapeBytes([1, k, n]), 3, false, false, id(out));
+  dropView(fresh);
 }
+
+/** out[r, :] = softmax(x[r, :]) for `rows` rows of `cols` (views allowed), by XNNPACK. */
+export const softmaxRows = (x: Info, out: Info, rows: number, cols: number) => softmax(id(x), id(out), cols, rows);
 
 /** [batch, r, c] -> [batch, c, r] by the shipped (native) Transpose. */
 const transpose3d = (t: Info, [batch, r, c]: number[]) =>
@@ -252,17 +260,19 @@ function conv2dBackpropFilter({ inputs, attrs }: { inputs: { x: Info; dy: Info }
         const x0 = Math.max(0, -sx), x1 = Math.min(wo, w - sx);
         for (let c = 0; c < ci; c++) {
           let o = ((i * kw + j) * ci + c) * len;
-          if (ho === h && wo === w) { // 'same': each image plane is one shifted block copy, edges zeroed
-            const y0 = Math.max(0, -sy), y1 = Math.min(h, h - sy);
-            for (let n = n0; n < n0 + cn; n++, o += h * w) {
-              const base = (c * nb + n) * h * w, from = base + y0 * w + sy * w + sx, to = base + y1 * w + sy * w + sx;
-              const [a, b] = [Math.max(from, base), Math.min(to, base + h * w)];
-              dst.fill(0, o, o + y0 * w + (a - from));
-              if (b > a) dst.set(src.subarray(a, b), o + y0 * w + (a - from));
-              dst.fill(0, o + y0 * w + (a - from) + Math.max(0, b - a), o + h * w);
-              for (let y = y0; y < y1; y++) { // columns that wrapped around a row's end
-                for (let xx = 0; xx < x0; xx++) dst[o + y * w + xx] = 0;
-                for (let xx = x1; xx < w; xx++) dst[o + y * w + xx] = 0;
+          if (ho === h && wo === w) { // 'same': the cn planes of channel c as one shifted copy, then the pixels
+            const base = (c * nb + n0) * h * w, shift = sy * w + sx; //       that came from outside their plane zeroed
+            const lo = Math.max(0, -shift - base), hi = Math.min(len, src.length - base - shift);
+            dst.fill(0, o, o + lo);
+            if (hi > lo) dst.set(src.subarray(base + lo + shift, base + hi + shift), o + lo);
+            dst.fill(0, o + Math.max(lo, hi), o + len);
+            for (let q = o; q < o + len; q += h * w) {
+              for (let y = 0; y < h; y++) {
+                if (y + sy < 0 || y + sy >= h) { for (let xx = 0; xx < w; xx++) dst[q + y * w + xx] = 0; }
+                else {
+                  for (let xx = 0; xx < x0; xx++) dst[q + y * w + xx] = 0;
+                  for (let xx = x1; xx < w; xx++) dst[q + y * w + xx] = 0;
+                }
               }
             }
             continue;
@@ -328,7 +338,42 @@ function identity({ inputs }: { inputs: { x: Info } }): Info {
   return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 }
 
+/** MaxPoolGrad: dy goes to the first maximum of each window (the shipped kernel drops it when all are negative). */
+function maxPoolGrad({ inputs: { dy, input }, attrs }: { inputs: { dy: Info; input: Info }; attrs: tf.NamedAttrMap }) {
+  const a = attrs as { filterSize: [number, number]; strides: [number, number]; pad: "valid" | "same" | number };
+  const info = tf.backend_util.computePool2DInfo(
+    input.shape as [number, number, number, number],
+    a.filterSize,
+    a.strides,
+    1,
+    a.pad,
+  );
+  const { inHeight: h, inWidth: w, inChannels: c, outHeight: ho, outWidth: wo, padInfo } = info;
+  const dx = alloc(input.shape);
+  const [DY, X, DX] = [heap(dy), heap(input), heap(dx)];
+  DX.fill(0);
+  for (let n = 0, o = 0; n < info.batchSize; n++) {
+    for (let oy = 0; oy < ho; oy++) {
+      for (let ox = 0; ox < wo; ox++) {
+        for (let ch = 0; ch < c; ch++, o++) {
+          let best = -1;
+          for (let fy = 0; fy < info.filterHeight; fy++) {
+            const y = oy * info.strideHeight - padInfo.top + fy;
+            for (let fx = 0; fx < info.filterWidth && y >= 0 && y < h; fx++) {
+              const x = ox * info.strideWidth - padInfo.left + fx, at = ((n * h + y) * w + x) * c + ch;
+              if (x >= 0 && x < w && (best < 0 || X[at] > X[best])) best = at;
+            }
+          }
+          if (best >= 0) DX[best] += DY[o];
+        }
+      }
+    }
+  }
+  return dx;
+}
+
 const replacements: [string, (args: never) => Info][] = [
+  ["MaxPoolGrad", maxPoolGrad],
   ["Identity", identity],
   ["BatchMatMul", batchMatMul],
   ["Conv2DBackpropInput", conv2dBackpropInput],

@@ -237,3 +237,31 @@ Deno.test("clipping x̂_0: the DDPM mean is Eq. 7's posterior mean of the clippe
   tf.dispose([x, eps]);
   d.dispose();
 });
+
+Deno.test("onStep sees each x_t and its x̂_0 (Eq. 15); sampleX0 returns the floats sample() rounds", async () => {
+  const d = new Diffusion({ imgSize: 8, noiseSteps: 50 });
+  const xT = tf.randomNormal([2, 8, 8, 3], 0, 1, "float32", 3) as tf.Tensor4D;
+  const seen: { k: number; x: Float32Array; x0: Float32Array }[] = [];
+  const opts = { cfgScale: 0, xT, sampler: "ddim", sampleSteps: 5, eta: 0 } as const;
+  const x = await d.sampleX0(xtModel, 2, {
+    ...opts,
+    onStep: async (k, x, x0) => {
+      seen.push({ k, x: await x.data() as Float32Array, x0: await x0.data() as Float32Array });
+    },
+  });
+  assert.deepEqual(seen.map((s) => s.k), [4, 3, 2, 1, 0]);
+  // each x̂_0 is Eq. 15 of the x before its step, clipped; at the last step (to ᾱ = 1) x_0 is x̂_0
+  const tau = d.ddimTimesteps(5), before = [await xT.data(), ...seen.map((s) => s.x)];
+  for (const [j, s] of seen.entries()) {
+    const i = tau[4 - j], xt = tf.tensor4d(before[j], [2, 8, 8, 3]);
+    const eps = xtModel.forward(xt, tf.fill([2], i, "int32") as tf.Tensor1D);
+    const want = await d.predictX0(xt, eps, i, true).data();
+    assert.ok(want.every((v, m) => Math.abs(v - s.x0[m]) < 1e-5), `x̂_0 at step ${s.k}`);
+    tf.dispose([xt, eps]);
+  }
+  const final = await x.data();
+  assert.deepEqual(Array.from(final), Array.from(seen[4].x0));
+  assert.deepEqual(await d.sample(xtModel, 2, opts), Uint8Array.from(final, (v) => Math.round((v + 1) * 127.5)));
+  tf.dispose([x, xT]);
+  d.dispose();
+});

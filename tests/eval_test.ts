@@ -14,6 +14,8 @@ import {
 } from "../classifier.ts";
 import { evaluate, METRIC, parseEvalArgs } from "../eval.ts";
 import { DEFAULTS, UsageError } from "../cli.ts";
+import { torchStateDict, writeTorchFile } from "../pytorch.ts";
+import { loadRun } from "../sample.ts";
 import { train } from "../train.ts";
 import { loadDataset, mulberry32 } from "../utils.ts";
 
@@ -149,7 +151,7 @@ Deno.test("end to end: a tiny conditional run is scored; eval.json and index.htm
   await Deno.remove(out, { recursive: true });
 });
 
-Deno.test("end to end, one-class data: the classifier learns rotations; one unguided result, no class accuracy", async () => {
+Deno.test("end to end, one-class data: rotations; one unguided result; a PyTorch file of the run scores the same", async () => {
   const out = await Deno.makeTempDir();
   const quiet = () => {};
   const tiny = {
@@ -169,6 +171,13 @@ Deno.test("end to end, one-class data: the classifier learns rotations; one ungu
   assert.deepEqual(Object.keys(report.results[0]).sort(), ["cfgScale", "frechetDistance", "n", "seconds"]);
   assert.deepEqual([report.results[0].cfgScale, report.results[0].n, report.sampler], [null, 6, "ddpm"]);
   assert.ok(!("sampleSteps" in report));
+  // the run's weights as a PyTorch file, scored with --weights on the run's data: the same samples, the same score
+  const { model } = await loadRun(join(out, "land")), file = join(out, "land.safetensors");
+  await writeTorchFile(file, await torchStateDict(model.weights));
+  model.dispose();
+  const fromFile = await evaluate({ run: join(out, "land"), n: 6, sampler: "ddpm", weights: file, log: quiet });
+  assert.equal(fromFile.weights, file);
+  assert.equal(fromFile.results[0].frechetDistance, report.results[0].frechetDistance);
   await Deno.remove(out, { recursive: true });
 });
 

@@ -8,6 +8,11 @@
  *  Ctrl-C      the current step finishes, a checkpoint is saved, exit 0
  *  NaN         a non-finite loss stops the run naming the step; the last good checkpoint stays
  *  disk full   a failed checkpoint write (ENOSPC from /dev/full) stops with one line; the previous one stays
+ *  damaged     a checkpoint file changed after it was written (NaNs in model.bin, a bit flip): its SHA-256 in
+ *              state.json differs, and --resume, sample and export name the file
+ *  PyTorch     --weights: a run starts from the file (its width), export gives the weights back bit for bit; a
+ *              truncated or foreign file, a conditional file without --conditional, another --width, --weights with
+ *              --resume, an export to an unknown extension: one line each
  *  bad input   one line naming the file or flag, no stack trace: missing folder, empty folder, no images,
  *              corrupt JPEG/PNG and zero-byte files (skipped with a warning, counted), an image smaller than
  *              the crop, a huge image, an unsupported format, a checkpoint from another width / image size /
@@ -25,7 +30,8 @@ import { loadWeights, readState } from "../checkpoint.ts";
 import { Diffusion } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
 import { type Config, DEFAULTS } from "../cli.ts";
-import { AdamW, train, trainStep } from "../train.ts";
+import { readTorchFile } from "../pytorch.ts";
+import { AdamW, READ_BACK, train, trainStep } from "../train.ts";
 
 const quiet = () => {};
 const tiny = (out: string, over: Partial<Config> = {}): Config => ({
@@ -180,6 +186,25 @@ Deno.test("NaN: a non-finite loss stops the run naming the step; the last good c
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("NaN with losses read back every 3 steps: the same step is named, no later loss is logged", async () => {
+  const run = async (every: number) => {
+    const dir = await tmp(), saved = READ_BACK.cpu;
+    READ_BACK.cpu = every;
+    try {
+      const error = await train(tiny(dir, { count: 16, epochs: 100, lr: 1e30 }), { log: quiet }).catch((e) => e);
+      const rows = Deno.readTextFileSync(join(dir, "run", "loss.jsonl")).trim().split("\n").map((l) => JSON.parse(l));
+      return { message: (error as Error).message, steps: rows.map((r) => r.step) };
+    } finally {
+      READ_BACK.cpu = saved;
+      await Deno.remove(dir, { recursive: true });
+    }
+  };
+  const [every1, every3] = [await run(1), await run(3)];
+  assert.match(every1.message, /loss is (NaN|Infinity|-Infinity) at step \d+/);
+  assert.equal(every3.message, every1.message);
+  assert.deepEqual(every3.steps, every1.steps);
+});
+
 Deno.test("disk full: a failed checkpoint write stops with one message; the previous checkpoint stays", async () => {
   const dir = await tmp();
   const config = tiny(dir, { count: 4, epochs: 2 });
@@ -270,12 +295,58 @@ Deno.test("bad input: folders, flags, checkpoints and outputs each get one line 
   }
   const tworun = { name: "tworun", data: two, conditional: true, epochs: 1, count: 0, cacheDir: join(dir, "cache") };
   await train(tiny(dir, tworun), { log: quiet });
-  const ckpt = join(shapes, "checkpoint", "model.bin");
+  const ckpt = join(shapes, "checkpoint", "model.bin"), state = join(shapes, "checkpoint", "state.json");
+  // a file copied in is caught by its SHA-256 (see "damaged checkpoint"); without the digests (a checkpoint written
+  // before them), by its names and shapes
+  Deno.writeTextFileSync(state, JSON.stringify({ ...JSON.parse(Deno.readTextFileSync(state)), sha256: undefined }));
   Deno.copyFileSync(join(dir, "wide", "checkpoint", "model.bin"), ckpt); // another width
   assertOneLine(await cli("sample.ts", "--run", shapes), 1, /model\.bin: .* has shape/);
   Deno.copyFileSync(join(dir, "tworun", "checkpoint", "model.bin"), ckpt); // another class count
   assertOneLine(await cli("sample.ts", "--run", shapes), 1, /label_emb\.weight has shape \[2,256\]/);
   Deno.removeSync(join(shapes, "checkpoint", "model.bin"));
   assertOneLine(await cli("sample.ts", "--run", shapes), 1, /no complete checkpoint.*model\.bin/);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("damaged checkpoint: a file changed after it was written is named on --resume, sample and export", async () => {
+  const dir = await tmp(), run = join(dir, "run"), ckpt = join(run, "checkpoint");
+  await train(tiny(dir, { count: 4, epochs: 1 }), { log: quiet });
+  const pristine = Deno.readFileSync(join(ckpt, "model.bin"));
+  const nan = pristine.slice(); // four float32 NaNs in the tail of model.bin
+  nan.set(new Uint8Array(new Float32Array(4).fill(NaN).buffer), nan.length - 16);
+  Deno.writeFileSync(join(ckpt, "model.bin"), nan);
+  const changed = /model\.bin has changed since it was written \(its SHA-256 is not the one in state\.json\)/;
+  assertOneLine(await cli("train.ts", "--resume", run, "--epochs", "2", "--backend", "wasm"), 1, changed);
+  assertOneLine(await cli("sample.ts", "--run", run, "--n", "1", "--backend", "wasm"), 1, changed);
+  assertOneLine(await cli("export.ts", "--run", run, "--out", join(dir, "x.safetensors")), 1, changed);
+  Deno.writeFileSync(join(ckpt, "model.bin"), pristine);
+  const flipped = Deno.readFileSync(join(ckpt, "adam_v.bin")); // one finite bit flip
+  flipped[flipped.length - 3] ^= 4;
+  Deno.writeFileSync(join(ckpt, "adam_v.bin"), flipped);
+  await assert.rejects(() => train(tiny(dir, { epochs: 2 }), { resume: true, log: quiet }), /adam_v\.bin has changed/);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("PyTorch files: a run starts from one, is exported as one; a bad one gets one line", async () => {
+  const dir = await tmp(), fixtures = new URL("./fixtures/", import.meta.url).pathname;
+  const file = join(fixtures, "unet_w8.pt"), out = join(dir, "run.safetensors");
+  // lr 0: the trained weights stay the file's, and the export gives them back bit for bit
+  await train(tiny(dir, { weights: file, lr: 0, count: 4, epochs: 1 }), { log: quiet });
+  assert.equal((await readState(join(dir, "run"))).config.width, 8); // the file's width, not tiny's 4
+  const r = await cli("export.ts", "--run", join(dir, "run"), "--out", out);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(readTorchFile(out), readTorchFile(file));
+  const base = ["--image-size", "8", "--count", "4", "--batch-size", "4", "--backend", "wasm", "--out", dir];
+  Deno.writeFileSync(join(dir, "half.pt"), Deno.readFileSync(file).subarray(0, 5000));
+  const cases: [string, string[], number, string | RegExp][] = [
+    ["sample.ts", ["--weights", join(dir, "half.pt")], 1, /half\.pt is not a readable PyTorch file/],
+    ["sample.ts", ["--weights", join(fixtures, "old_names_w4.json")], 1, /neither a PyTorch/],
+    ["sample.ts", ["--weights", file, "--run", "x"], 2, "--weights FILE"],
+    ["train.ts", [...base, "--weights", join(fixtures, "unet_w8_cond.pt")], 2, /conditional UNet: add --conditional/],
+    ["train.ts", [...base, "--weights", file, "--width", "16"], 2, "--width 16"],
+    ["train.ts", [...base, "--weights", file, "--resume", join(dir, "run")], 2, "--weights"],
+    ["export.ts", ["--weights", file, "--out", join(dir, "x.bin")], 2, "--out"],
+  ];
+  for (const [script, args, code, what] of cases) assertOneLine(await cli(script, ...args), code, what);
   await Deno.remove(dir, { recursive: true });
 });

@@ -42,6 +42,7 @@ Deno.test("builtin:landscapes, unconditional: the run folder has every file", as
         "loss.jsonl",
         "loss.png",
         "index.html",
+        "data.png",
         "samples/epoch_0001.png",
         "samples/epoch_0001_ema.png",
         "samples/epoch_0002.png",
@@ -55,7 +56,9 @@ Deno.test("builtin:landscapes, unconditional: the run folder has every file", as
     const rows = (await Deno.readTextFile(join(runDir, "loss.jsonl"))).trim().split("\n").map((l) => JSON.parse(l));
     assert.deepEqual(rows.map((r) => r.step), [1, 2, 3, 4, 5, 6]);
     const html = await Deno.readTextFile(join(runDir, "index.html"));
-    assert.ok(html.includes("loss.png") && html.includes("samples/epoch_0002.png"));
+    assert.ok(html.includes("loss.png") && html.includes("samples/epoch_0002.png") && html.includes("<polyline"));
+    const data = await Image.decode(await Deno.readFile(join(runDir, "data.png"))); // 8 training images in a row
+    assert.deepEqual([data.width, data.height], [8 * 18 + 2, 20]);
     assert.ok(!existsSync(join(runDir, "checkpoint.tmp")) && !existsSync(join(runDir, "checkpoint.old")));
   });
 });

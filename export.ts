@@ -1,0 +1,43 @@
+// Weights to PyTorch: `deno task export (--run RUN [--ema] | --weights FILE) --out FILE.safetensors` (or .pt).
+import { setBackend } from "./backend.ts";
+import { loadFile, loadRun } from "./sample.ts";
+import { parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
+import { torchStateDict, writeTorchFile } from "./pytorch.ts";
+
+const HELP = `Write a model's weights as the tutorial's state_dict, for PyTorch:
+model.load_state_dict(safetensors.torch.load_file(FILE)) or model.load_state_dict(torch.load(FILE)),
+with model = UNet() or UNet_conditional(num_classes=K) of the tutorial's modules.py (width 64).
+
+  deno task export --run RUN [--ema] --out FILE.safetensors
+  deno task export --weights FILE.pt --out FILE.safetensors      (one format to the other)
+
+  --run RUN        run folder (or its name under runs/)    --ema   its EMA weights
+  --weights FILE   a PyTorch file of the tutorial's UNet (.pt, .pth, .safetensors)
+  --out FILE       .safetensors, or .pt / .pth (torch.save's format)`;
+
+async function main() {
+  const v = parseFlags(Deno.args, {
+    run: { type: "string" },
+    ema: { type: "boolean" },
+    weights: { type: "string" },
+    out: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (v.help) return console.log(HELP);
+  if (!v.run === !v.weights) throw new UsageError("give --run RUN or --weights FILE (see --help)");
+  const out = v.out as string | undefined;
+  if (!out || !/\.(safetensors|pt|pth)$/.test(out)) {
+    throw new UsageError("--out FILE.safetensors (or .pt, .pth) is needed");
+  }
+  await setBackend("cpu", () => {});
+  const { model } = v.run ? await loadRun(runFolder(v.run as string), !!v.ema) : loadFile(v.weights as string);
+  await writeTorchFile(out, await torchStateDict(model.weights));
+  const what = model.numClasses ? `UNet_conditional(num_classes=${model.numClasses})` : "UNet()";
+  console.log(
+    `${model.weights.size} tensors of the tutorial's ${what}` +
+      `${model.width === 64 ? "" : ` at width ${model.width}`}${model.removeDeepConv ? " without bot2" : ""} -> ${out}`,
+  );
+  model.dispose();
+}
+
+if (import.meta.main) await runCli(main);

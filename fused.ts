@@ -1,0 +1,112 @@
+// Support file (not needed to follow the paper): the fused operations. Where the backend has registered them
+// (fused_webgpu.ts: WGSL; fused_wasm.ts: loops over the wasm heap) each is one kernel or a few; where it has not
+// (cpu, tensorflow) the callers in modules.ts, train.ts and ema.ts run their plain formula instead.
+// tests/fused_test.ts checks every fused kernel against the plain formula on the cpu backend.
+import * as tf from "@tensorflow/tfjs";
+
+/** The kernel names, as registered by fused_webgpu.ts and fused_wasm.ts. */
+export const FUSED = {
+  // stats: what a kernel's gradient needs beside its inputs, in its backend's own layout
+  norm: "DdpmNorm", // [y, stats] = norm(x, g, b[, r]): (x - mean)/√(var + 1e-5)·g + b (+ r), then GELU if asked
+  normGrad: "DdpmNormGrad", // [dx, dg, db(, dr)]
+  gelu: "DdpmGelu",
+  geluGrad: "DdpmGeluGrad",
+  attention: "DdpmAttention", // [o, stats] = softmax(q·kᵀ/√d)·v per head, from qkv [b, n, 3c]
+  attentionGrad: "DdpmAttentionGrad", // dqkv
+  adamw: "DdpmAdamW", // updates the weights and their moments in place
+  ema: "DdpmEma", // e ← β·e + (1-β)·w in place
+} as const;
+
+/** Whether the current backend has the fused kernel `op`. */
+export const hasFused = (op: keyof typeof FUSED) => tf.getKernel(FUSED[op], tf.getBackend()) !== undefined;
+
+const run = (name: string, inputs: tf.NamedTensorMap, attrs: object = {}) =>
+  tf.engine().runKernel(name, inputs, attrs as tf.NamedAttrMap) as tf.Tensor | tf.Tensor[];
+
+type Grad = (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
+/**
+ * tf.customGrad of a kernel: `forward` returns the output and what the gradient kernel needs beside the inputs;
+ * `grad` gets the inputs and those (saved: tfjs frees what is not saved before the backward pass runs).
+ */
+function withGrad(inputs: tf.Tensor[], forward: () => [tf.Tensor, tf.Tensor[]], grad: Grad): tf.Tensor {
+  const f = tf.customGrad((...args: unknown[]) => {
+    const save = args.pop() as tf.GradSaveFunc;
+    const [value, extra] = forward();
+    save([...inputs, ...extra]);
+    return { value, gradFunc: grad };
+  });
+  return f(...inputs);
+}
+
+export interface NormOptions {
+  rowSize: number; // values per normalized row: h·w·c for GroupNorm(1, c), c for LayerNorm(c)
+  residual?: tf.Tensor | null; // added after the affine
+  gelu?: boolean; // GELU of the result
+}
+
+/** The norm kernel: normalization over rows of `rowSize` values, affine, residual, GELU, in one pass. */
+export function fusedNorm(x: tf.Tensor, g: tf.Tensor, b: tf.Tensor, { rowSize, residual, gelu }: NormOptions) {
+  const attrs = { rowSize, gelu: !!gelu };
+  return withGrad(
+    [x, g, b, ...(residual ? [residual] : [])],
+    () => {
+      const [y, stats] = run(FUSED.norm, { x, g, b, ...(residual ? { r: residual } : {}) }, attrs) as tf.Tensor[];
+      return [y, [stats]];
+    },
+    (dy, saved) => {
+      const [x, g, b] = saved, [r, stats] = residual ? saved.slice(3) : [null, saved[3]];
+      return run(FUSED.normGrad, { dy, x, g, b, stats, ...(r ? { r } : {}) }, attrs);
+    },
+  );
+}
+
+/** The GELU kernel. */
+export const fusedGelu = <X extends tf.Tensor>(x: X): X =>
+  withGrad([x], () => [run(FUSED.gelu, { x }) as tf.Tensor, []], (dy, [x]) => run(FUSED.geluGrad, { dy, x })) as X;
+
+/** The attention kernel: qkv [b, n, 3c] (q, k, v side by side, heads of c/heads columns) → [b, n, c]. */
+export function fusedAttention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
+  return withGrad(
+    [qkv],
+    () => {
+      const [o, stats] = run(FUSED.attention, { qkv }, { heads }) as tf.Tensor[];
+      return [o, [o, stats]];
+    },
+    (dy, [qkv, o, stats]) => run(FUSED.attentionGrad, { dy, qkv, o, stats }, { heads }),
+  ) as tf.Tensor3D;
+}
+
+export interface AdamWStep {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  c1: number; // bias corrections 1 - β1^t and 1 - β2^t
+  c2: number;
+}
+
+/**
+ * The AdamW kernel over many weights at once. On wasm it returns new weight tensors (XNNPACK keeps packed
+ * copies of matMul and conv weights keyed by tensor, so a weight must not change in place there); they are
+ * assigned here.
+ */
+export function fusedAdamW(params: { w: tf.Variable; m: tf.Variable; v: tf.Variable; g: tf.Tensor }[], s: AdamWStep) {
+  const inputs: tf.NamedTensorMap = {};
+  params.forEach(({ w, m, v, g }, i) =>
+    Object.assign(inputs, { [`w${i}`]: w, [`m${i}`]: m, [`v${i}`]: v, [`g${i}`]: g })
+  );
+  assignAll(params.map((p) => p.w), run(FUSED.adamw, inputs, s) as tf.Tensor[]);
+}
+
+/** The EMA kernel over many weights at once (new tensors on wasm, as for AdamW). */
+export function fusedEma(pairs: { e: tf.Variable; w: tf.Tensor }[], beta: number) {
+  const inputs: tf.NamedTensorMap = {};
+  pairs.forEach(({ e, w }, i) => Object.assign(inputs, { [`e${i}`]: e, [`w${i}`]: w }));
+  assignAll(pairs.map((p) => p.e), run(FUSED.ema, inputs, { beta }) as tf.Tensor[]);
+}
+
+function assignAll(variables: tf.Variable[], values: tf.Tensor[]) {
+  values.forEach((t, i) => variables[i].assign(t));
+  tf.dispose(values);
+}
