@@ -268,11 +268,7 @@ export async function decodeRGB(bytes: Uint8Array, short = 0): Promise<RGBImage>
     [w, h, rgba] = [im.width, im.height, im.bitmap];
   }
   const pix = new Uint8Array(w * h * 3);
-  for (let p = 0; p < w * h; p++) {
-    pix[p * 3] = rgba[p * 4];
-    pix[p * 3 + 1] = rgba[p * 4 + 1];
-    pix[p * 3 + 2] = rgba[p * 4 + 2];
-  }
+  for (let p = 0; p < w * h; p++) for (let k = 0; k < 3; k++) pix[p * 3 + k] = rgba[p * 4 + k];
   return { w, h, pix };
 }
 
