@@ -32,7 +32,8 @@ export interface Config {
   emaBeta: number; // 0 = no EMA model
   emaStart: number;
   count: number; // images to load (0 = all)
-  cacheDir?: string;
+  cacheDir?: string; // CIFAR-10 files and the decoded image folders (default ~/.cache/ddpm-deno)
+  noCache?: boolean; // decode an image folder without its disk cache
   weights?: string; // the initial weights: a PyTorch file of the tutorial's U-Net (.pt, .pth, .safetensors)
   removeDeepConv?: boolean; // the tutorial's later U-Net variant without bot2 (set from --weights)
 }
@@ -122,7 +123,9 @@ Options (defaults from --preset, then these):
   --no-clip            do not clip the predicted x̂_0 to [-1, 1] while sampling (the tutorial does not)
   --conditional        train with labels (class sub-folders)  --label-drop X (0.1)
   --ema-beta X         0 = no EMA model                --ema-start N  (steps of EMA warm-up)
-  --count N            load at most N images           --cache-dir DIR (CIFAR-10 files)
+  --count N            load at most N images
+  --cache-dir DIR      CIFAR-10 files and decoded image folders (default ~/.cache/ddpm-deno, or $DDPM_CACHE)
+  --no-cache           decode an image folder afresh (default: from its cache where files are unchanged)
   --weights FILE       start from a PyTorch file of the tutorial's UNet (.pt, .pth, .safetensors; width from it)
   --resume RUN         continue a run folder from its last checkpoint
   --help`;
@@ -207,6 +210,7 @@ export function parseConfig(
       ]),
       ["conditional", { type: "boolean" }],
       ["no-clip", { type: "boolean" }],
+      ["no-cache", { type: "boolean" }],
       ["help", { type: "boolean", short: "h" }],
     ]),
   );
@@ -225,6 +229,7 @@ export function parseConfig(
   if (values.weights !== undefined) config.weights = values.weights as string;
   if (values.conditional) config.conditional = true;
   if (values["no-clip"]) config.clip = false;
+  if (values["no-cache"]) config.noCache = true;
   for (const [key, choices] of CHOICES) {
     const v = choiceFlag(key, values[key], choices);
     if (v !== undefined) (config as unknown as Record<string, string>)[key] = v;
@@ -248,6 +253,7 @@ export function parseConfig(
   ];
   const given = keys.filter((k) => values[flagOf(k).slice(2)] !== undefined);
   if (values["no-clip"]) given.push("clip");
+  if (values["no-cache"]) given.push("noCache");
   return { config, resume: !!resume, help: !!values.help, given };
 }
 

@@ -3,12 +3,14 @@
  * - built-in procedural sets, drawn directly at the requested size as uint8
  *   RGB (HWC), so that everything runs offline: landscapes (sky, sun or moon,
  *   layered mountain ridges, water or ground) and shapes (10 classes);
- * - image folders: listing and decoding;
+ * - image files: decoding (image_folder.ts lists, decodes and caches folders);
  * - the CIFAR-10 binary files: download, checksum, tar extraction, parsing.
  */
 import { createHash } from "node:crypto";
 import { decode, Image } from "imagescript";
-import { basename, extname, join, resolve } from "node:path";
+import jpeg from "imagescript/wasm/node/jpeg.js"; // imagescript's decoders, without its RGBA copies
+import png from "imagescript/wasm/node/png.js";
+import { basename, join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import type { Rand, RGBImage } from "./utils.ts";
 
@@ -212,67 +214,62 @@ export function drawShape(label: number, size: number, rand: Rand, out: Uint8Arr
   }
 }
 
-// ------------------------------------------------------------- image folders
+// ------------------------------------------------------------- image files
 
-const IMAGE_EXTS = [".png", ".jpg", ".jpeg"];
-const OTHER_IMAGE_EXTS = [".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".avif"];
+type JpegFrame = { width: number; height: number; format: number; buffer: Uint8Array };
+type Decoders = {
+  png: { decode(bytes: Uint8Array): { width: number; height: number; framebuffer: Uint8Array } };
+  jpeg: { decode(bytes: Uint8Array, width?: number, height?: number): JpegFrame };
+};
+let decoders: Promise<Decoders> | undefined;
 
-/** The entries of dir, sorted, without hidden ones; symbolic links are followed. */
-async function listDir(dir: string) {
-  const entries: { name: string; isFile: boolean; isDirectory: boolean }[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    if (e.name.startsWith(".")) continue;
-    const info = e.isSymlink ? await Deno.stat(join(dir, e.name)).catch(() => null) : e;
-    if (info) entries.push({ name: e.name, isFile: info.isFile, isDirectory: info.isDirectory });
-  }
-  return entries.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
-}
+/** imagescript's PNG and JPEG decoders, one instance each: a new one per image would hold its memory until a GC. */
+const codecs = () => decoders ??= Promise.all([png.init(), jpeg.init()]).then(([png, jpeg]) => ({ png, jpeg }));
 
-/** Image files in dir (recursively, sorted). */
-async function listImages(dir: string, recursive: boolean, log: (s: string) => void): Promise<string[]> {
-  const files: string[] = [];
-  for (const e of await listDir(dir)) {
-    const path = join(dir, e.name), ext = extname(e.name).toLowerCase();
-    if (e.isDirectory && recursive) files.push(...await listImages(path, true, log));
-    else if (e.isFile && IMAGE_EXTS.includes(ext)) files.push(path);
-    else if (e.isFile && OTHER_IMAGE_EXTS.includes(ext)) {
-      log(`warning: skipping ${path}: unsupported format (PNG, JPEG)`);
+/** A decoded JPEG (imagescript's decoder: 0 = gray, 1 = RGB, 2 = CMYK, as imagescript converts it) as RGB. */
+function jpegRGB({ width: w, height: h, format, buffer: b }: JpegFrame): RGBImage {
+  if (format === 1) return { w, h, pix: b };
+  const pix = new Uint8Array(w * h * 3);
+  for (let p = 0; p < w * h; p++) {
+    for (let k = 0; k < 3; k++) {
+      pix[p * 3 + k] = format === 0 ? b[p] : 255 * (1 - b[p * 4 + k] / 255) * (1 - b[p * 4 + 3] / 255);
     }
   }
-  return files;
+  return { w, h, pix };
 }
 
-/** Decodes a PNG/JPEG to RGB; alpha is dropped (like PIL's convert("RGB")). */
-export async function decodeRGB(bytes: Uint8Array): Promise<RGBImage> {
-  const decoded = await decode(bytes, true);
-  const im = decoded instanceof Image ? decoded : decoded[0]; // GIF: first frame
-  const rgba = im.bitmap, pix = new Uint8Array(im.width * im.height * 3);
-  for (let p = 0; p < im.width * im.height; p++) {
-    pix[p * 3] = rgba[p * 4];
-    pix[p * 3 + 1] = rgba[p * 4 + 1];
-    pix[p * 3 + 2] = rgba[p * 4 + 2];
+/** [width, height] from a JPEG's frame header (SOF marker), or null. */
+function jpegSize(b: Uint8Array): [number, number] | null {
+  for (let i = 2; i + 8 < b.length; i += 2 + ((b[i + 2] << 8) | b[i + 3])) {
+    if (b[i] !== 0xff) return null;
+    const m = b[i + 1];
+    if (m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc) {
+      return [(b[i + 7] << 8) | b[i + 8], (b[i + 5] << 8) | b[i + 6]];
+    }
   }
-  return { w: im.width, h: im.height, pix };
+  return null;
 }
 
-/** The image files of a folder, like torchvision's ImageFolder: class
- * sub-folders (labels = sorted names, searched recursively), or a flat folder
- * of images (one class named after the folder). Other files are ignored. */
-export async function listImageFolder(path: string, log: (s: string) => void) {
-  const stat = await Deno.stat(path).catch(() => null);
-  if (!stat) throw new DataError(`data folder not found: ${path}`);
-  if (!stat.isDirectory) throw new DataError(`not a folder: ${path}`);
-  const subdirs = (await listDir(path)).filter((e) => e.isDirectory).map((e) => e.name);
-  const classes = subdirs.length ? subdirs : [basename(resolve(path))];
-  const files: { file: string; label: number }[] = [];
-  for (const [label, c] of classes.entries()) {
-    const dir = subdirs.length ? join(path, c) : path;
-    const found = await listImages(dir, subdirs.length > 0, log);
-    if (!found.length && subdirs.length) log(`warning: no .png/.jpg images in ${dir}`);
-    files.push(...found.map((file) => ({ file, label })));
+/**
+ * Decodes a PNG/JPEG to RGB; alpha is dropped (like PIL's convert("RGB")). A JPEG is decoded at 1/8, 1/4 or 1/2
+ * scale (DCT scaling, like PIL's draft mode: up to 8× faster) where its short side stays ≥ `short`.
+ */
+export async function decodeRGB(bytes: Uint8Array, short = 0): Promise<RGBImage> {
+  if (bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff) {
+    const { jpeg } = await codecs(), size = short ? jpegSize(bytes) : null;
+    const s = size && [8, 4, 2].find((s) => Math.ceil(Math.min(...size) / s) >= short);
+    return jpegRGB(s ? jpeg.decode(bytes, Math.ceil(size[0] / s), Math.ceil(size[1] / s)) : jpeg.decode(bytes));
   }
-  if (!files.length) throw new DataError(`no .png/.jpg/.jpeg images found in ${path}`);
-  return { classes, files };
+  let w: number, h: number, rgba: ArrayLike<number>;
+  if (bytes.length > 8 && bytes[0] === 0x89 && bytes[1] === 0x50 && bytes[2] === 0x4e && bytes[3] === 0x47) {
+    ({ width: w, height: h, framebuffer: rgba } = (await codecs()).png.decode(bytes));
+  } else { // other formats imagescript reads (GIF: the first frame), or its error
+    const decoded = await decode(bytes, true), im = decoded instanceof Image ? decoded : decoded[0];
+    [w, h, rgba] = [im.width, im.height, im.bitmap];
+  }
+  const pix = new Uint8Array(w * h * 3);
+  for (let p = 0; p < w * h; p++) for (let k = 0; k < 3; k++) pix[p * 3 + k] = rgba[p * 4 + k];
+  return { w, h, pix };
 }
 
 // ------------------------------------------------------------------ CIFAR-10

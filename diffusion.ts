@@ -144,6 +144,11 @@ export class Diffusion {
     return { mean: mean as tf.Tensor4D, sigma, x0 };
   }
 
+  /** The model evaluations of one sample() call: all T steps (ddpm), or DDIM's sub-sequence τ. */
+  stepCount(sampler: Sampler, sampleSteps = 50) {
+    return sampler === "ddim" ? this.ddimTimesteps(sampleSteps).length : this.noiseSteps;
+  }
+
   /** DDIM's sub-sequence τ of the indices 0 … T-1: `steps` of them, evenly spaced, T-1 and 0 included. */
   ddimTimesteps(steps: number): number[] {
     if (!(Number.isInteger(steps) && steps >= 1)) {

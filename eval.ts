@@ -1,4 +1,4 @@
-// Quality scores of a trained run, offline: `deno task eval --run RUN [--n N] [--sampler ddim] [--ema]`.
+// Quality scores of a trained run, offline: `deno task eval --run RUN [--n N] [--sampler ddpm] [--full] [--ema]`.
 // A small classifier trained on the run's own data (classifier.ts) scores generated images: the share of
 // conditional samples it puts in the requested class, and a Fréchet distance on its penultimate features.
 import * as tf from "@tensorflow/tfjs";
@@ -19,6 +19,7 @@ import {
 import { Diffusion, type NoiseModel, type Sampler, type Schedule } from "./diffusion.ts";
 import { loadFile, loadRun } from "./sample.ts";
 import { choiceFlag, type Config, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
+import { duration, stepProgress } from "./progress.ts";
 import { writeReport } from "./report.ts";
 import { loadDataset, saveGrid } from "./utils.ts";
 
@@ -28,6 +29,8 @@ const METRIC_NOTE = `${METRIC}: ‖μ1-μ2‖² + Tr(Σ1 + Σ2 - 2(Σ1Σ2)^½) b
   "comparable only between evaluations of runs on the same data.";
 const MAX_REAL = 5000; // real images for the classifier and the reference statistics
 const HELD_OUT = 0.1; // share of them kept out of the classifier's training
+const SECONDS = 90; // default sampling time: the sample count is sized to it on this machine
+const FULL_N = { conditional: 20, unconditional: 200 }; // --full: the tutorial's DDPM with these sample counts
 
 /** A run's config; runs saved before the DDIM / cosine options lack those fields. */
 type RunConfig =
@@ -36,8 +39,10 @@ type RunConfig =
 
 export interface EvalOptions {
   run: string; // run folder
-  n?: number; // samples per class (conditional) or in all (unconditional)
-  sampler?: Sampler; // default: the run's, else ddpm
+  n?: number; // samples per class (conditional) or in all (unconditional); default: sized to `seconds`
+  seconds?: number; // sampling time the default n is sized to (default SECONDS)
+  full?: boolean; // the tutorial's full DDPM: all T steps, FULL_N samples
+  sampler?: Sampler; // default ddim (--full: ddpm)
   sampleSteps?: number;
   eta?: number;
   ema?: boolean;
@@ -84,13 +89,15 @@ async function runClassifier(
   return { clf, info };
 }
 
+type SampleSettings = { cfgScale: number; sampler: Sampler; sampleSteps: number; eta: number; onStep?: () => void };
+
 /** n images from the model, in chunks of at most 256; NHWC uint8. */
 async function sampleChunks(
   diffusion: Diffusion,
   model: NoiseModel,
   n: number,
   labels: number[] | null,
-  opts: { cfgScale: number; sampler: Sampler; sampleSteps: number; eta: number },
+  opts: SampleSettings,
 ) {
   const out = new Uint8Array(n * diffusion.imgSize ** 2 * 3);
   for (let s = 0; s < n; s += 256) {
@@ -101,7 +108,21 @@ async function sampleChunks(
   return out;
 }
 
+/** Seconds per image and sampling step at a cfg scale: two DDIM steps of a batch of 32, after a warm-up step. */
+async function stepCost(diffusion: Diffusion, model: NoiseModel, labels: number[] | null, cfgScale: number) {
+  const b = 32, y = labels ? Array.from({ length: b }, (_, i) => labels[i % labels.length]) : null;
+  const opts = { labels: y, cfgScale, sampler: "ddim" as const, eta: 0 };
+  await diffusion.sample(model, b, { ...opts, sampleSteps: 1 });
+  const t0 = performance.now();
+  await diffusion.sample(model, b, { ...opts, sampleSteps: 2 });
+  return (performance.now() - t0) / 1000 / (2 * b);
+}
+
 const round = (x: number, digits = 4) => Number(x.toPrecision(digits));
+
+/** A sample count from the affordable one: at least 8 (per class: 2), at most 1000 in all, 2 significant digits. */
+const sizedN = (affordable: number, classes: number) =>
+  Math.max(classes > 1 ? 2 : 8, Math.min(Math.floor(1000 / classes), Number(Math.floor(affordable).toPrecision(2))));
 
 /** The share of samples classified as the class they were asked for: in all, and per class (n each, in order). */
 function classAccuracy(predicted: Int32Array, labels: number[], classes: string[], n: number) {
@@ -137,16 +158,20 @@ function fileOnRun(path: string, state: RunState) {
 /** Scores a run; writes RUN/eval.json, the sample grids, and the run's index.html. Returns the report. */
 export async function evaluate(o: EvalOptions) {
   const log = o.log ?? console.log, runDir = o.run, seed = o.seed ?? 0, ema = o.ema ?? false;
+  const started = performance.now();
   const state = await readState(runDir);
   const { model, config: c, classes } = o.weights ? fileOnRun(o.weights, state) : await loadRun(runDir, ema);
   const config = c as RunConfig, size = config.imageSize;
-  const sampler = o.sampler ?? config.sampler ?? "ddpm", sampleSteps = o.sampleSteps ?? config.sampleSteps ?? 50;
-  const eta = o.eta ?? config.eta ?? 0, schedule = config.schedule ?? "linear";
+  const runDdim = config.sampler === "ddim"; // DDIM by default, with the run's steps and η if it samples with DDIM
+  const sampler = o.sampler ?? (o.full ? "ddpm" : "ddim");
+  const sampleSteps = o.sampleSteps ?? (runDdim ? config.sampleSteps : undefined) ?? 50;
+  const eta = o.eta ?? (runDdim ? config.eta : undefined) ?? 0, schedule = config.schedule ?? "linear";
   const conditional = model.numClasses > 0, task: Task = conditional ? "labels" : "rotation";
   const data = await loadDataset(config.data, size, {
     seed: config.seed,
     count: config.count || undefined,
     cacheDir: config.cacheDir,
+    noCache: config.noCache,
     log,
   });
   setSeed(seed);
@@ -159,19 +184,32 @@ export async function evaluate(o: EvalOptions) {
   const reference = round(frechetDistance(featureStats(held.features, heldOut, d), realStats));
 
   const diffusion = new Diffusion({ noiseSteps: config.noiseSteps, imgSize: size, schedule });
-  const n = o.n ?? (conditional ? 20 : 200);
-  const labels = conditional ? Array.from({ length: n * classes.length }, (_, i) => Math.floor(i / n)) : null;
-  const count = labels?.length ?? n, results: Result[] = [];
-  const scales = conditional ? [...new Set([config.cfgScale, 0])] : [0];
-  const steps = sampler === "ddim"
-    ? `${Math.min(sampleSteps, config.noiseSteps)} DDIM steps (η ${eta})`
-    : `${config.noiseSteps} DDPM steps`;
+  const scales = conditional ? [...new Set([config.cfgScale, 0])] : [0], k = conditional ? classes.length : 1;
+  const stepCount = diffusion.stepCount(sampler, sampleSteps), results: Result[] = [];
+  const everyClass = conditional ? Array.from({ length: k }, (_, i) => i) : null;
+  const costs: number[] = []; // seconds per image and step, per cfg scale
+  for (const cfgScale of scales) costs.push(await stepCost(diffusion, model, everyClass, cfgScale));
+  const perImage = stepCount * costs.reduce((a, b) => a + b, 0) * k; // seconds per n (for all settings)
+  const budget = o.seconds ?? SECONDS;
+  const n = o.n ?? (o.full ? FULL_N[conditional ? "conditional" : "unconditional"] : sizedN(budget / perImage, k));
+  const chosenBy = o.n ? "--n" : o.full ? "--full" : `sized to ${budget} s of sampling on this machine`;
+  const labels = conditional ? Array.from({ length: n * k }, (_, i) => Math.floor(i / n)) : null;
+  const count = labels?.length ?? n;
+  const steps = sampler === "ddim" ? `${stepCount} DDIM steps (η ${eta})` : `${config.noiseSteps} DDPM steps`;
+  log(
+    `sampling ${scales.length} × ${count} images${conditional ? ` (${n} per class)` : ""}, ${steps}: ` +
+      `about ${duration(n * perImage)} (n ${chosenBy}${
+        sampler === "ddim" ? "; the tutorial's full DDPM: --full" : ""
+      })`,
+  );
+  const progress = stepProgress(scales.length * Math.ceil(count / 256) * stepCount, "sampling", log);
   try {
     for (const cfgScale of scales) {
-      log(`sampling ${count} images: ${steps}${conditional ? `, cfg scale ${cfgScale}` : ""}`);
       setSeed(seed); // the same x_T for every setting
       const t0 = performance.now();
-      const pixels = await sampleChunks(diffusion, model, count, labels, { cfgScale, sampler, sampleSteps, eta });
+      const opts = { cfgScale, sampler, sampleSteps, eta, onStep: progress.step };
+      const pixels = await sampleChunks(diffusion, model, count, labels, opts);
+      progress.done();
       const seconds = round((performance.now() - t0) / 1000, 3);
       const gen: ImageSet = {
         x: Float32Array.from(pixels, (v) => v / 127.5 - 1),
@@ -181,7 +219,7 @@ export async function evaluate(o: EvalOptions) {
       };
       const scored = await classify(clf, gen, task);
       const fd = round(frechetDistance(featureStats(scored.features, count, d), realStats));
-      const name = `eval_${sampler === "ddim" ? `ddim${sampleSteps}` : "ddpm"}${
+      const name = `eval_${sampler === "ddim" ? `ddim${stepCount}` : "ddpm"}${
         conditional ? `_cfg${cfgScale}` : ""
       }.png`;
       await saveGrid(join(runDir, "samples", name), pixels, count, size, conditional ? n : undefined);
@@ -196,7 +234,7 @@ export async function evaluate(o: EvalOptions) {
         result.classAccuracy = classAccuracy(scored.predicted, labels, classes, n);
         line = `class accuracy ${(100 * result.classAccuracy.total).toFixed(1)} % | ${line}`;
       }
-      log(`${line} | ${seconds} s -> samples/${name}`);
+      log(`${conditional ? `cfg scale ${cfgScale}: ` : ""}${line} | ${seconds} s -> samples/${name}`);
       results.push(result);
     }
   } finally {
@@ -208,7 +246,8 @@ export async function evaluate(o: EvalOptions) {
     step: state.step,
     weights: o.weights ?? (ema ? "ema" : "model"),
     sampler,
-    ...(sampler === "ddim" ? { sampleSteps: Math.min(sampleSteps, config.noiseSteps), eta } : {}),
+    ...(sampler === "ddim" ? { sampleSteps: stepCount, eta } : {}),
+    n: { value: n, per: conditional ? "class" : "all", chosenBy, estimatedSeconds: Math.round(n * perImage) },
     noiseSteps: config.noiseSteps,
     schedule,
     seed,
@@ -219,24 +258,32 @@ export async function evaluate(o: EvalOptions) {
   };
   await Deno.writeTextFile(join(runDir, "eval.json"), JSON.stringify(report, null, 1));
   await writeReport(runDir);
-  log(`-> ${join(runDir, "eval.json")}, ${join(runDir, "index.html")}`);
+  log(
+    `-> ${join(runDir, "eval.json")}, ${join(runDir, "index.html")} (${
+      duration((performance.now() - started) / 1000)
+    })`,
+  );
   return report;
 }
 
 const HELP = `Score a trained run with a classifier trained on its own data (offline, no Inception network).
 
-  deno task eval --run RUN [--n N] [--sampler ddpm|ddim] [--sample-steps 50] [--eta 0] [--ema] [--seed 0]
+  deno task eval --run RUN [--n N] [--seconds 120] [--sampler ddpm|ddim] [--full] [--ema] [--seed 0]
 
   --run RUN          run folder (or its name under runs/)
-  --n N              samples per class (conditional, default 20) or in all (unconditional, default 200)
-  --sampler S        ddpm (all T steps) | ddim (default: the run's, else ddpm)
-  --sample-steps N   DDIM steps (default 50)     --eta X   DDIM η in [0, 1] (default 0: deterministic)
+  --n N              samples per class (conditional) or in all (unconditional); default: sized to --seconds
+  --seconds S        the sampling time the default n is sized to on this machine (default ${SECONDS})
+  --full             the tutorial's full DDPM: all T steps, ${FULL_N.conditional} per class / ${FULL_N.unconditional} samples
+  --sampler S        ddim (default) | ddpm (all T steps)
+  --sample-steps N   DDIM steps (default: the run's if it samples with DDIM, else 50)
+  --eta X            DDIM η in [0, 1] (default: the run's if it samples with DDIM, else 0: deterministic)
   --ema              score the EMA weights
   --weights FILE     score a PyTorch file of the tutorial's UNet instead, on the run's data and settings
   --backend NAME     auto | tensorflow | webgpu | wasm | cpu
   --seed N           seed of the samples (default 0)
 
-Writes RUN/eval.json (class accuracy at the run's cfg scale and at 0, and the ${METRIC}),
+Prints the sample count and an estimate of the time before sampling, then a progress line.
+Writes RUN/eval.json (the settings, class accuracy at the run's cfg scale and at 0, and the ${METRIC}),
 RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/classifier/.`;
 
 /** Flags to EvalOptions plus the backend; any bad value is a UsageError naming the flag. */
@@ -244,6 +291,8 @@ export function parseEvalArgs(args: string[]) {
   const v = parseFlags(args, {
     run: { type: "string" },
     n: { type: "string" },
+    seconds: { type: "string" },
+    full: { type: "boolean" },
     sampler: { type: "string" },
     "sample-steps": { type: "string" },
     eta: { type: "string" },
@@ -258,6 +307,8 @@ export function parseEvalArgs(args: string[]) {
   const opts: EvalOptions = {
     run: v.run ? runFolder(v.run as string) : "",
     n: numberFlag("n", v.n, 1, 100000),
+    seconds: numberFlag("seconds", v.seconds, 1, 1e7, false),
+    full: !!v.full,
     sampler: choiceFlag("sampler", v.sampler, ["ddpm", "ddim"] as const),
     sampleSteps: numberFlag("sample-steps", v["sample-steps"], 1, 100000),
     eta: numberFlag("eta", v.eta, 0, 1, false),

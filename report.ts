@@ -5,7 +5,10 @@ import { readState } from "./checkpoint.ts";
 import type { Config } from "./cli.ts";
 import type { Diffusion } from "./diffusion.ts";
 import type { UNet } from "./modules.ts";
+import { Progress, stepProgress } from "./progress.ts";
 import { type Dataset, mulberry32, saveGrid, savePlot, ticks } from "./utils.ts";
+
+export { Progress };
 
 export async function readLossRows(runDir: string): Promise<{ step: number; epoch: number; loss: number }[]> {
   const text = await Deno.readTextFile(join(runDir, "loss.jsonl")).catch(() => "");
@@ -45,7 +48,8 @@ export async function sampleGrids(
   for (const [m, suffix] of [[model, ""], [emaModel, "_ema"]] as const) {
     if (!m) continue;
     setSeed(config.seed + 1);
-    const t0 = performance.now();
+    const t0 = performance.now(), steps = diffusion.stepCount(config.sampler, config.sampleSteps);
+    const progress = stepProgress(steps, `sampling${suffix}`, log);
     const pixels = await diffusion.sample(m, count, {
       labels,
       cfgScale: config.cfgScale,
@@ -53,19 +57,16 @@ export async function sampleGrids(
       sampleSteps: config.sampleSteps,
       eta: config.eta,
       clip: config.clip ?? true,
-      onStep: (i) => {
+      onStep: () => {
         if (stopped()) throw new Interrupted();
-        if (Deno.stdout.isTerminal() && i % 10 === 0) {
-          Deno.stdout.writeSync(new TextEncoder().encode(`\rsampling${suffix}: ${i} steps left\x1b[K`));
-        }
+        progress.step();
       },
     }).catch((e) => {
       if (e instanceof Interrupted) return null;
       throw e;
-    });
+    }).finally(() => progress.done());
     setSeed(trainingSeeds);
     if (!pixels) return;
-    if (Deno.stdout.isTerminal()) Deno.stdout.writeSync(new TextEncoder().encode("\r\x1b[K"));
     const path = join(runDir, "samples", `${label}${suffix}.png`);
     await saveGrid(path, pixels, count, config.imageSize, cols);
     log(
@@ -215,35 +216,3 @@ ${scores ? `<h3>Scores (deno task eval)</h3>${scoresHtml(scores)}` : ""}
 `;
   await Deno.writeTextFile(join(runDir, "index.html"), html);
 }
-
-/** One progress line: step, loss (smoothed), images/s and ETA; redrawn on a terminal, every 5 s otherwise. */
-export class Progress {
-  private t0 = performance.now();
-  private last = 0;
-  private steps = 0;
-  private smooth = NaN;
-  private tty = Deno.stdout.isTerminal();
-  constructor(readonly total: number, readonly batch: number, readonly log: (l: string) => void) {}
-  update(step: number, epoch: number, epochs: number, loss: number) {
-    this.steps++;
-    this.smooth = Number.isNaN(this.smooth) ? loss : 0.98 * this.smooth + 0.02 * loss;
-    const now = performance.now();
-    if (now - this.last < (this.tty ? 200 : 5000) && step < this.total) return;
-    this.last = now;
-    const perStep = (now - this.t0) / 1000 / this.steps;
-    const line = `epoch ${epoch}/${epochs} step ${step}/${this.total} loss ${this.smooth.toFixed(4)} ` +
-      `${(this.batch / perStep).toFixed(1)} img/s ETA ${duration(perStep * (this.total - step))}`;
-    if (this.tty) Deno.stdout.writeSync(new TextEncoder().encode(`\r${line}\x1b[K`));
-    else this.log(line);
-  }
-  done() {
-    if (this.tty && this.steps) Deno.stdout.writeSync(new TextEncoder().encode("\n"));
-  }
-}
-
-const duration = (s: number) =>
-  s >= 3600
-    ? `${Math.floor(s / 3600)}h${String(Math.floor(s / 60) % 60).padStart(2, "0")}m`
-    : s >= 60
-    ? `${Math.floor(s / 60)}m${String(Math.floor(s % 60)).padStart(2, "0")}s`
-    : `${Math.round(s)}s`;

@@ -5,6 +5,7 @@ import { assignWeights, CheckpointError, readState, saveWeights } from "./checkp
 import { Diffusion, toUint8 } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
 import { choiceFlag, DEFAULTS, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
+import { stepProgress } from "./progress.ts";
 import { loadTorchModel } from "./pytorch.ts";
 import { saveGrid } from "./utils.ts";
 
@@ -107,16 +108,19 @@ async function main() {
     imgSize: config.imageSize,
     schedule: config.schedule,
   });
-  const t0 = performance.now();
+  const sampleSteps = numberFlag("sample-steps", v["sample-steps"], 1, config.noiseSteps) ?? 50;
+  const t0 = performance.now(), progress = stepProgress(diffusion.stepCount(sampler, sampleSteps), "sampling");
   setSeed(seed); // after the model is made: the seed alone fixes the noise (as in the run's page)
   const x0 = await diffusion.sampleX0(model, n, {
     labels,
     cfgScale: cfgScale ?? config.cfgScale,
     sampler,
-    sampleSteps: numberFlag("sample-steps", v["sample-steps"], 1, config.noiseSteps) ?? 50,
+    sampleSteps,
     eta,
     clip: !v["no-clip"],
+    onStep: progress.step,
   });
+  progress.done();
   if (v.raw) await saveWeights(v.raw as string, new Map([["samples", x0]]));
   const pixels = await toUint8(x0);
   const name = `sample_${new Date().toISOString().replace(/[:.]/g, "-")}.png`;

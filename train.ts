@@ -104,6 +104,7 @@ export async function train(config: Config, { resume = false, given = [], log = 
     seed: config.seed,
     count: config.count || undefined,
     cacheDir: config.cacheDir,
+    noCache: config.noCache,
     log,
   });
   await saveDataImages(runDir, data, config.seed);
@@ -276,6 +277,7 @@ const CHANGEABLE: (keyof Config)[] = [
   "eta",
   "clip",
   "cacheDir",
+  "noCache",
 ];
 /** On resume the saved config holds: a few settings may change, the others must not be given otherwise. */
 function changedOnResume(config: Config, saved: Config, given: (keyof Config)[]): Partial<Config> {

@@ -5,16 +5,8 @@
  */
 import { Image } from "imagescript";
 import { dirname, join } from "node:path";
-import {
-  CIFAR_CLASSES,
-  DataError,
-  decodeRGB,
-  drawLandscape,
-  drawShape,
-  listImageFolder,
-  readCifar,
-  SHAPE_CLASSES,
-} from "./datasets.ts";
+import { CIFAR_CLASSES, DataError, drawLandscape, drawShape, readCifar, SHAPE_CLASSES } from "./datasets.ts";
+import { decodeFolder, listImageFolder } from "./image_folder.ts";
 
 export { DataError };
 export { CIFAR_CLASSES, decodeRGB, parseCifarBatch, readTar, SHAPE_CLASSES } from "./datasets.ts";
@@ -44,7 +36,7 @@ export interface Dataset {
   size: number; // output image size (square)
   classes: string[]; // class names; a single class = unconditional data
   length: number; // number of images
-  skipped: number; // files that could not be decoded
+  skipped: number; // files left out (named in a warning each): undecodable, unreadable, dangling links, other formats
   /** One epoch: shuffled batches (the last may be smaller), freshly augmented. */
   batches(batchSize: number, rand: Rand): Generator<Batch>;
 }
@@ -52,7 +44,9 @@ export interface Dataset {
 export interface LoadOptions {
   seed?: number; // seed of the built-in generators and of `count` subsets
   count?: number; // load at most this many images
-  cacheDir?: string; // where the CIFAR-10 .bin files are kept
+  cacheDir?: string; // where the CIFAR-10 .bin files and the decoded image folders are kept
+  noCache?: boolean; // decode an image folder without its disk cache
+  workers?: number; // decoding workers (default: one per core)
   log?: (line: string) => void; // progress and warnings (default console.log)
   url?: string; // CIFAR-10 download URL (for mirrors and tests)
 }
@@ -144,15 +138,18 @@ export function resample(img: RGBImage, box: Box, outW: number, outH: number): F
 }
 
 /** A cached image: pixels (at most at resized size) and its virtual Resize size. */
-interface Cached {
+export interface Cached {
   img: RGBImage;
   W: number;
   H: number;
 }
 
+/** The short side of the cached images: the tutorial's Resize(80) before RandomResizedCrop(64). */
+export const cachedShortSide = (size: number) => Math.round(1.25 * size);
+
 /** Resize(1.25 × size) for the cache; small images are kept as they are. */
-function fit(img: RGBImage, size: number): Cached {
-  const [W, H] = resizeShortSide(img.w, img.h, Math.round(1.25 * size));
+export function fit(img: RGBImage, size: number): Cached {
+  const [W, H] = resizeShortSide(img.w, img.h, cachedShortSide(size));
   if (img.w <= W && img.h <= H) return { img, W, H }; // enlarged in the crop
   const pix = Uint8Array.from(resample(img, { x: 0, y: 0, w: img.w, h: img.h }, W, H), Math.round);
   return { img: { w: W, h: H, pix }, W, H };
@@ -232,40 +229,29 @@ function builtin(spec: string, size: number, opts: LoadOptions): Dataset {
   });
 }
 
-/** An image folder like torchvision's ImageFolder: class sub-folders, or flat. */
+/** An image folder like torchvision's ImageFolder (image_folder.ts): class sub-folders, or flat. */
 async function loadFolder(path: string, size: number, opts: LoadOptions, log: (s: string) => void) {
-  const { classes, files: all } = await listImageFolder(path, log);
+  const { classes, files: all, skips: listed } = await listImageFolder(path, log);
   const count = opts.count ?? Infinity; // if fewer: a seeded random subset
   const files = count < all.length ? shuffle(all, mulberry32(opts.seed ?? 0)).slice(0, count) : all;
-  const items: Cached[] = [], labels: number[] = [];
-  let skipped = 0, last = Date.now();
-  for (const [k, { file, label }] of files.entries()) {
-    try {
-      items.push(fit(await decodeRGB(await Deno.readFile(file)), size));
-      labels.push(label);
-    } catch (e) {
-      log(`warning: skipping ${file}: ${e instanceof Error ? e.message : e}`);
-      skipped++;
-    }
-    if (Date.now() - last > 1000 || k === files.length - 1) {
-      log(`decoding ${k + 1}/${files.length} images`);
-      last = Date.now();
-    }
-  }
-  if (!items.length) throw new DataError(`none of the ${files.length} images in ${path} could be decoded`);
-  return makeDataset(
-    { name: path, size, classes, skipped },
-    labels,
-    (i, out, o, r) => augment(items[i], size, r, out, o),
-  );
+  const cacheDir = opts.noCache ? null : opts.cacheDir ?? join(cacheRoot(), "images");
+  const { images, labels, skips } = await decodeFolder(path, files, size, { cacheDir, workers: opts.workers, log });
+  const skipped = [...listed, ...skips], why = new Map<string, number>();
+  for (const s of skipped) why.set(s.why, (why.get(s.why) ?? 0) + 1);
+  if (skipped.length) log(`skipped ${skipped.length} file(s): ${[...why].map(([w, n]) => `${n} ${w}`).join(", ")}`);
+  if (!images.length) throw new DataError(`none of the ${files.length} images in ${path} could be decoded`);
+  const info = { name: path, size, classes, skipped: skipped.length };
+  return makeDataset(info, labels, (i, out, o, r) => augment(images[i], size, r, out, o));
 }
+
+/** $DDPM_CACHE, else ~/.cache/ddpm-deno. */
+const cacheRoot = () => Deno.env.get("DDPM_CACHE") ?? join(Deno.env.get("HOME") ?? ".", ".cache", "ddpm-deno");
 
 // ------------------------------------------------------------------ CIFAR-10
 
 /** CIFAR-10 training set (50000 images of 32×32), with the tutorial's transform. */
 async function loadCifar(size: number, opts: LoadOptions, log: (s: string) => void) {
-  const root = Deno.env.get("DDPM_CACHE") ?? join(Deno.env.get("HOME") ?? ".", ".cache", "ddpm-deno");
-  const dir = opts.cacheDir ?? join(root, "cifar10");
+  const dir = opts.cacheDir ?? join(cacheRoot(), "cifar10");
   const { images, labels } = await readCifar(dir, opts.count ?? Infinity, opts.url, log);
   const items = images.map((pix) => fit({ w: 32, h: 32, pix }, size));
   log(`loaded ${items.length} CIFAR-10 images from ${dir}`);

@@ -181,6 +181,37 @@ Deno.test("end to end, one-class data: rotations; one unguided result; a PyTorch
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("eval defaults: DDIM, n sized to --seconds and announced before sampling, progress; --full is DDPM", async () => {
+  const out = await Deno.makeTempDir();
+  const tiny = {
+    imageSize: 16,
+    width: 8,
+    maxSteps: 2,
+    count: 40,
+    noiseSteps: 10,
+    nSamples: 4,
+    backend: "wasm",
+  } as const;
+  await train({ ...DEFAULTS, ...tiny, data: "builtin:landscapes", out, name: "land" }, { log: () => {} });
+  const run = join(out, "land"), lines: string[] = [];
+  const report = await evaluate({ run, seconds: 1, log: (l) => lines.push(l) });
+  assert.deepEqual([report.sampler, report.sampleSteps, report.eta], ["ddim", 10, 0]); // (the run samples with DDPM)
+  assert.equal(report.n.chosenBy, "sized to 1 s of sampling on this machine");
+  assert.equal(report.results[0].n, report.n.value);
+  assert.ok(report.n.value === 8 || report.n.estimatedSeconds <= 1, JSON.stringify(report.n)); // 8: the least
+  const announced = lines.findIndex((l) => /^sampling 1 × \d+ images, 10 DDIM steps \(η 0\): about \d+s/.test(l));
+  const progress = lines.findIndex((l) => /^sampling \d+\/10 steps [\d.]+ steps\/s ETA \d+s$/.test(l));
+  assert.ok(announced >= 0 && progress > announced, lines.join("\n"));
+  assert.ok(lines[announced].includes(`1 × ${report.n.value} images`));
+  const saved = JSON.parse(await Deno.readTextFile(join(run, "eval.json")));
+  assert.deepEqual(saved.n, report.n);
+
+  const full = await evaluate({ run, full: true, n: 4, log: () => {} }); // (--full alone: 200 samples)
+  assert.deepEqual([full.sampler, full.n.value, full.n.chosenBy, full.results[0].n], ["ddpm", 4, "--n", 4]);
+  assert.ok(!("sampleSteps" in full));
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 2", async () => {
   for (
     const args of [
@@ -195,6 +226,7 @@ Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 
         "2.5",
       ],
       ["--run", "r", "--backend", "tpu"],
+      ["--run", "r", "--seconds", "0"],
       ["--run", "r", "--bogus"],
     ]
   ) {
@@ -202,6 +234,8 @@ Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 
   }
   const { opts } = parseEvalArgs(["--run", "shapes", "--sampler", "ddim", "--sample-steps", "25", "--ema"]);
   assert.deepEqual([opts.run, opts.sampler, opts.sampleSteps, opts.ema], [join("runs", "shapes"), "ddim", 25, true]);
+  const full = parseEvalArgs(["--run", "shapes", "--full", "--seconds", "30"]).opts;
+  assert.deepEqual([full.full, full.seconds, full.sampler, full.n], [true, 30, undefined, undefined]);
   const cli = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "eval.ts", "--run", "x", "--n", "abc"],
     cwd: join(import.meta.dirname!, ".."),

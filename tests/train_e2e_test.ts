@@ -97,7 +97,8 @@ Deno.test("an image folder (JPEG + PNG, RGB, grayscale, RGBA) trains; a non-imag
     await Deno.writeFile(join(data, "gray.png"), await new Image(20, 20).fill(0x777777ff).encode());
     await Deno.writeFile(join(data, "broken.png"), new TextEncoder().encode("not a png"));
     const lines: string[] = [];
-    const { step } = await train(tiny(dir, { data, epochs: 1, count: 0 }), { log: (l) => lines.push(l) });
+    const cacheDir = join(dir, "cache");
+    const { step } = await train(tiny(dir, { data, epochs: 1, count: 0, cacheDir }), { log: (l) => lines.push(l) });
     assert.equal(step, Math.ceil(13 / 4));
     assert.ok(lines.some((l) => l.includes("broken.png")), "warning names the file");
     assert.ok(lines.some((l) => l.includes("13 images (1 skipped)")), lines.join("\n"));

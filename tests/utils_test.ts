@@ -155,6 +155,33 @@ Deno.test("decodeRGB: RGB/RGBA/grayscale/16-bit/palette PNG and JPEG", async () 
   await assert.rejects(decodeRGB(new TextEncoder().encode("not an image")));
 });
 
+Deno.test("decodeRGB of a JPEG at reduced scale: the short side stays ≥ the one asked for; the 8×8 block means", async () => {
+  const img = new Image(400, 300); // gradients: red to the right, green downwards
+  for (let y = 0; y < 300; y++) {
+    for (let x = 0; x < 400; x++) img.bitmap.set([x * 255 / 400, y * 255 / 300, 100, 255], (y * 400 + x) * 4);
+  }
+  const jpeg = await img.encodeJPEG(95);
+  const sizes = [];
+  for (const short of [0, 38, 40, 150, 151, 300]) {
+    const { w, h } = await decodeRGB(jpeg, short);
+    sizes.push([w, h]);
+  }
+  assert.deepEqual(sizes, [[400, 300], [50, 38], [100, 75], [200, 150], [400, 300], [400, 300]]);
+  const full = await decodeRGB(jpeg), eighth = await decodeRGB(jpeg, 38);
+  for (let y = 0; y < 37; y++) { // (the last row of blocks is half outside the image)
+    for (let x = 0; x < 50; x++) {
+      for (let k = 0; k < 3; k++) {
+        let mean = 0;
+        for (let dy = 0; dy < 8; dy++) {
+          for (let dx = 0; dx < 8; dx++) mean += full.pix[((y * 8 + dy) * 400 + x * 8 + dx) * 3 + k];
+        }
+        const got = eighth.pix[(y * 50 + x) * 3 + k];
+        assert.ok(Math.abs(got - mean / 64) <= 4, `(${x}, ${y})[${k}]: ${got} vs ${mean / 64}`);
+      }
+    }
+  }
+});
+
 Deno.test("image folder with class sub-folders: labels, decoding, skipping", async () => {
   await withTempDir(async (dir) => {
     const files: Record<string, Uint8Array> = {
@@ -173,7 +200,7 @@ Deno.test("image folder with class sub-folders: labels, decoding, skipping", asy
     }
     await Deno.symlink(join(dir, "dogs", "gray.png"), join(dir, "dogs", "link.png")); // links are followed
     const lines: string[] = [];
-    const ds = await loadDataset(dir, 16, { log: (l) => lines.push(l) });
+    const ds = await loadDataset(dir, 16, { cacheDir: join(dir, ".cache"), log: (l) => lines.push(l) });
     assert.deepEqual(ds.classes, ["cats", "dogs"]);
     assert.equal(ds.length, 7);
     assert.equal(ds.skipped, 1);
@@ -204,7 +231,8 @@ Deno.test("flat image folder: one class named after the folder; upright crops; c
     const flat = join(dir, "faces");
     await Deno.mkdir(flat);
     for (let i = 0; i < 5; i++) await Deno.writeFile(join(flat, `${i}.png`), await img.encode());
-    const ds = await loadDataset(flat, 8, { log: quiet });
+    const cacheDir = join(dir, "cache");
+    const ds = await loadDataset(flat, 8, { cacheDir, log: quiet });
     assert.deepEqual(ds.classes, ["faces"]);
     assert.equal(ds.length, 5);
     const b = ds.batches(5, mulberry32(0)).next().value as Batch;
@@ -216,7 +244,7 @@ Deno.test("flat image folder: one class named after the folder; upright crops; c
       assert.ok(at(0, 7, 1) - at(0, 0, 1) > 0.8, "green increases downwards");
       assert.ok(Math.abs(at(0, 7, 0) - at(0, 0, 0)) < 0.01 && Math.abs(at(7, 0, 1) - at(0, 0, 1)) < 0.01);
     }
-    assert.equal((await loadDataset(flat, 8, { count: 2, log: quiet })).length, 2);
+    assert.equal((await loadDataset(flat, 8, { count: 2, cacheDir, log: quiet })).length, 2);
   });
 });
 

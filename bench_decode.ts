@@ -1,0 +1,81 @@
+// Image folder bench: a generated folder of large JPEGs and PNGs, decoded with 1 worker and with one per core (first
+// start, no cache), then a start that writes the cache and one that reads it.
+// `deno task bench:decode [--n 500] [--width 2000] [--height 1500] [--size 64] [--dir DIR]`
+import { Image } from "imagescript";
+import { join } from "node:path";
+import process from "node:process";
+import { numberFlag, parseFlags, runCli } from "./cli.ts";
+import { loadDataset, mulberry32 } from "./utils.ts";
+
+/** A photo-like test image: smooth colour gradients, waves and a little noise (so PNGs do not compress to nothing). */
+function photo(w: number, h: number, seed: number) {
+  const img = new Image(w, h), rand = mulberry32(seed), [a, b, c] = [rand(), rand(), rand()];
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const wave = 40 * Math.sin((x * (1 + 3 * a) + y * (2 * b)) / 60) * Math.cos(y / (40 + 80 * c));
+      const n = (rand() - 0.5) * 24, o = (y * w + x) * 4;
+      img.bitmap[o] = 255 * x / w * (0.5 + a / 2) + wave + n;
+      img.bitmap[o + 1] = 255 * y / h * (0.5 + b / 2) - wave + n;
+      img.bitmap[o + 2] = 128 + 100 * c * Math.sin((x + y) / 150) + n;
+      img.bitmap[o + 3] = 255;
+    }
+  }
+  return img;
+}
+
+/** n files, half JPEG (quality 90) and half PNG, written from 16 distinct images. */
+async function writeFolder(dir: string, n: number, w: number, h: number) {
+  await Deno.mkdir(dir, { recursive: true });
+  const kinds = Math.min(16, n), names: string[] = [];
+  for (let k = 0; k < kinds; k++) {
+    const img = photo(w, h, k), jpeg = k % 2 === 0;
+    names.push(join(dir, `img_${String(k).padStart(4, "0")}.${jpeg ? "jpg" : "png"}`));
+    await Deno.writeFile(names[k], jpeg ? await img.encodeJPEG(90) : await img.encode());
+  }
+  for (let i = kinds; i < n; i++) {
+    const from = names[i % kinds];
+    await Deno.copyFile(from, join(dir, `img_${String(i).padStart(4, "0")}${from.slice(-4)}`));
+  }
+}
+
+/** Wall seconds of a load, and the cores it kept busy (process CPU time / wall time: < workers on a busy machine). */
+async function timeLoad(dir: string, size: number, workers: number, cacheDir: string | null) {
+  const t0 = performance.now(), cpu0 = process.cpuUsage();
+  await loadDataset(dir, size, { workers, noCache: cacheDir === null, cacheDir: cacheDir ?? undefined });
+  const seconds = (performance.now() - t0) / 1000, cpu = process.cpuUsage(cpu0);
+  return { seconds, cores: (cpu.user + cpu.system) / 1e6 / seconds };
+}
+
+async function main() {
+  const v = parseFlags(Deno.args, {
+    n: { type: "string" },
+    width: { type: "string" },
+    height: { type: "string" },
+    size: { type: "string" },
+    dir: { type: "string" },
+  });
+  const n = numberFlag("n", v.n, 1, 1e6) ?? 500, size = numberFlag("size", v.size, 8, 4096) ?? 64;
+  const w = numberFlag("width", v.width, 1, 20000) ?? 2000, h = numberFlag("height", v.height, 1, 20000) ?? 1500;
+  const root = (v.dir as string | undefined) ?? await Deno.makeTempDir({ prefix: "ddpm_bench_decode_" });
+  const dir = join(root, "images"), cache = join(root, "cache"), all = navigator.hardwareConcurrency;
+  try {
+    const t0 = performance.now();
+    await writeFolder(dir, n, w, h);
+    console.log(`wrote ${n} ${w}×${h} images to ${dir} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    const one = await timeLoad(dir, size, 1, null);
+    const many = await timeLoad(dir, size, all, null);
+    const first = await timeLoad(dir, size, all, cache);
+    const cached = await timeLoad(dir, size, all, cache);
+    const rate = (r: { seconds: number; cores: number }) =>
+      `${r.seconds.toFixed(1)} s (${(n / r.seconds).toFixed(1)} images/s, ${r.cores.toFixed(2)} cores busy)`;
+    console.log(
+      `\n${n} images ${w}×${h} (JPEG + PNG) to ${size} px: 1 worker ${rate(one)}, ${all} workers ${rate(many)}: ` +
+        `${(one.seconds / many.seconds).toFixed(2)}× | first start with the cache ${first.seconds.toFixed(1)} s, ` +
+        `cached start ${cached.seconds.toFixed(2)} s`,
+    );
+  } finally {
+    if (!v.dir) await Deno.remove(root, { recursive: true });
+  }
+}
+
+if (import.meta.main) await runCli(main);

@@ -1,0 +1,229 @@
+// Tests of image folders: the cache key, the cache file and its invalidation, decoding in workers, the warnings.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { Image } from "imagescript";
+import { cacheFile, cacheKey, decodeFolder, type ImageFile, listImageFolder } from "../image_folder.ts";
+import { type Dataset, loadDataset, mulberry32 } from "../utils.ts";
+
+async function withTempDir(fn: (dir: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix: "ddpm_folder_test_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** A solid 40×30 image of colour [r, g, b] (PNG, or JPEG when the name says so). */
+async function writeSolid(path: string, [r, g, b]: number[]) {
+  const img = new Image(40, 30).fill(((r << 24) | (g << 16) | (b << 8) | 0xff) >>> 0);
+  await Deno.writeFile(path, path.endsWith(".jpg") ? await img.encodeJPEG(95) : await img.encode());
+}
+
+/** The mean colour (0..255, rounded) of every image of one epoch, sorted: a signature of the decoded set. */
+function colours(ds: Dataset) {
+  const out: string[] = [], px = ds.size * ds.size;
+  for (const b of ds.batches(ds.length, mulberry32(0))) {
+    for (let i = 0; i < b.n; i++) {
+      const mean = [0, 1, 2].map((k) => {
+        let s = 0;
+        for (let p = 0; p < px; p++) s += b.x[(i * px + p) * 3 + k];
+        return Math.round((s / px + 1) * 127.5);
+      });
+      out.push(mean.join(","));
+    }
+  }
+  return out.sort();
+}
+
+/** [from the cache, decoded] of the summary line of a folder load. */
+function counts(lines: string[]) {
+  const m = lines.map((l) => l.match(/: (\d+) from the cache.*, (\d+) decoded/)).find((x) => x);
+  assert.ok(m, lines.join("\n"));
+  return [Number(m[1]), Number(m[2])];
+}
+
+Deno.test("cache key: the file list, sizes and mtimes, and the image size; one cache file per folder and size", () => {
+  const files: ImageFile[] = ["a/1.png", "a/2.jpg", "b/3.png"].map((f, i) => ({
+    file: join("/data", f),
+    label: f.startsWith("a") ? 0 : 1,
+    bytes: 1000 + i,
+    mtime: 1.7e12 + i,
+  }));
+  const key = cacheKey("/data", files, 64);
+  assert.match(key, /^[0-9a-f]{64}$/);
+  assert.equal(cacheKey("/data", files.map((f) => ({ ...f })), 64), key, "the same listing: the same key");
+  const changed = (i: number, change: Partial<ImageFile>) => files.map((f, k) => k === i ? { ...f, ...change } : f);
+  const others = [
+    cacheKey("/data", files, 32), // another image size
+    cacheKey("/data", changed(1, { mtime: files[1].mtime + 1 }), 64), // touched
+    cacheKey("/data", changed(2, { bytes: 999 }), 64), // rewritten
+    cacheKey("/data", changed(0, { file: "/data/a/1b.png" }), 64), // renamed
+    cacheKey("/data", files.slice(1), 64), // deleted
+    cacheKey("/data", [...files, { ...files[0], file: "/data/b/4.png" }], 64), // added
+  ];
+  assert.equal(new Set([key, ...others]).size, 7, "each change gives a new key");
+  // Relative paths: the same files in a moved folder have the same key, but the cache file is the folder's own.
+  const moved = files.map((f) => ({ ...f, file: f.file.replace("/data", "/moved") }));
+  assert.equal(cacheKey("/moved", moved, 64), key);
+  const names = [cacheFile("/c", "/data", 64), cacheFile("/c", "/data", 32), cacheFile("/c", "/moved", 64)];
+  assert.equal(new Set(names).size, 3);
+  for (const n of names) assert.ok(n.startsWith("/c/") && n.endsWith(".bin"), n);
+});
+
+Deno.test("cache: a second start reads it; touching one file re-decodes only that file; --no-cache writes none", async () => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, "photos"), cache = join(dir, "cache");
+    await Deno.mkdir(data);
+    const palette = [[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [40, 200, 200]];
+    for (const [i, c] of palette.entries()) await writeSolid(join(data, `${i}.${i % 2 ? "jpg" : "png"}`), c);
+    const load = async (opts = {}) => {
+      const lines: string[] = [];
+      const ds = await loadDataset(data, 16, { cacheDir: cache, workers: 2, log: (l) => lines.push(l), ...opts });
+      return { ds, lines, counts: counts(lines) };
+    };
+    const first = await load();
+    assert.deepEqual(first.counts, [0, 5]);
+    assert.equal([...Deno.readDirSync(cache)].length, 1, "one cache file");
+    const expected = colours(first.ds);
+    palette.forEach((c, i) => assert.ok(expected.some((e) => dist(e, c) <= 3), `image ${i}: ${expected}`));
+
+    const second = await load();
+    assert.deepEqual(second.counts, [5, 0]);
+    assert.ok(!second.lines.some((l) => l.startsWith("decoding")), "no decoding on a cached start");
+    assert.deepEqual(colours(second.ds), expected, "the same images from the cache");
+
+    // Rewrite one file with another colour, and touch another without changing it: only these two are decoded.
+    await writeSolid(join(data, "2.png"), [250, 250, 250]);
+    await Deno.utime(join(data, "2.png"), new Date(), new Date(Date.now() + 9000));
+    await Deno.utime(join(data, "3.jpg"), new Date(), new Date(Date.now() + 5000));
+    const third = await load();
+    assert.deepEqual(third.counts, [3, 2]);
+    const now = colours(third.ds);
+    assert.ok(now.some((e) => dist(e, [250, 250, 250]) <= 3) && !now.some((e) => dist(e, palette[2]) <= 3), `${now}`);
+    assert.deepEqual((await load()).counts, [5, 0]);
+
+    await Deno.remove(join(data, "0.png")); // a deleted file: nothing to decode, 4 images
+    const fewer = await load();
+    assert.deepEqual([fewer.counts, fewer.ds.length], [[4, 0], 4]);
+    await writeSolid(join(data, "5.png"), [90, 90, 90]); // an added file: only it is decoded
+    assert.deepEqual((await load()).counts, [4, 1]);
+    assert.equal((await loadDataset(data, 8, { cacheDir: cache, log: () => {} })).size, 8);
+    assert.equal([...Deno.readDirSync(cache)].length, 2, "a second image size: a second cache file");
+
+    const off = join(dir, "off");
+    assert.deepEqual((await load({ cacheDir: off, noCache: true })).counts, [0, 5]);
+    assert.ok(!(await Deno.stat(off).then(() => true, () => false)), "--no-cache writes no cache");
+  });
+});
+
+/** Largest channel difference between a colour signature "r,g,b" and a colour. */
+const dist = (sig: string, c: number[]) => Math.max(...sig.split(",").map((v, k) => Math.abs(Number(v) - c[k])));
+
+Deno.test("1 worker and 2 workers decode the same pixels; a damaged cache is rewritten, an unwritable one warned of", async () => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, "d"), cache = join(dir, "cache");
+    await Deno.mkdir(data);
+    for (let i = 0; i < 6; i++) {
+      await writeSolid(join(data, `${i}.${i % 2 ? "jpg" : "png"}`), [i * 40, 100, 255 - i * 40]);
+    }
+    const { files } = await listImageFolder(data, () => {});
+    const quiet = { log: () => {} };
+    const one = await decodeFolder(data, files, 16, { cacheDir: null, workers: 1, ...quiet });
+    const two = await decodeFolder(data, files, 16, { cacheDir: null, workers: 2, ...quiet });
+    assert.deepEqual([one.decoded, two.decoded], [6, 6]);
+    assert.deepEqual(two.images, one.images, "same images, in file order");
+
+    await decodeFolder(data, files, 16, { cacheDir: cache, ...quiet });
+    const file = cacheFile(cache, data, 16), bytes = await Deno.readFile(file);
+    await Deno.writeFile(file, bytes.subarray(0, bytes.length - 100)); // truncated
+    const lines: string[] = [];
+    const again = await decodeFolder(data, files, 16, { cacheDir: cache, log: (l) => lines.push(l) });
+    assert.ok(lines.some((l) => l.includes("ignoring the damaged cache") && l.includes(file)), lines.join("\n"));
+    assert.equal(again.decoded, 6);
+    assert.deepEqual(again.images, one.images);
+    assert.deepEqual((await Deno.readFile(file)).length, bytes.length, "rewritten whole");
+    assert.equal((await decodeFolder(data, files, 16, { cacheDir: cache, ...quiet })).fromCache, 6);
+
+    const notAFolder = join(dir, "file"), warned: string[] = []; // a cache that cannot be written: a warning
+    await Deno.writeTextFile(notAFolder, "");
+    const unwritable = await decodeFolder(data, files, 16, { cacheDir: notAFolder, log: (l) => warned.push(l) });
+    assert.ok(warned.some((l) => l.startsWith(`warning: could not write the cache ${notAFolder}`)), warned.join("\n"));
+    assert.deepEqual(unwritable.images, one.images);
+  });
+});
+
+Deno.test("warnings name dangling links, unreadable, undecodable and unsupported files; the summary counts why", async () => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, "img"), cache = join(dir, "cache");
+    await Deno.mkdir(data);
+    for (let i = 0; i < 3; i++) await writeSolid(join(data, `ok${i}.png`), [10, 20, 30]);
+    await Deno.writeTextFile(join(data, "broken.jpg"), "not a jpeg");
+    await Deno.writeFile(join(data, "empty.png"), new Uint8Array());
+    await Deno.writeFile(join(data, "anim.gif"), new Uint8Array([0x47, 0x49, 0x46]));
+    await Deno.symlink(join(dir, "gone.png"), join(data, "gone.png")); // dangling
+    await Deno.writeTextFile(join(data, "notes.txt"), "ignored silently");
+    for (const start of ["first", "cached"]) {
+      const lines: string[] = [];
+      const ds = await loadDataset(data, 8, { cacheDir: cache, log: (l) => lines.push(l) });
+      const warning = (file: string, why: string) =>
+        assert.ok(lines.some((l) => l.startsWith(`warning: skipping ${join(data, file)}: ${why}`)), lines.join("\n"));
+      warning("gone.png", `dangling symbolic link (to ${join(dir, "gone.png")})`);
+      warning("broken.jpg", "not a valid PNG/JPEG");
+      warning("empty.png", "not a valid PNG/JPEG");
+      warning("anim.gif", "unsupported format");
+      assert.ok(!lines.some((l) => l.includes("notes.txt")));
+      const summary = lines.find((l) => l.startsWith("skipped "));
+      assert.ok(summary, lines.join("\n"));
+      for (const part of ["skipped 4 file(s)", "1 dangling symbolic link", "2 not a valid PNG/JPEG", "1 unsupported"]) {
+        assert.ok(summary.includes(part), `${start}: ${summary}`);
+      }
+      assert.deepEqual([ds.length, ds.skipped], [3, 4]);
+      assert.deepEqual(counts(lines), start === "first" ? [0, 5] : [5, 0], "undecodable files are cached too");
+    }
+
+    // A file that cannot be read when it is decoded: named, and not cached (it is read again next time).
+    const { files } = await listImageFolder(data, () => {});
+    await Deno.rename(join(data, "ok1.png"), join(dir, "ok1.png"));
+    const lines: string[] = [];
+    const fresh = join(dir, "fresh-cache");
+    const r = await decodeFolder(data, files, 8, { cacheDir: fresh, log: (l) => lines.push(l) });
+    assert.ok(lines.some((l) => l.startsWith(`warning: skipping ${join(data, "ok1.png")}: unreadable (`)));
+    assert.deepEqual([r.images.length, r.skips.map((s) => s.why)], [2, [
+      "not a valid PNG/JPEG",
+      "not a valid PNG/JPEG",
+      "unreadable",
+    ]]);
+    await Deno.rename(join(dir, "ok1.png"), join(data, "ok1.png"));
+    assert.deepEqual((await decodeFolder(data, files, 8, { cacheDir: fresh, log: () => {} })).decoded, 1);
+  });
+});
+
+Deno.test("warnings: a file or a class folder without read permission is named; the others load", async () => {
+  await withTempDir(async (dir) => {
+    for (const f of ["a/ok.png", "a/secret.png", "b/x.png", "c/y.jpg"]) {
+      await Deno.mkdir(join(dir, f, ".."), { recursive: true });
+      await writeSolid(join(dir, f), [50, 60, 70]);
+    }
+    // Root reads any file whatever its mode, so the permission is taken away by Deno's sandbox instead.
+    const script = `import { loadDataset } from "./utils.ts";
+      const ds = await loadDataset(${JSON.stringify(dir)}, 8, { noCache: true });
+      console.log("loaded", ds.length, "skipped", ds.skipped);`;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `--deny-read=${join(dir, "a", "secret.png")},${join(dir, "b")}`, "-"],
+      cwd: join(import.meta.dirname!, ".."),
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(script));
+    await writer.close();
+    const out = await child.output(), text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.ok(text.includes(`warning: skipping ${join(dir, "a", "secret.png")}: unreadable (`), text);
+    assert.ok(text.includes(`warning: skipping ${join(dir, "b")}: unreadable folder (`), text);
+    assert.match(text, /skipped 2 file\(s\): 1 unreadable, 1 unreadable folder/);
+    assert.match(text, /loaded 2 skipped 2/);
+  });
+});
