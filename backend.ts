@@ -1,4 +1,5 @@
-// Backend choice and seeding: where the tensors run, and how a run is made repeatable.
+// Support file (not needed to follow the paper): backend choice and seeding, where the tensors run and how a run is
+// made repeatable. Loads the kernel files of the backend it sets (wasm_kernels.ts, fused_*.ts), nothing else here.
 import * as tf from "@tensorflow/tfjs";
 
 export type BackendName = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";
@@ -58,6 +59,24 @@ export async function setBackend(name: BackendName, log = console.log): Promise<
   throw new Error("no tfjs backend could be set");
 }
 
+// ------------------------------------------------------------------ seeding
+
+/** Uniform random numbers in [0, 1). */
+export type Rand = () => number;
+
+/** mulberry32's output for the state `a` (which steps by 0x6d2b79f5 before each draw): 32 random bits. */
+function mulberryBits(a: number): number {
+  let t = Math.imul(a ^ (a >>> 15), a | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return (t ^ (t >>> 14)) >>> 0;
+}
+
+/** A small seeded PRNG (mulberry32) for what is drawn outside tfjs: shuffles, crops, label drops. */
+export function mulberry32(seed: number): Rand {
+  let a = seed | 0;
+  return () => mulberryBits(a = (a + 0x6d2b79f5) | 0) / 4294967296;
+}
+
 // A seeded stream of seeds for tf.random* ops: setSeed(s) makes every draw after it repeatable.
 let seedState = (Math.random() * 2 ** 31) | 0;
 
@@ -65,12 +84,9 @@ export function setSeed(seed: number) {
   seedState = seed | 0;
 }
 
-/** The next seed of the stream (mulberry32 step). */
+/** The next seed of the stream (a mulberry32 step). */
 export function nextSeed(): number {
-  let t = (seedState = (seedState + 0x6d2b79f5) | 0);
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) % 2 ** 31;
+  return mulberryBits(seedState = (seedState + 0x6d2b79f5) | 0) % 2 ** 31;
 }
 
 /** The stream's position, saved in checkpoints so that a resumed run draws what a straight run would. */

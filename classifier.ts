@@ -1,9 +1,9 @@
 // The evaluation's feature extractor: a small CNN trained on a run's own data, and the Fréchet distance
 // between two sets of its features (the FID formula of Heusel et al. 2017, on OUR features: not an FID).
 import * as tf from "@tensorflow/tfjs";
-import { nextSeed } from "./backend.ts";
+import { mulberry32, nextSeed } from "./backend.ts";
 import { Linear, Module } from "./modules.ts";
-import { type Dataset, mulberry32 } from "./utils.ts";
+import { type Dataset, shuffle } from "./utils.ts";
 
 type T4 = tf.Tensor4D;
 
@@ -92,11 +92,7 @@ export async function trainClassifier(
   const vars = [...clf.weights.values()], rand = mulberry32(seed);
   let mean = NaN;
   for (let epoch = 0; epoch < epochs; epoch++) {
-    const order = Array.from({ length: set.n }, (_, i) => i);
-    for (let i = order.length - 1; i > 0; i--) { // Fisher-Yates shuffle
-      const j = Math.floor(rand() * (i + 1));
-      [order[i], order[j]] = [order[j], order[i]];
-    }
+    const order = shuffle(Array.from({ length: set.n }, (_, i) => i), rand);
     let sum = 0, batches = 0;
     for (let s = 0; s < set.n; s += batchSize) {
       const [x, y] = taskBatch(set, order.slice(s, s + batchSize), task);

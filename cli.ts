@@ -4,7 +4,7 @@ import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS } from "./backend.ts";
 import type { Sampler, Schedule } from "./diffusion.ts";
 import { CheckpointError } from "./checkpoint.ts";
-import { DataError } from "./utils.ts";
+import { DataError } from "./datasets.ts";
 
 export interface Config {
   data: string; // "builtin:landscapes", "builtin:shapes", "cifar10" or a folder

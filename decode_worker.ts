@@ -1,7 +1,7 @@
 // A decoding worker (image_folder.ts starts one per core): reads one PNG/JPEG, decodes it and resizes it to the
-// cached size (utils.ts fit), so that the main thread only ever holds the small images.
+// cached size (transforms.ts fit), so that the main thread only ever holds the small images.
 import { decodeRGB } from "./datasets.ts";
-import { cachedShortSide, fit } from "./utils.ts";
+import { cachedShortSide, fit } from "./transforms.ts";
 
 /** What a worker answers for the i-th file: the resized image, or why it is skipped. */
 export type Decoded = { i: number; w: number; h: number; W: number; H: number; pix: Uint8Array } | {

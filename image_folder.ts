@@ -6,7 +6,7 @@ import { basename, dirname, extname, join, relative, resolve } from "node:path";
 import { DataError } from "./datasets.ts";
 import type { Decoded } from "./decode_worker.ts";
 import { Progress } from "./progress.ts";
-import type { Cached } from "./utils.ts";
+import type { Cached } from "./transforms.ts";
 
 type Log = (line: string) => void;
 
@@ -104,7 +104,7 @@ export async function listImageFolder(path: string, log: Log) {
 
 // ---------------------------------------------------------------- the cache file
 
-const VERSION = 1; // of the cache format and of the resize (utils.ts fit)
+const VERSION = 1; // of the cache format and of the resize (transforms.ts fit)
 const MAGIC = new TextEncoder().encode("DDPM-IMAGE-CACHE\n");
 
 /** A file of the cache: its size and mtime when it was decoded, then its resized image or why it was skipped. */
@@ -114,7 +114,7 @@ interface Entry {
   mtime: number;
   w?: number; // the cached pixels: w×h RGB
   h?: number;
-  W?: number; // the virtual Resize size the random crop is drawn in (utils.ts fit)
+  W?: number; // the virtual Resize size the random crop is drawn in (transforms.ts fit)
   H?: number;
   pix?: Uint8Array;
   why?: string;

@@ -6,6 +6,7 @@ export { EMA } from "./ema.ts";
 export { AdamW, train, trainStep } from "./train.ts";
 export { type Config, DEFAULTS, PRESETS } from "./cli.ts";
 export { loadFile, loadRun } from "./sample.ts";
-export { type Dataset, loadDataset, saveGrid, savePlot } from "./utils.ts";
+export { type Dataset, loadDataset, saveGrid } from "./utils.ts";
+export { savePlot } from "./plot.ts";
 export { loadWeights, saveCheckpoint, saveWeights, type Tensors } from "./checkpoint.ts";
 export { loadTorchModel, readTorchFile, torchOptions, torchStateDict, writeTorchFile } from "./pytorch.ts";

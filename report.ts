@@ -1,12 +1,13 @@
 // What a run shows: sample grids, the loss curve, index.html, and the progress line.
 import { join } from "node:path";
-import { getSeedState, setSeed } from "./backend.ts";
+import { getSeedState, mulberry32, setSeed } from "./backend.ts";
 import { readState } from "./checkpoint.ts";
 import type { Config } from "./cli.ts";
 import type { Diffusion } from "./diffusion.ts";
 import type { UNet } from "./modules.ts";
 import { Progress, stepProgress } from "./progress.ts";
-import { type Dataset, mulberry32, saveGrid, savePlot, ticks } from "./utils.ts";
+import { lossSvg, savePlot } from "./plot.ts";
+import { type Dataset, saveGrid } from "./utils.ts";
 
 export { Progress };
 
@@ -78,49 +79,6 @@ export async function sampleGrids(
 }
 
 const esc = (s: unknown) => String(s).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
-
-/** The loss curve as SVG: every step faint, a centred moving average bold; a log axis past two decades. */
-export function lossSvg(rows: { step: number; loss: number }[], W = 640, H = 280): string {
-  const pts = rows.filter((r) => Number.isFinite(r.loss) && Number.isFinite(r.step)), ys = pts.map((r) => r.loss);
-  if (!pts.length) return "<p>no steps yet</p>";
-  const [L, R, T, B] = [64, 16, 10, 40], lo = Math.min(...ys), hi = Math.max(...ys);
-  const logY = lo > 0 && hi / lo > 100, f = (v: number) => logY ? Math.log10(v) : v;
-  const [y0, y1] = lo === hi ? [f(lo) - 0.5, f(hi) + 0.5] : [f(lo), f(hi)];
-  const [x0, x1] = [pts[0].step, Math.max(pts.at(-1)!.step, pts[0].step + 1)];
-  const px = (x: number) => (L + (x - x0) / (x1 - x0) * (W - L - R)).toFixed(1);
-  const py = (v: number) => (H - B - (v - y0) / (y1 - y0) * (H - T - B)).toFixed(1);
-  const k = Math.max(1, Math.floor(ys.length / 50)), sum = [0];
-  for (const v of ys) sum.push(sum.at(-1)! + v);
-  const smooth = ys.map((_, i) => {
-    const h = Math.min(k, i, ys.length - 1 - i);
-    return (sum[i + h + 1] - sum[i - h]) / (2 * h + 1);
-  });
-  const every = Math.ceil(pts.length / 1500); // at most ~1500 points a line
-  const line = (vs: number[], cls: string) =>
-    `<polyline class="${cls}" points="${
-      pts.flatMap((p, i) => i % every && i < pts.length - 1 ? [] : [`${px(p.step)},${py(f(vs[i]))}`]).join(" ")
-    }"/>`;
-  const label = (v: number) => logY ? `${+(10 ** v).toPrecision(3)}` : `${+v.toPrecision(6)}`;
-  const yTicks = ticks(y0, y1).filter((v) => !logY || Number.isInteger(v));
-  return `<svg class="plot" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img">
-${
-    yTicks.map((v) =>
-      `<line class="grid" x1="${L}" x2="${W - R}" y1="${py(v)}" y2="${py(v)}"/>
-<text x="${L - 6}" y="${py(v)}" dy="4" text-anchor="end">${label(v)}</text>`
-    ).join("\n")
-  }
-${
-    ticks(x0, x1).filter(Number.isInteger).map((x) =>
-      `<line class="grid" y1="${T}" y2="${H - B}" x1="${px(x)}" x2="${px(x)}"/>
-<text x="${px(x)}" y="${H - B + 16}" text-anchor="middle">${x}</text>`
-    ).join("\n")
-  }
-<path class="axis" d="M${L},${T}V${H - B}H${W - R}"/>${line(ys, "raw")}${line(smooth, "smooth")}
-<text x="${(L + W - R) / 2}" y="${H - 6}" text-anchor="middle">step</text>
-<text transform="translate(14 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">MSE${
-    logY ? " (log)" : ""
-  }</text></svg>`;
-}
 
 /** eval.json as a table (its raw text if it is not the expected shape). */
 function scoresHtml(text: string): string {

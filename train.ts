@@ -1,7 +1,7 @@
 // Training: AdamW, DDPM's Algorithm 1, and the training run (`deno task train:landscape`, `train:cifar`, `demo`).
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
-import { getSeedState, setBackend, setSeed } from "./backend.ts";
+import { getSeedState, mulberry32, setBackend, setSeed } from "./backend.ts";
 import { assignWeights, CheckpointError, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
 import { type Config, DEFAULTS, flagOf, HELP, parseConfig, runCli, TrainingError, UsageError } from "./cli.ts";
 import { Diffusion } from "./diffusion.ts";
@@ -10,7 +10,7 @@ import { fusedAdamW, hasFused } from "./fused.ts";
 import { type Module, UNet } from "./modules.ts";
 import { loadTorchModel } from "./pytorch.ts";
 import { Progress, readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
-import { loadDataset, mulberry32 } from "./utils.ts";
+import { loadDataset } from "./utils.ts";
 
 /** AdamW (Loshchilov & Hutter 2019), PyTorch's defaults: decoupled weight decay, then the Adam step. */
 export class AdamW {

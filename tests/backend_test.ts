@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { setBackend, setSeed } from "../backend.ts";
+import { mulberry32, nextSeed, setBackend, setSeed } from "../backend.ts";
 import { UNetConditional } from "../modules.ts";
 
 Deno.test("auto skips what cannot load here with one line each, and lands on a CPU backend", async () => {
@@ -10,6 +10,22 @@ Deno.test("auto skips what cannot load here with one line each, and lands on a C
   assert.equal(tf.getBackend(), chosen);
   for (const l of lines) assert.ok(!l.includes("\n") && /^backend \w+ skipped: /.test(l), l);
   assert.equal(lines.length, ["tensorflow", "webgpu", "wasm"].indexOf(chosen));
+});
+
+Deno.test("mulberry32 is deterministic and uniform in [0, 1)", () => {
+  const a = mulberry32(42), b = mulberry32(42), c = mulberry32(43);
+  const xs = Array.from({ length: 1000 }, a), ys = Array.from({ length: 1000 }, b);
+  assert.deepEqual(xs, ys);
+  assert.notDeepEqual(xs.slice(0, 10), Array.from({ length: 10 }, c));
+  assert.ok(xs.every((x) => x >= 0 && x < 1));
+  const mean = xs.reduce((s, x) => s + x, 0) / xs.length;
+  assert.ok(Math.abs(mean - 0.5) < 0.05, `mean ${mean}`);
+});
+
+Deno.test("the seed stream of tf.random* ops is mulberry32's: setSeed(s) then nextSeed() draws what mulberry32(s) does", () => {
+  const rand = mulberry32(1234);
+  setSeed(1234);
+  for (let i = 0; i < 100; i++) assert.equal(nextSeed(), Math.floor(rand() * 2 ** 32) % 2 ** 31);
 });
 
 /** The forward pass and every gradient of a small conditional U-Net on `backend`, as plain arrays. */

@@ -17,7 +17,8 @@ import { DEFAULTS, UsageError } from "../cli.ts";
 import { torchStateDict, writeTorchFile } from "../pytorch.ts";
 import { loadRun } from "../sample.ts";
 import { train } from "../train.ts";
-import { loadDataset, mulberry32 } from "../utils.ts";
+import { mulberry32 } from "../backend.ts";
+import { loadDataset } from "../utils.ts";
 
 await setBackend("wasm");
 

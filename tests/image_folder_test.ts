@@ -1,18 +1,12 @@
-// Tests of image folders: the cache key, the cache file and its invalidation, decoding in workers, the warnings.
+// Tests of image folders: class sub-folders or flat, bad folders, the cache key, the cache file and its invalidation, decoding in workers, the warnings.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Image } from "imagescript";
 import { cacheFile, cacheKey, decodeFolder, type ImageFile, listImageFolder } from "../image_folder.ts";
-import { type Dataset, loadDataset, mulberry32 } from "../utils.ts";
-
-async function withTempDir(fn: (dir: string) => Promise<void>) {
-  const dir = await Deno.makeTempDir({ prefix: "ddpm_folder_test_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+import { mulberry32 } from "../backend.ts";
+import { DataError } from "../datasets.ts";
+import { type Batch, type Dataset, loadDataset } from "../utils.ts";
+import { epoch, png, quiet, ROOT, solidImage, withTempDir } from "./helpers.ts";
 
 /** A solid 40×30 image of colour [r, g, b] (PNG, or JPEG when the name says so). */
 async function writeSolid(path: string, [r, g, b]: number[]) {
@@ -128,13 +122,13 @@ Deno.test("1 worker and 2 workers decode the same pixels; a damaged cache is rew
       await writeSolid(join(data, `${i}.${i % 2 ? "jpg" : "png"}`), [i * 40, 100, 255 - i * 40]);
     }
     const { files } = await listImageFolder(data, () => {});
-    const quiet = { log: () => {} };
-    const one = await decodeFolder(data, files, 16, { cacheDir: null, workers: 1, ...quiet });
-    const two = await decodeFolder(data, files, 16, { cacheDir: null, workers: 2, ...quiet });
+    const noLog = { log: quiet };
+    const one = await decodeFolder(data, files, 16, { cacheDir: null, workers: 1, ...noLog });
+    const two = await decodeFolder(data, files, 16, { cacheDir: null, workers: 2, ...noLog });
     assert.deepEqual([one.decoded, two.decoded], [6, 6]);
     assert.deepEqual(two.images, one.images, "same images, in file order");
 
-    await decodeFolder(data, files, 16, { cacheDir: cache, ...quiet });
+    await decodeFolder(data, files, 16, { cacheDir: cache, ...noLog });
     const file = cacheFile(cache, data, 16), bytes = await Deno.readFile(file);
     await Deno.writeFile(file, bytes.subarray(0, bytes.length - 100)); // truncated
     const lines: string[] = [];
@@ -143,7 +137,7 @@ Deno.test("1 worker and 2 workers decode the same pixels; a damaged cache is rew
     assert.equal(again.decoded, 6);
     assert.deepEqual(again.images, one.images);
     assert.deepEqual((await Deno.readFile(file)).length, bytes.length, "rewritten whole");
-    assert.equal((await decodeFolder(data, files, 16, { cacheDir: cache, ...quiet })).fromCache, 6);
+    assert.equal((await decodeFolder(data, files, 16, { cacheDir: cache, ...noLog })).fromCache, 6);
 
     const notAFolder = join(dir, "file"), warned: string[] = []; // a cache that cannot be written: a warning
     await Deno.writeTextFile(notAFolder, "");
@@ -211,7 +205,7 @@ Deno.test("warnings: a file or a class folder without read permission is named; 
       console.log("loaded", ds.length, "skipped", ds.skipped);`;
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", `--deny-read=${join(dir, "a", "secret.png")},${join(dir, "b")}`, "-"],
-      cwd: join(import.meta.dirname!, ".."),
+      cwd: ROOT,
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
@@ -225,5 +219,94 @@ Deno.test("warnings: a file or a class folder without read permission is named; 
     assert.ok(text.includes(`warning: skipping ${join(dir, "b")}: unreadable folder (`), text);
     assert.match(text, /skipped 2 file\(s\): 1 unreadable, 1 unreadable folder/);
     assert.match(text, /loaded 2 skipped 2/);
+  });
+});
+
+Deno.test("image folder with class sub-folders: labels, decoding, skipping", async () => {
+  await withTempDir(async (dir) => {
+    const files: Record<string, Uint8Array> = {
+      "cats/a.jpg": await solidImage(40, 30, 0xff0000ff, "jpeg"), // red, landscape format
+      "cats/B.PNG": await solidImage(20, 50, 0x00ff0080, "png"), // green RGBA, portrait
+      "cats/more/c.png": await solidImage(24, 24, 0x00ff00ff, "png"), // nested
+      "dogs/gray.png": png(2, 2, 8, 0, [[200, 200], [200, 200]]),
+      "dogs/gray16.png": png(2, 2, 16, 0, [[200, 0, 200, 0], [200, 0, 200, 0]]),
+      "dogs/palette.png": png(2, 2, 8, 3, [[0, 0], [0, 0]], [200, 200, 200]),
+      "dogs/broken.png": new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10, 1, 2, 3]),
+      "dogs/notes.txt": new TextEncoder().encode("not an image"),
+    };
+    for (const [name, bytes] of Object.entries(files)) {
+      await Deno.mkdir(join(dir, name, ".."), { recursive: true });
+      await Deno.writeFile(join(dir, name), bytes);
+    }
+    await Deno.symlink(join(dir, "dogs", "gray.png"), join(dir, "dogs", "link.png")); // links are followed
+    const lines: string[] = [];
+    const ds = await loadDataset(dir, 16, { cacheDir: join(dir, ".cache"), log: (l) => lines.push(l) });
+    assert.deepEqual(ds.classes, ["cats", "dogs"]);
+    assert.equal(ds.length, 7);
+    assert.equal(ds.skipped, 1);
+    assert.equal(ds.size, 16);
+    assert.ok(lines.some((l) => l.includes("broken.png")), "a warning names the broken file");
+    assert.ok(!lines.some((l) => l.includes("notes.txt")), ".txt files are ignored silently");
+    assert.ok(lines.some((l) => l.includes("decoding 8/8")), "progress is logged");
+
+    const { xs, labels } = epoch(ds, 4, mulberry32(0));
+    assert.deepEqual([...labels].sort(), [0, 0, 0, 1, 1, 1, 1]);
+    xs.forEach((x, i) => {
+      assert.equal(x.length, 16 * 16 * 3);
+      // Solid images stay solid through resize and crop: check the mean colour.
+      const mean = [0, 1, 2].map((k) => x.filter((_, j) => j % 3 === k).reduce((a, b) => a + b) / 256);
+      const expected = labels[i] === 1 ? [200, 200, 200] : mean[0] > 0 ? [255, 0, 0] : [0, 255, 0];
+      mean.forEach((m, k) => assert.ok(Math.abs((m + 1) * 127.5 - expected[k]) < 4, `${mean} vs ${expected}`));
+    });
+  });
+});
+
+Deno.test("flat image folder: one class named after the folder; upright crops; count", async () => {
+  await withTempDir(async (dir) => {
+    // Gradients: red grows to the right, green grows downwards.
+    const img = new Image(30, 20);
+    for (let y = 0; y < 20; y++) {
+      for (let x = 0; x < 30; x++) img.bitmap.set([x * 8, y * 12, 0, 255], (y * 30 + x) * 4);
+    }
+    const flat = join(dir, "faces");
+    await Deno.mkdir(flat);
+    for (let i = 0; i < 5; i++) await Deno.writeFile(join(flat, `${i}.png`), await img.encode());
+    const cacheDir = join(dir, "cache");
+    const ds = await loadDataset(flat, 8, { cacheDir, log: quiet });
+    assert.deepEqual(ds.classes, ["faces"]);
+    assert.equal(ds.length, 5);
+    const b = ds.batches(5, mulberry32(0)).next().value as Batch;
+    assert.equal(b.x.length, 5 * 8 * 8 * 3);
+    assert.deepEqual([...b.labels], [0, 0, 0, 0, 0]);
+    for (let i = 0; i < 5; i++) {
+      const at = (x: number, y: number, k: number) => b.x[i * 192 + (y * 8 + x) * 3 + k];
+      assert.ok(at(7, 0, 0) - at(0, 0, 0) > 0.8, "red increases to the right");
+      assert.ok(at(0, 7, 1) - at(0, 0, 1) > 0.8, "green increases downwards");
+      assert.ok(Math.abs(at(0, 7, 0) - at(0, 0, 0)) < 0.01 && Math.abs(at(7, 0, 1) - at(0, 0, 1)) < 0.01);
+    }
+    assert.equal((await loadDataset(flat, 8, { count: 2, cacheDir, log: quiet })).length, 2);
+  });
+});
+
+Deno.test("bad folders throw DataError naming the path", async () => {
+  await withTempDir(async (dir) => {
+    const rejects = (path: string, pattern: RegExp) =>
+      assert.rejects(loadDataset(path, 16, { log: quiet }), (e: Error) => {
+        assert.ok(e instanceof DataError);
+        assert.ok(e.message.includes(path), e.message);
+        assert.match(e.message, pattern);
+        assert.ok(!e.message.includes("\n"));
+        return true;
+      });
+    await rejects(join(dir, "missing"), /not found/);
+    await Deno.mkdir(join(dir, "empty"));
+    await rejects(join(dir, "empty"), /no .*images/);
+    await Deno.mkdir(join(dir, "text"));
+    await Deno.writeTextFile(join(dir, "text", "a.txt"), "hello");
+    await rejects(join(dir, "text"), /no .*images/);
+    await Deno.mkdir(join(dir, "broken"));
+    await Deno.writeTextFile(join(dir, "broken", "a.jpg"), "not a jpeg");
+    await rejects(join(dir, "broken"), /could be decoded/);
+    await rejects("builtin:nothing", /unknown dataset/);
   });
 });
