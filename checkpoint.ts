@@ -1,12 +1,13 @@
-// Checkpoints: model, EMA and optimizer weights plus the run's state, written so a crash never loses one.
+// Support file (not needed to follow the paper): checkpoints, the model, EMA and optimizer weights plus the run's
+// state, written so that a crash never loses one; and a trained model read back, from a run or a PyTorch file.
 import * as tf from "@tensorflow/tfjs";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import type { Config } from "./cli.ts";
+import { type Config, DEFAULTS } from "./cli.ts";
+import { UNet } from "./modules.ts";
+import { loadTorchModel } from "./pytorch.ts";
 import { assignTensors, CheckpointError, parseWeights, serializeWeights, type Tensors } from "./weights.ts";
-
-export { CheckpointError, type Tensors };
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
@@ -106,4 +107,34 @@ export async function readState(runDir: string, required = ["state.json", "model
   } catch (e) {
     throw new CheckpointError(`${path} is not readable (${(e as Error).message})`);
   }
+}
+
+// ------------------------------------------------------------------ a trained model
+
+/** The (untrained) U-Net that a run's config describes. */
+export const newUNet = (config: Config, numClasses: number) =>
+  new UNet({ width: config.width, numClasses, removeDeepConv: config.removeDeepConv });
+
+/** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
+export async function loadRun(runDir: string, ema = false) {
+  const file = ema ? "ema.bin" : "model.bin";
+  if (ema && !(await readState(runDir)).config.emaBeta) {
+    throw new CheckpointError(`${runDir} was trained without EMA (--ema-beta 0)`);
+  }
+  const state = await readState(runDir, ["state.json", file]);
+  const model = newUNet(state.config, state.config.conditional ? state.classes.length : 0);
+  try {
+    assignWeights(join(state.dir!, file), model.weights);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  return { model, config: state.config, classes: state.classes };
+}
+
+/** The model of a PyTorch file of the tutorial's U-Net, with the tutorial's settings (64 px, T = 1000, linear). */
+export function loadFile(path: string, imageSize = 64) {
+  const model = loadTorchModel(path);
+  const classes = Array.from({ length: model.numClasses }, (_, i) => String(i));
+  return { model, config: { ...DEFAULTS, imageSize, conditional: model.numClasses > 0 }, classes };
 }

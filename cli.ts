@@ -3,8 +3,8 @@ import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS } from "./backend.ts";
 import type { Sampler, Schedule } from "./diffusion.ts";
-import { CheckpointError } from "./checkpoint.ts";
 import { DataError } from "./datasets.ts";
+import { CheckpointError } from "./weights.ts";
 
 export interface Config {
   data: string; // "builtin:landscapes", "builtin:shapes", "cifar10" or a folder

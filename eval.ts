@@ -4,7 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, CheckpointError, readState, type RunState, saveWeights } from "./checkpoint.ts";
+import { assignWeights, loadFile, loadRun, readState, type RunState, saveWeights } from "./checkpoint.ts";
 import {
   Classifier,
   classify,
@@ -17,10 +17,10 @@ import {
   trainClassifier,
 } from "./classifier.ts";
 import { Diffusion, type NoiseModel, type Sampler, type Schedule } from "./diffusion.ts";
-import { loadFile, loadRun } from "./sample.ts";
 import { choiceFlag, type Config, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { duration, stepProgress } from "./progress.ts";
 import { writeReport } from "./report.ts";
+import { CheckpointError } from "./weights.ts";
 import { loadDataset, saveGrid } from "./utils.ts";
 
 export const METRIC = "Fréchet distance (classifier features)";

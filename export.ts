@@ -1,6 +1,6 @@
 // Weights to PyTorch: `deno task export (--run RUN [--ema] | --weights FILE) --out FILE.safetensors` (or .pt).
 import { setBackend } from "./backend.ts";
-import { loadFile, loadRun } from "./sample.ts";
+import { loadFile, loadRun } from "./checkpoint.ts";
 import { parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { torchStateDict, writeTorchFile } from "./pytorch.ts";
 

@@ -5,8 +5,8 @@ export { DoubleConv, Down, Module, SelfAttention, UNet, UNetConditional, type UN
 export { EMA } from "./ema.ts";
 export { AdamW, train, trainStep } from "./train.ts";
 export { type Config, DEFAULTS, PRESETS } from "./cli.ts";
-export { loadFile, loadRun } from "./sample.ts";
 export { type Dataset, loadDataset, saveGrid } from "./utils.ts";
 export { savePlot } from "./plot.ts";
-export { loadWeights, saveCheckpoint, saveWeights, type Tensors } from "./checkpoint.ts";
+export { loadFile, loadRun, loadWeights, saveCheckpoint, saveWeights } from "./checkpoint.ts";
+export { type Tensors } from "./weights.ts";
 export { loadTorchModel, readTorchFile, torchOptions, torchStateDict, writeTorchFile } from "./pytorch.ts";

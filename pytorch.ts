@@ -1,6 +1,6 @@
 // The tutorial's PyTorch weights in and out: .pt/.pth (torch.save) and .safetensors files of its UNet's state_dict.
 import * as tf from "@tensorflow/tfjs";
-import { CheckpointError, type Tensors } from "./checkpoint.ts";
+import { CheckpointError, type Tensors } from "./weights.ts";
 import { UNet, type UNetOptions } from "./modules.ts";
 import { notFloat32, readPt, writePt } from "./torchsave.ts";
 

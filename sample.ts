@@ -1,41 +1,11 @@
 // Sampling from a trained run or a PyTorch file: `deno task sample (--run RUN [--ema] | --weights FILE) [--n 16]`.
 import { dirname, join } from "node:path";
 import { BACKENDS, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, CheckpointError, readState, saveWeights } from "./checkpoint.ts";
+import { loadFile, loadRun, saveWeights } from "./checkpoint.ts";
 import { Diffusion, toUint8 } from "./diffusion.ts";
-import { UNet } from "./modules.ts";
-import { choiceFlag, DEFAULTS, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
+import { choiceFlag, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { stepProgress } from "./progress.ts";
-import { loadTorchModel } from "./pytorch.ts";
 import { saveGrid } from "./utils.ts";
-
-/** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
-export async function loadRun(runDir: string, ema = false) {
-  const file = ema ? "ema.bin" : "model.bin";
-  if (ema && !(await readState(runDir)).config.emaBeta) {
-    throw new CheckpointError(`${runDir} was trained without EMA (--ema-beta 0)`);
-  }
-  const state = await readState(runDir, ["state.json", file]);
-  const model = new UNet({
-    width: state.config.width,
-    numClasses: state.config.conditional ? state.classes.length : 0,
-    removeDeepConv: state.config.removeDeepConv,
-  });
-  try {
-    assignWeights(join(state.dir!, file), model.weights);
-  } catch (e) {
-    model.dispose();
-    throw e;
-  }
-  return { model, config: state.config, classes: state.classes };
-}
-
-/** The model of a PyTorch file of the tutorial's U-Net, with the tutorial's settings (64 px, T = 1000, linear). */
-export function loadFile(path: string, imageSize = 64) {
-  const model = loadTorchModel(path);
-  const classes = Array.from({ length: model.numClasses }, (_, i) => String(i));
-  return { model, config: { ...DEFAULTS, imageSize, conditional: model.numClasses > 0 }, classes };
-}
 
 const HELP = `Sample images from a trained run and save them as a PNG grid.
 

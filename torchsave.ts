@@ -1,6 +1,6 @@
 // torch.save's format without Python: a zip of stored entries, `archive/data.pkl` (a pickle) and the raw storages
 // `archive/data/<key>`. Only the pickle opcodes and globals of a dict of float32 tensors are read: nothing is run.
-import { CheckpointError, type Tensors } from "./checkpoint.ts";
+import { CheckpointError, type Tensors } from "./weights.ts";
 
 const utf8 = new TextDecoder(), encode = (s: string) => new TextEncoder().encode(s);
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);

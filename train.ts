@@ -2,7 +2,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { getSeedState, mulberry32, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, CheckpointError, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
+import { assignWeights, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
 import { type Config, DEFAULTS, flagOf, HELP, parseConfig, runCli, TrainingError, UsageError } from "./cli.ts";
 import { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
@@ -10,6 +10,7 @@ import { fusedAdamW, hasFused } from "./fused.ts";
 import { type Module, UNet } from "./modules.ts";
 import { loadTorchModel } from "./pytorch.ts";
 import { Progress, readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
+import { CheckpointError } from "./weights.ts";
 import { loadDataset } from "./utils.ts";
 
 /** AdamW (Loshchilov & Hutter 2019), PyTorch's defaults: decoupled weight decay, then the Adam step. */

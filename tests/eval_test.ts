@@ -15,7 +15,7 @@ import {
 import { evaluate, METRIC, parseEvalArgs } from "../eval.ts";
 import { DEFAULTS, UsageError } from "../cli.ts";
 import { torchStateDict, writeTorchFile } from "../pytorch.ts";
-import { loadRun } from "../sample.ts";
+import { loadRun } from "../checkpoint.ts";
 import { train } from "../train.ts";
 import { mulberry32 } from "../backend.ts";
 import { loadDataset } from "../utils.ts";

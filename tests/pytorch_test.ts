@@ -5,7 +5,7 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { setBackend } from "../backend.ts";
-import { type Tensors } from "../checkpoint.ts";
+import { type Tensors } from "../weights.ts";
 import { UNet } from "../modules.ts";
 import { loadTorchModel, readTorchFile, torchStateDict, writeTorchFile } from "../pytorch.ts";
 import { zip } from "../torchsave.ts";
