@@ -17,6 +17,17 @@ export const FUSED = {
   ema: "DdpmEma", // e ← β·e + (1-β)·w in place
 } as const;
 
+/** A backend's kernels for the fused operations, by operation. */
+export type FusedKernels = Record<keyof typeof FUSED, (args: never) => tf.TensorInfo | tf.TensorInfo[]>;
+
+/** The kernel configs of a backend's fused kernels, for tf.registerKernel. */
+export const fusedKernelConfigs = (backendName: string, kernels: FusedKernels, wrap = (f: tf.KernelFunc) => f) =>
+  Object.entries(kernels).map(([op, f]) => ({
+    kernelName: FUSED[op as keyof typeof FUSED],
+    backendName,
+    kernelFunc: wrap(f as unknown as tf.KernelFunc),
+  }));
+
 /** Whether the current backend has the fused kernel `op`. */
 export const hasFused = (op: keyof typeof FUSED) => tf.getKernel(FUSED[op], tf.getBackend()) !== undefined;
 

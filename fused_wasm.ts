@@ -2,7 +2,7 @@
 // loop over views of the wasm heap where tfjs would run several kernels (and allocate a tensor for each); the
 // attention's products go to XNNPACK, a block of query rows at a time, so no [n, n] matrix is ever whole.
 import * as tf from "@tensorflow/tfjs";
-import { FUSED } from "./fused.ts";
+import { fusedKernelConfigs, type FusedKernels } from "./fused.ts";
 import { alloc, free, heap, matMul2d, onBackend, softmaxRows } from "./wasm_kernels.ts";
 
 type Info = tf.TensorInfo;
@@ -251,22 +251,20 @@ function attentionGrad(
   return dqkv;
 }
 
-const KERNELS: [string, (args: never) => Info | Info[]][] = [
-  [FUSED.norm, norm],
-  [FUSED.normGrad, normGrad],
-  [FUSED.gelu, geluKernel],
-  [FUSED.geluGrad, geluGradKernel],
-  [FUSED.attention, attention],
-  [FUSED.attentionGrad, attentionGrad],
-  [FUSED.adamw, adamw],
-  [FUSED.ema, ema],
-];
+const KERNELS: FusedKernels = {
+  norm,
+  normGrad,
+  gelu: geluKernel,
+  geluGrad: geluGradKernel,
+  attention,
+  attentionGrad,
+  adamw,
+  ema,
+};
 
 /** Registers the fused kernels for the wasm backend. */
 export function registerWasmFused() {
-  for (const [kernelName, f] of KERNELS) {
-    if (!tf.getKernel(kernelName, "wasm")) {
-      tf.registerKernel({ kernelName, backendName: "wasm", kernelFunc: onBackend(f) });
-    }
+  for (const config of fusedKernelConfigs("wasm", KERNELS, (f) => onBackend(f as never))) {
+    if (!tf.getKernel(config.kernelName, "wasm")) tf.registerKernel(config);
   }
 }

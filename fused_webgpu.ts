@@ -1,6 +1,6 @@
 // Support file (not needed to follow the paper): the kernels of fused.ts for tfjs's WebGPU backend, in WGSL, run
 // by webgpu_kernels.ts. Numbers reach the shaders as uniforms, never as scalar tensors.
-import { FUSED } from "./fused.ts";
+import { fusedKernelConfigs } from "./fused.ts";
 import {
   type Backend,
   grid,
@@ -456,16 +456,7 @@ function attentionGrad({ inputs: { dy, qkv, o, stats: lse }, backend, attrs }: K
 /** Registers tfjs's WebGPU backend (webgpu_kernels.ts) with the kernels above; the norm's gradient binds 11 buffers. */
 export const registerWebgpu = (log: (line: string) => void) =>
   registerWebgpuBackend(
-    [
-      [FUSED.norm, norm],
-      [FUSED.normGrad, normGrad],
-      [FUSED.gelu, gelu],
-      [FUSED.geluGrad, geluGrad],
-      [FUSED.attention, attention],
-      [FUSED.attentionGrad, attentionGrad],
-      [FUSED.adamw, adamw],
-      [FUSED.ema, ema],
-    ],
+    fusedKernelConfigs("webgpu", { norm, normGrad, gelu, geluGrad, attention, attentionGrad, adamw, ema }),
     11,
     log,
   );

@@ -187,7 +187,7 @@ let registered = false;
  * the filter gradient above and the fused kernels `fused` when the limit allows `bindings` of them to a shader.
  */
 export async function registerWebgpuBackend(
-  fused: [string, (args: never) => Info | Info[]][],
+  fused: tf.KernelConfig[],
   bindings: number,
   log: (line: string) => void,
 ) {
@@ -213,11 +213,10 @@ export async function registerWebgpuBackend(
     const allowed = l.maxStorageBuffersPerShaderStage >= bindings;
     if (!allowed) log(`webgpu: ${l.maxStorageBuffersPerShaderStage} storage buffers per shader: no fused kernels`);
     shippedFilterGrad ??= tf.getKernel("Conv2DBackpropFilter", "webgpu")!.kernelFunc;
-    for (
-      const [kernelName, f] of [...(allowed ? fused : []), ["Conv2DBackpropFilter", conv2dBackpropFilter] as const]
-    ) {
-      if (tf.getKernel(kernelName, "webgpu")) tf.unregisterKernel(kernelName, "webgpu");
-      tf.registerKernel({ kernelName, backendName: "webgpu", kernelFunc: f as unknown as tf.KernelFunc });
+    const filterGrad = { kernelName: "Conv2DBackpropFilter", backendName: "webgpu", kernelFunc: conv2dBackpropFilter };
+    for (const config of [...(allowed ? fused : []), filterGrad as unknown as tf.KernelConfig]) {
+      if (tf.getKernel(config.kernelName, "webgpu")) tf.unregisterKernel(config.kernelName, "webgpu");
+      tf.registerKernel(config);
     }
     return new WebGPUBackend(device, adapter.info);
   }, 3);
