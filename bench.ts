@@ -10,7 +10,8 @@ import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
 import { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
 import { UNet } from "./modules.ts";
-import { AdamW, trainStep } from "./train.ts";
+import { AdamW } from "./adamw.ts";
+import { trainStep } from "./train.ts";
 
 const { values: a } = parseArgs({
   args: Deno.args,
@@ -134,7 +135,7 @@ const model = new UNet({ width, numClasses: classes });
 const emaModel = a.ema ? new UNet({ width, numClasses: classes }) : null;
 const ema = new EMA();
 const diffusion = new Diffusion({ imgSize: imageSize });
-const opt = new AdamW(model, 3e-4);
+const opt = new AdamW(model, { lr: 3e-4 });
 const x0 = tf.randomUniform([batch, imageSize, imageSize, 3], -1, 1) as tf.Tensor4D;
 const labels = classes > 0 ? tf.randomUniformInt([batch], 0, classes) as tf.Tensor1D : null;
 const tSample = tf.fill([batch], 500, "int32") as tf.Tensor1D;

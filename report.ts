@@ -29,17 +29,21 @@ export async function saveDataImages(runDir: string, data: Dataset, seed: number
   await saveGrid(join(runDir, "data.png"), pixels, batch.n, data.size, batch.n);
 }
 
+export interface GridOptions {
+  config: Config; // nSamples, the sampler's settings, seed (the grids draw from seed + 1), imageSize
+  diffusion: Diffusion;
+  model: UNet;
+  emaModel: UNet | null;
+  classes: string[];
+  runDir: string; // grids go to runDir/samples/<label>.png and <label>_ema.png
+  label: string;
+  log: (l: string) => void;
+  stopped: () => boolean; // a Ctrl-C: give up sampling
+}
+
 /** Sample grids of the model (and of the EMA model): one row per class for a conditional model. */
 export async function sampleGrids(
-  config: Config,
-  diffusion: Diffusion,
-  model: UNet,
-  emaModel: UNet | null,
-  classes: string[],
-  runDir: string,
-  label: string,
-  log: (l: string) => void,
-  stopped: () => boolean, // a Ctrl-C: give up sampling
+  { config, diffusion, model, emaModel, classes, runDir, label, log, stopped }: GridOptions,
 ) {
   const k = model.numClasses, n = config.nSamples;
   const cols = k ? Math.max(1, Math.round(n / k)) : Math.ceil(Math.sqrt(n));

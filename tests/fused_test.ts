@@ -6,7 +6,7 @@ import { setBackend } from "../backend.ts";
 import { EMA } from "../ema.ts";
 import { attentionLimits } from "../fused_wasm.ts";
 import { attention, gelu, Module, Norm } from "../modules.ts";
-import { AdamW } from "../train.ts";
+import { AdamW } from "../adamw.ts";
 
 const hasWebgpu = !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter());
 const BACKENDS = ["wasm", ...(hasWebgpu ? ["webgpu"] : [])] as const;
@@ -102,7 +102,7 @@ for (const backend of BACKENDS) {
     const run = async (b: string) => {
       await setBackend(b as "cpu");
       const [model, average] = [new Weights(1), new Weights(50)];
-      const opt = new AdamW(model, 0.01), ema = new EMA(0.9);
+      const opt = new AdamW(model, { lr: 0.01 }), ema = new EMA(0.9);
       const before = Float32Array.from(await model.weights.get("w0")!.data()); // a read-back before the update
       for (let step = 0; step < 3; step++) {
         const grads = new Map([...model.weights.keys()].map((k, i) => [k, rand(shapes[i], 100 * step + i)]));

@@ -31,7 +31,8 @@ import { Diffusion } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
 import { type Config, DEFAULTS } from "../cli.ts";
 import { readTorchFile } from "../pytorch.ts";
-import { AdamW, READ_BACK, train, trainStep } from "../train.ts";
+import { AdamW } from "../adamw.ts";
+import { train, trainStep } from "../train.ts";
 
 const quiet = () => {};
 const tiny = (out: string, over: Partial<Config> = {}): Config => ({
@@ -188,14 +189,13 @@ Deno.test("NaN: a non-finite loss stops the run naming the step; the last good c
 
 Deno.test("NaN with losses read back every 3 steps: the same step is named, no later loss is logged", async () => {
   const run = async (every: number) => {
-    const dir = await tmp(), saved = READ_BACK.cpu;
-    READ_BACK.cpu = every;
+    const dir = await tmp();
     try {
-      const error = await train(tiny(dir, { count: 16, epochs: 100, lr: 1e30 }), { log: quiet }).catch((e) => e);
+      const config = tiny(dir, { count: 16, epochs: 100, lr: 1e30 });
+      const error = await train(config, { readEvery: every, log: quiet }).catch((e) => e);
       const rows = Deno.readTextFileSync(join(dir, "run", "loss.jsonl")).trim().split("\n").map((l) => JSON.parse(l));
       return { message: (error as Error).message, steps: rows.map((r) => r.step) };
     } finally {
-      READ_BACK.cpu = saved;
       await Deno.remove(dir, { recursive: true });
     }
   };

@@ -1,0 +1,53 @@
+// The optimizer (PyTorch's optim.AdamW in the tutorial): not in the DDPM paper, but every training step ends with it.
+import * as tf from "@tensorflow/tfjs";
+import { fusedAdamW, hasFused } from "./fused.ts";
+import type { Module } from "./modules.ts";
+
+export interface AdamWOptions {
+  lr?: number;
+  betas?: [number, number];
+  eps?: number;
+  weightDecay?: number;
+}
+
+/** AdamW (Loshchilov & Hutter 2019), PyTorch's defaults: decoupled weight decay, then the Adam step. */
+export class AdamW {
+  step = 0;
+  m = new Map<string, tf.Variable>();
+  v = new Map<string, tf.Variable>();
+  lr: number;
+  readonly betas: [number, number];
+  readonly eps: number;
+  readonly weightDecay: number;
+  constructor(
+    readonly model: Module,
+    { lr = 3e-4, betas = [0.9, 0.999], eps = 1e-8, weightDecay = 0.01 }: AdamWOptions = {},
+  ) {
+    [this.lr, this.betas, this.eps, this.weightDecay] = [lr, betas, eps, weightDecay];
+    const zeros = (w: tf.Tensor) => tf.tidy(() => tf.variable(tf.zerosLike(w), false));
+    for (const [name, w] of model.weights) this.m.set(name, zeros(w)), this.v.set(name, zeros(w));
+  }
+
+  /** One update from gradients keyed by weight name: one fused kernel for many weights where the backend has it. */
+  update(grads: Map<string, tf.Tensor>) {
+    this.step += 1;
+    const [beta1, beta2] = this.betas;
+    const c1 = 1 - beta1 ** this.step, c2 = 1 - beta2 ** this.step; // bias corrections of m and v
+    const params = [...this.model.weights].filter(([name]) => grads.get(name)) // a weight unused this step (the label
+      .map(([name, w]) => ({ w, m: this.m.get(name)!, v: this.v.get(name)!, g: grads.get(name)! })); // embedding
+    const { lr, eps, weightDecay } = this; //                                 on an unconditional step) stays, as in PyTorch
+    if (hasFused("adamw")) return fusedAdamW(params, { lr, beta1, beta2, eps, weightDecay, c1, c2 });
+    for (const { w, m, v, g } of params) {
+      tf.tidy(() => {
+        m.assign(m.mul(beta1).add(g.mul(1 - beta1)));
+        v.assign(v.mul(beta2).add(g.square().mul(1 - beta2)));
+        const stepDir = m.div(c1).div(v.div(c2).sqrt().add(eps));
+        w.assign(w.mul(1 - lr * weightDecay).sub(stepDir.mul(lr)));
+      });
+    }
+  }
+
+  dispose() {
+    tf.dispose([...this.m.values(), ...this.v.values()]);
+  }
+}

@@ -1,0 +1,270 @@
+// Support file (not needed to follow the paper): a training run's folder around train()'s loop: setup and resume,
+// the loss log (read back every few steps), checkpoints, sample grids at epoch ends, and Ctrl-C.
+import * as tf from "@tensorflow/tfjs";
+import { join } from "node:path";
+import { getSeedState, setBackend, setSeed } from "./backend.ts";
+import { assignWeights, newUNet, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
+import { type Config, DEFAULTS, flagOf, TrainingError, UsageError } from "./cli.ts";
+import { Diffusion } from "./diffusion.ts";
+import { EMA } from "./ema.ts";
+import type { UNet } from "./modules.ts";
+import { loadTorchModel } from "./pytorch.ts";
+import { Progress } from "./progress.ts";
+import { readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
+import { type Dataset, loadDataset } from "./utils.ts";
+import { CheckpointError } from "./weights.ts";
+import { AdamW } from "./adamw.ts";
+
+export interface TrainOptions {
+  resume?: boolean; // continue config.out/config.name from its checkpoint
+  given?: (keyof Config)[]; // the settings given as flags (on resume, only some may change)
+  readEvery?: number; // steps between loss read-backs (default: 20 on a GPU, where one waits ≥ 10 ms; else 1)
+  log?: (line: string) => void;
+}
+
+/** Minutes of training between checkpoints within an epoch (one is also written at each epoch's end). */
+const CHECKPOINT_MINUTES = 10;
+
+type Pending = { loss: tf.Scalar; step: number; epoch: number };
+
+/** The state of a training run: its models, optimizer, data and position, and its folder. */
+export class Run {
+  step = 0;
+  epoch = 0;
+  stepInEpoch = 0;
+  losses: number[] = [];
+  stopRequested = false; // a Ctrl-C: stop after this step
+  private pending: Pending[] = [];
+  private lastCheckpoint = performance.now();
+  private constructor(
+    readonly config: Config,
+    readonly dir: string,
+    readonly data: Dataset,
+    readonly model: UNet,
+    readonly emaModel: UNet | null,
+    readonly ema: EMA,
+    readonly opt: AdamW,
+    readonly diffusion: Diffusion,
+    readonly totalSteps: number,
+    private readonly readEvery: number,
+    private readonly lossFile: Deno.FsFile,
+    private readonly progress: Progress,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  /** A new run in config.out/config.name, or (resume) that run from its checkpoint. */
+  static async start(config: Config, { resume = false, given = [], readEvery, log = console.log }: TrainOptions) {
+    const dir = join(config.out, config.name);
+    const state = resume ? await readState(dir, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]) : null;
+    if (state) config = { ...DEFAULTS, ...state.config, ...changedOnResume(config, state.config, given) };
+    const backend = await setBackend(config.backend, log);
+    await Deno.mkdir(join(dir, "samples"), { recursive: true });
+    setSeed(config.seed);
+    const { seed, cacheDir, noCache } = config;
+    const data = await loadDataset(config.data, config.imageSize, {
+      seed,
+      count: config.count || undefined,
+      cacheDir,
+      noCache,
+      log,
+    });
+    await saveDataImages(dir, data, config.seed);
+    const numClasses = config.conditional ? data.classes.length : 0;
+    const model = config.weights && !resume ? fromWeights(config, numClasses, given) : newUNet(config, numClasses);
+    config = { ...config, width: model.width, removeDeepConv: model.removeDeepConv || undefined }; // (--weights)
+    const emaModel = config.emaBeta > 0 ? newUNet(config, numClasses) : null;
+    const { noiseSteps, imageSize: imgSize, schedule } = config;
+    const totalSteps = Math.min(config.epochs * Math.ceil(data.length / config.batchSize), config.maxSteps || Infinity);
+    readEvery ??= backend === "webgpu" || backend === "tensorflow" ? 20 : 1;
+    const run = new Run(
+      config,
+      dir,
+      data,
+      model,
+      emaModel,
+      new EMA(config.emaBeta),
+      new AdamW(model, { lr: config.lr }),
+      new Diffusion({ noiseSteps, imgSize, schedule }),
+      totalSteps,
+      readEvery,
+      await Deno.open(join(dir, "loss.jsonl"), { append: true, create: true }),
+      new Progress(totalSteps, config.batchSize, log),
+      log,
+    );
+    if (state) await run.restore(state);
+    else if (emaModel) run.ema.resetParameters(emaModel, model);
+    log(`backend ${backend} | ${run.describe()}`);
+    Deno.addSignalListener("SIGINT", run.onSigint);
+    return run;
+  }
+
+  private async restore(state: RunState) {
+    const ckpt = state.dir!;
+    assignWeights(join(ckpt, "model.bin"), this.model.weights);
+    if (this.emaModel) assignWeights(join(ckpt, "ema.bin"), this.emaModel.weights);
+    assignWeights(join(ckpt, "adam_m.bin"), this.opt.m);
+    assignWeights(join(ckpt, "adam_v.bin"), this.opt.v);
+    ({ step: this.step, epoch: this.epoch, stepInEpoch: this.stepInEpoch } = state);
+    [this.opt.step, this.ema.step] = [state.adamStep, state.emaStep];
+    setSeed(state.seedState);
+    this.losses = await readLosses(this.dir, state.step);
+    this.log(`resuming ${this.dir} at step ${this.step} (epoch ${this.epoch + 1})`);
+  }
+
+  private describe() {
+    const { config: c, data, model } = this;
+    return `${c.conditional ? "conditional " : ""}U-Net width ${c.width}: ` +
+      `${model.parameterCount.toLocaleString("en")} parameters | data ${data.name}: ${data.length} images` +
+      `${data.skipped ? ` (${data.skipped} skipped)` : ""}, ${data.classes.length} class(es), ${c.imageSize} px | ` +
+      `${this.totalSteps} steps of batch ${c.batchSize} | run folder ${this.dir}`;
+  }
+
+  /** A Ctrl-C asks the loop to stop after the current step; a second one exits at once. */
+  private onSigint = () => {
+    if (this.stopRequested) Deno.exit(130);
+    this.stopRequested = true;
+    this.log("\nstopping after this step (Ctrl-C again to quit without saving)");
+  };
+
+  /** Training goes on: epochs and steps are left, and no Ctrl-C came. */
+  get going() {
+    return this.epoch < this.config.epochs && this.step < this.totalSteps && !this.stopRequested;
+  }
+
+  /** After a step: its loss is logged (every readEvery steps), and a checkpoint written every few minutes. */
+  async stepDone(loss: tf.Scalar) {
+    this.step++, this.stepInEpoch++;
+    this.pending.push({ loss, step: this.step, epoch: this.epoch + 1 });
+    if (this.pending.length >= this.readEvery) await this.readBack();
+    if (!this.going) return;
+    if (performance.now() - this.lastCheckpoint > CHECKPOINT_MINUTES * 60e3) await this.checkpoint();
+  }
+
+  /** At an epoch's end (or the run's): a checkpoint, then the sample grids and the report when due. */
+  async epochDone() {
+    const { config } = this;
+    if (this.stepInEpoch >= Math.ceil(this.data.length / config.batchSize)) this.epoch++, this.stepInEpoch = 0;
+    if (this.stopRequested) return;
+    await this.checkpoint();
+    const last = this.step >= this.totalSteps || this.epoch >= config.epochs;
+    if ((this.stepInEpoch === 0 && this.epoch % config.sampleEvery === 0) || last) {
+      const label = this.stepInEpoch
+        ? `step_${String(this.step).padStart(7, "0")}`
+        : `epoch_${String(this.epoch).padStart(4, "0")}`;
+      const { model, emaModel, diffusion, dir: runDir, log } = this, classes = this.data.classes;
+      const stopped = () => this.stopRequested;
+      await sampleGrids({ config, diffusion, model, emaModel, classes, runDir, label, log, stopped });
+      await writeReport(this.dir);
+    }
+  }
+
+  /** The run's end: the last losses, a checkpoint if stopped, the report. */
+  async finish() {
+    if (this.pending.length) await this.readBack();
+    this.progress.done();
+    if (this.stopRequested) await this.checkpoint();
+    await writeReport(this.dir);
+    const how = this.stopRequested ? "stopped" : "done";
+    this.log(`${how} at step ${this.step}: open ${join(this.dir, "index.html")}`);
+  }
+
+  /** Logs the pending losses; a non-finite one stops the run, naming its step (before anything is saved). */
+  private async readBack() {
+    const rows = this.pending;
+    this.pending = [];
+    const stacked = tf.stack(rows.map((r) => r.loss));
+    const values = await stacked.data();
+    tf.dispose([stacked, ...rows.map((r) => r.loss)]);
+    for (const [j, { step, epoch }] of rows.entries()) {
+      const loss = values[j];
+      if (!Number.isFinite(loss)) {
+        throw new TrainingError(`loss is ${loss} at step ${step}: stopped; the last good checkpoint is kept`);
+      }
+      this.losses.push(loss);
+      await this.lossFile.write(new TextEncoder().encode(JSON.stringify({ step, epoch, loss }) + "\n"));
+      this.progress.update(step, epoch, this.config.epochs, loss);
+    }
+  }
+
+  /** RUN/checkpoint/: the weights, the optimizer's moments and the position, all or nothing (checkpoint.ts). */
+  private async checkpoint() {
+    if (this.pending.length) await this.readBack();
+    const { model, emaModel, opt, ema } = this;
+    const files = new Map<string, Map<string, tf.Tensor>>([
+      ["model.bin", model.weights],
+      ["adam_m.bin", opt.m],
+      ["adam_v.bin", opt.v],
+    ]);
+    if (emaModel) files.set("ema.bin", emaModel.weights);
+    const { config, step, epoch, stepInEpoch } = this;
+    const state: RunState = {
+      config,
+      step,
+      epoch,
+      stepInEpoch,
+      seedState: getSeedState(),
+      emaStep: ema.step,
+      adamStep: opt.step,
+      classes: this.data.classes,
+    };
+    await saveCheckpoint(join(this.dir, "checkpoint"), files, state);
+    this.lastCheckpoint = performance.now();
+  }
+
+  /** Frees what the run holds (also after an error). */
+  close() {
+    Deno.removeSignalListener("SIGINT", this.onSigint);
+    this.lossFile.close();
+    tf.dispose(this.pending.map((r) => r.loss));
+    for (const d of [this.model, this.emaModel, this.opt, this.diffusion]) d?.dispose();
+  }
+}
+
+/** A new run's model from a PyTorch file (--weights): its width and variant are taken, its labels must fit the data. */
+function fromWeights(config: Config, numClasses: number, given: (keyof Config)[]): UNet {
+  const file = config.weights!, model = loadTorchModel(file), k = model.numClasses;
+  const fail = (e: Error): never => {
+    model.dispose();
+    throw e;
+  };
+  if (model.timeDim !== 256) fail(new CheckpointError(`${file}: time_dim ${model.timeDim}; the tutorial's is 256`));
+  if (given.includes("width") && config.width !== model.width) {
+    fail(new UsageError(`--width ${config.width}: ${file} has width ${model.width}`));
+  }
+  if (k && !numClasses) fail(new UsageError(`${file} is a conditional UNet: add --conditional`));
+  if (!k && numClasses) fail(new UsageError(`${file} is an unconditional UNet: train it without --conditional`));
+  if (k !== numClasses) fail(new CheckpointError(`${file} has ${k} classes, the data ${numClasses}`));
+  return model;
+}
+
+const CHANGEABLE: (keyof Config)[] = [
+  "epochs",
+  "maxSteps",
+  "backend",
+  "sampleEvery",
+  "nSamples",
+  "cfgScale",
+  "sampler",
+  "sampleSteps",
+  "eta",
+  "clip",
+  "cacheDir",
+  "noCache",
+];
+/** On resume the saved config holds: a few settings may change, the others must not be given otherwise. */
+function changedOnResume(config: Config, saved: Config, given: (keyof Config)[]): Partial<Config> {
+  for (const k of given) {
+    if (!CHANGEABLE.includes(k) && config[k] !== saved[k]) {
+      throw new UsageError(`${flagOf(k)} ${config[k]}: the run was trained with ${saved[k]}; a resumed run keeps it`);
+    }
+  }
+  const changed = given.filter((k) => CHANGEABLE.includes(k)).map((k) => [k, config[k]]);
+  return { ...Object.fromEntries(changed), out: config.out, name: config.name };
+}
+
+/** The losses of steps 1..step from loss.jsonl (later lines, written after the checkpoint, are dropped). */
+async function readLosses(runDir: string, step: number): Promise<number[]> {
+  const rows = (await readLossRows(runDir)).filter((r) => r.step <= step);
+  await Deno.writeTextFile(join(runDir, "loss.jsonl"), rows.map((r) => JSON.stringify(r) + "\n").join(""));
+  return rows.map((r) => r.loss);
+}
