@@ -31,6 +31,9 @@ export interface SampleOptions {
   onStep?: (k: number, x: tf.Tensor4D, x0: tf.Tensor4D) => void | Promise<void>;
 }
 
+/** Clip the predicted x̂_0 to the data range [-1, 1] (default true, as in SampleOptions). */
+type ClipOption = { clip?: boolean };
+
 /** One reverse step x_t → x_prev = mean + σ·z, z ~ N(0, I), and the x̂_0 it implies. */
 export interface Step {
   mean: tf.Tensor4D;
@@ -105,7 +108,7 @@ export class Diffusion {
   }
 
   /** Eq. 15: the x_0 that ε_θ implies, x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t, optionally clipped to the data range. */
-  predictX0(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, clip: boolean): tf.Tensor4D {
+  predictX0(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, { clip = true }: ClipOption = {}): tf.Tensor4D {
     const x0 = x.sub(eps.mul(Math.sqrt(1 - this.alphaHat[i]))).div(Math.sqrt(this.alphaHat[i])) as tf.Tensor4D;
     return clip ? x0.clipByValue(-1, 1) as tf.Tensor4D : x0;
   }
@@ -114,7 +117,7 @@ export class Diffusion {
    * Algorithm 2, line 4 (σ_t² = β_t, the tutorial's choice): the step from index i to i - 1. With `clip`, the mean is
    * the posterior mean μ̃_t(x_t, x̂_0) of Eq. 7 with x̂_0 clipped, which without clipping is the same number.
    */
-  ddpmStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, clip = false): Step {
+  ddpmStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, { clip = true }: ClipOption = {}): Step {
     const [alpha, alphaHat, beta, alphaHatPrev] = [
       this.alpha[i],
       this.alphaHat[i],
@@ -122,7 +125,7 @@ export class Diffusion {
       this.alphaHatAt(i - 1),
     ];
     const sigma = i === 0 ? 0 : Math.sqrt(beta);
-    const x0 = this.predictX0(x, eps, i, clip);
+    const x0 = this.predictX0(x, eps, i, { clip });
     if (clip) { // Eq. 7: μ̃_t = √ᾱ_{t-1}·β_t/(1-ᾱ_t)·x̂_0 + √α_t·(1-ᾱ_{t-1})/(1-ᾱ_t)·x_t
       const mean = x0.mul(Math.sqrt(alphaHatPrev) * beta / (1 - alphaHat))
         .add(x.mul(Math.sqrt(alpha) * (1 - alphaHatPrev) / (1 - alphaHat)));
@@ -134,12 +137,12 @@ export class Diffusion {
   }
 
   /** DDIM (Song et al. Eq. 12) from index i to index prev < i (-1: to x_0), with σ_t(η) of Eq. 16. */
-  ddimStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, prev: number, eta: number, clip = false): Step {
+  ddimStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, prev: number, { eta = 0, clip = true } = {}): Step {
     const [aT, aPrev] = [this.alphaHatAt(i), this.alphaHatAt(prev)];
     // Eq. 16: σ_t(η) = η·√((1-ᾱ_{t-1})/(1-ᾱ_t))·√(1-ᾱ_t/ᾱ_{t-1})
     const sigma = eta * Math.sqrt((1 - aPrev) / (1 - aT)) * Math.sqrt(1 - aT / aPrev);
     // Eq. 12: x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t; x_{t-1} = √ᾱ_{t-1}·x̂_0 + √(1-ᾱ_{t-1}-σ_t²)·ε_θ + σ_t·z
-    const x0 = this.predictX0(x, eps, i, clip);
+    const x0 = this.predictX0(x, eps, i, { clip });
     const mean = x0.mul(Math.sqrt(aPrev)).add(eps.mul(Math.sqrt(Math.max(0, 1 - aPrev - sigma ** 2))));
     return { mean: mean as tf.Tensor4D, sigma, x0 };
   }
@@ -184,8 +187,8 @@ export class Diffusion {
         const t = tf.fill([n], i, "int32") as tf.Tensor1D;
         const eps = this.predictNoise(model, x, t, y, cfgScale);
         const { mean, sigma, x0 } = sampler === "ddim"
-          ? this.ddimStep(x, eps, i, k ? tau[k - 1] : -1, eta, clip)
-          : this.ddpmStep(x, eps, i, clip);
+          ? this.ddimStep(x, eps, i, k ? tau[k - 1] : -1, { eta, clip })
+          : this.ddpmStep(x, eps, i, { clip });
         if (sigma === 0) return [mean, x0];
         return [mean.add(tf.randomNormal(x.shape, 0, sigma, "float32", nextSeed())) as tf.Tensor4D, x0];
       });

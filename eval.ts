@@ -53,12 +53,14 @@ export interface EvalOptions {
 
 /** The run's classifier: from RUN/classifier/ when it was trained on the same data, else trained and saved there. */
 async function runClassifier(
-  runDir: string,
-  config: RunConfig,
-  task: Task,
-  classes: number,
-  real: ImageSet,
-  log = console.log,
+  { runDir, config, task, classes, real, log }: {
+    runDir: string;
+    config: RunConfig;
+    task: Task;
+    classes: number; // the classifier's outputs: the run's classes, or 4 rotations
+    real: ImageSet;
+    log: (line: string) => void;
+  },
 ) {
   const dir = join(runDir, "classifier"), heldOut = Math.max(1, Math.round(real.n * HELD_OUT));
   const key = { data: config.data, imageSize: config.imageSize, count: config.count, seed: config.seed, task, classes };
@@ -176,7 +178,8 @@ export async function evaluate(o: EvalOptions) {
   });
   setSeed(seed);
   const real = collect(data, MAX_REAL, config.seed);
-  const { clf, info } = await runClassifier(runDir, config, task, conditional ? classes.length : 4, real, log);
+  const outputs = conditional ? classes.length : 4;
+  const { clf, info } = await runClassifier({ runDir, config, task, classes: outputs, real, log });
   const d = clf.featureDim, heldOut = info.heldOutImages as number;
   const realSet = slice(real, heldOut, real.n); // the reference statistics: the classifier's training images
   const realStats = featureStats((await classify(clf, realSet, task)).features, realSet.n, d);

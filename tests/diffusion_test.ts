@@ -145,7 +145,7 @@ Deno.test("DDIM with all T steps and η = 1 is the DDPM step with σ_t² = β̃_
     const x = tf.randomNormal([2, 4, 4, 3], 0, 1, "float32", 11) as tf.Tensor4D;
     const eps = tf.randomNormal([2, 4, 4, 3], 0, 1, "float32", 12) as tf.Tensor4D; // a fake model's ε_θ
     for (const i of [0, 1, 10, 500, 998, 999]) {
-      const ddpm = d.ddpmStep(x, eps, i), ddim = d.ddimStep(x, eps, i, i - 1, 1);
+      const ddpm = d.ddpmStep(x, eps, i, { clip: false }), ddim = d.ddimStep(x, eps, i, i - 1, { eta: 1, clip: false });
       const diff = (await ddim.mean.sub(ddpm.mean).abs().max().data())[0];
       const scale = (await ddpm.mean.abs().max().data())[0];
       assert.ok(diff < 1e-5 * Math.max(1, scale), `${schedule} t=${i}: means differ by ${diff}`);
@@ -219,17 +219,17 @@ Deno.test("clipping x̂_0: the DDPM mean is Eq. 7's posterior mean of the clippe
   const d = new Diffusion({ imgSize: 4, noiseSteps: 100 });
   const i = 40, [a, ah, b, ahPrev] = [d.alpha[40], d.alphaHat[40], d.beta[40], d.alphaHat[39]];
   const x = tf.tensor4d([0.3, -2.5, 4, 0.1], [1, 2, 2, 1]), eps = tf.tensor4d([0.2, -0.1, 0.05, 0.4], [1, 2, 2, 1]);
-  const x0 = await d.predictX0(x, eps, i, false).data();
+  const x0 = await d.predictX0(x, eps, i, { clip: false }).data();
   const clipped = Array.from(x0, (v) => Math.min(1, Math.max(-1, v)));
   assert.ok(x0.some((v) => Math.abs(v) > 1) && x0.some((v) => Math.abs(v) < 1), "the case needs both");
-  const mean = await d.ddpmStep(x, eps, i, true).mean.data();
+  const mean = await d.ddpmStep(x, eps, i, { clip: true }).mean.data();
   const xs = await x.data();
   clipped.forEach((c, k) => {
     const expected = Math.sqrt(ahPrev) * b / (1 - ah) * c + Math.sqrt(a) * (1 - ahPrev) / (1 - ah) * xs[k];
     assert.ok(Math.abs(mean[k] - expected) < 1e-5, `${k}: ${mean[k]} vs ${expected}`);
   });
   // where x̂_0 is inside [-1, 1], clipping changes nothing: the same number as Algorithm 2's formula
-  const plain = await d.ddpmStep(x, eps, i, false).mean.data();
+  const plain = await d.ddpmStep(x, eps, i, { clip: false }).mean.data();
   x0.forEach((v, k) => {
     if (Math.abs(v) < 1) assert.ok(Math.abs(plain[k] - mean[k]) < 1e-5, `${k}: ${plain[k]} vs ${mean[k]}`);
     else assert.ok(Math.abs(plain[k] - mean[k]) > 1e-3);
@@ -255,7 +255,7 @@ Deno.test("onStep sees each x_t and its x̂_0 (Eq. 15); sampleX0 returns the flo
   for (const [j, s] of seen.entries()) {
     const i = tau[4 - j], xt = tf.tensor4d(before[j], [2, 8, 8, 3]);
     const eps = xtModel.forward(xt, tf.fill([2], i, "int32") as tf.Tensor1D);
-    const want = await d.predictX0(xt, eps, i, true).data();
+    const want = await d.predictX0(xt, eps, i, { clip: true }).data();
     assert.ok(want.every((v, m) => Math.abs(v - s.x0[m]) < 1e-5), `x̂_0 at step ${s.k}`);
     tf.dispose([xt, eps]);
   }
