@@ -1,4 +1,4 @@
-// The optimizer (PyTorch's optim.AdamW in the tutorial): not in the DDPM paper, but every training step ends with it.
+// Support file (not needed to follow the paper): the optimizer, PyTorch's optim.AdamW in the tutorial's train().
 import * as tf from "@tensorflow/tfjs";
 import { fusedAdamW, hasFused } from "./fused.ts";
 import type { Module } from "./modules.ts";

@@ -1,4 +1,5 @@
-// The command line: the run's settings (Config), the tutorial's presets, flag parsing and error reporting.
+// Support file (not needed to follow the paper): the command line, the run's settings (Config), the tutorial's presets,
+// flag parsing and error reporting.
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS } from "./backend.ts";

@@ -1,6 +1,7 @@
-// Quality scores of a trained run, offline: `deno task eval --run RUN [--n N] [--sampler ddpm] [--full] [--ema]`.
-// A small classifier trained on the run's own data (classifier.ts) scores generated images: the share of
-// conditional samples it puts in the requested class, and a Fréchet distance on its penultimate features.
+// Command (not needed to follow the paper): quality scores of a trained run, offline, `deno task eval --run RUN [--n N]
+// [--sampler ddpm] [--full] [--ema]`. A small classifier trained on the run's own data (classifier.ts) scores generated
+// images: the share of conditional samples it puts in the requested class, and a Fréchet distance on its penultimate
+// features.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";

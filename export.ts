@@ -1,4 +1,5 @@
-// Weights to PyTorch: `deno task export (--run RUN [--ema] | --weights FILE) --out FILE.safetensors` (or .pt).
+// Command (not needed to follow the paper): weights to PyTorch, `deno task export (--run RUN [--ema] | --weights FILE)
+// --out FILE.safetensors` (or .pt).
 import { setBackend } from "./backend.ts";
 import { loadFile, loadRun } from "./checkpoint.ts";
 import { parseFlags, runCli, runFolder, UsageError } from "./cli.ts";

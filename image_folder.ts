@@ -1,6 +1,7 @@
-// An image folder like torchvision's ImageFolder: its listing (with a warning for every file left out), decoding
-// in parallel workers (decode_worker.ts, one per core), and a disk cache of the decoded, resized images: one file
-// per folder and image size, so that a second start reads that file instead of decoding every photo again.
+// Support file (not needed to follow the paper): an image folder like torchvision's ImageFolder: its listing (with a
+// warning for every file left out), decoding in parallel workers (decode_worker.ts, one per core), and a disk cache of
+// the decoded, resized images: one file per folder and image size, so that a second start reads that file instead of
+// decoding every photo again.
 import { createHash } from "node:crypto";
 import { basename, dirname, extname, join, relative, resolve } from "node:path";
 import { DataError } from "./datasets.ts";

@@ -1,6 +1,7 @@
 /// <reference lib="dom" />
-// The run's page, live: the forward process q(x_t | x_0) and the reverse process (DDPM, DDIM) with the run's own
-// weights, in the browser on tfjs's stock backends. Bundled by `deno task bundle`; the same diffusion.ts and modules.ts.
+// Support file (not needed to follow the paper): the run's page, live, the forward process q(x_t | x_0) and the reverse
+// process (DDPM, DDIM) with the run's own weights, in the browser on tfjs's stock backends. Bundled by `deno task
+// bundle`; the same diffusion.ts and modules.ts.
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-webgpu";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";

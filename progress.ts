@@ -1,4 +1,5 @@
-// The progress line of every long wait (training, sampling, decoding): what is done, a rate and the ETA.
+// Support file (not needed to follow the paper): the progress line of every long wait (training, sampling, decoding):
+// what is done, a rate and the ETA.
 
 /** Seconds as 12s, 3m05s or 1h07m. */
 export const duration = (s: number) =>

@@ -1,4 +1,5 @@
-// What a run shows: sample grids, the loss curve, index.html, and the progress line.
+// Support file (not needed to follow the paper): what a run shows, sample grids, the loss curve, index.html, and the
+// progress line.
 import { join } from "node:path";
 import { getSeedState, mulberry32, setSeed } from "./backend.ts";
 import { readState } from "./checkpoint.ts";

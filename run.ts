@@ -34,67 +34,65 @@ export class Run {
   stepInEpoch = 0;
   losses: number[] = [];
   stopRequested = false; // a Ctrl-C: stop after this step
+  readonly config: Config;
+  readonly model: UNet;
+  readonly emaModel: UNet | null;
+  readonly ema: EMA;
+  readonly opt: AdamW;
+  readonly diffusion: Diffusion;
+  readonly totalSteps: number;
   private pending: Pending[] = [];
   private lastCheckpoint = performance.now();
+  private readonly lossFile: Deno.FsFile;
+  private readonly progress: Progress;
+  private readonly log: (line: string) => void;
+
+  /** The models (new, or from --weights), optimizer and diffusion of a run on `data`. */
   private constructor(
-    readonly config: Config,
+    config: Config,
     readonly dir: string,
     readonly data: Dataset,
-    readonly model: UNet,
-    readonly emaModel: UNet | null,
-    readonly ema: EMA,
-    readonly opt: AdamW,
-    readonly diffusion: Diffusion,
-    readonly totalSteps: number,
     private readonly readEvery: number,
-    private readonly lossFile: Deno.FsFile,
-    private readonly progress: Progress,
-    private readonly log: (line: string) => void,
-  ) {}
+    { resume = false, given = [], log = console.log }: TrainOptions,
+  ) {
+    const numClasses = config.conditional ? data.classes.length : 0;
+    this.model = config.weights && !resume ? fromWeights(config, numClasses, given) : newUNet(config, numClasses);
+    const { width, removeDeepConv } = this.model; // (from --weights)
+    this.config = config = { ...config, width, removeDeepConv: removeDeepConv || config.removeDeepConv };
+    this.emaModel = config.emaBeta > 0 ? newUNet(config, numClasses) : null;
+    this.ema = new EMA(config.emaBeta);
+    this.opt = new AdamW(this.model, { lr: config.lr });
+    const { noiseSteps, imageSize: imgSize, schedule } = config;
+    this.diffusion = new Diffusion({ noiseSteps, imgSize, schedule });
+    const stepsInAll = config.epochs * Math.ceil(data.length / config.batchSize);
+    this.totalSteps = Math.min(stepsInAll, config.maxSteps || Infinity);
+    this.lossFile = Deno.openSync(join(dir, "loss.jsonl"), { append: true, create: true });
+    this.progress = new Progress(this.totalSteps, config.batchSize, log);
+    this.log = log;
+  }
 
   /** A new run in config.out/config.name, or (resume) that run from its checkpoint. */
-  static async start(config: Config, { resume = false, given = [], readEvery, log = console.log }: TrainOptions) {
-    const dir = join(config.out, config.name);
+  static async start(config: Config, options: TrainOptions) {
+    const { resume = false, given = [], log = console.log } = options, dir = join(config.out, config.name);
     const state = resume ? await readState(dir, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]) : null;
     if (state) config = { ...DEFAULTS, ...state.config, ...changedOnResume(config, state.config, given) };
     const backend = await setBackend(config.backend, log);
     await Deno.mkdir(join(dir, "samples"), { recursive: true });
     setSeed(config.seed);
-    const { seed, cacheDir, noCache } = config;
-    const data = await loadDataset(config.data, config.imageSize, {
-      seed,
-      count: config.count || undefined,
-      cacheDir,
-      noCache,
-      log,
-    });
+    const { seed, cacheDir, noCache } = config, count = config.count || undefined;
+    const data = await loadDataset(config.data, config.imageSize, { seed, count, cacheDir, noCache, log });
     await saveDataImages(dir, data, config.seed);
-    const numClasses = config.conditional ? data.classes.length : 0;
-    const model = config.weights && !resume ? fromWeights(config, numClasses, given) : newUNet(config, numClasses);
-    config = { ...config, width: model.width, removeDeepConv: model.removeDeepConv || undefined }; // (--weights)
-    const emaModel = config.emaBeta > 0 ? newUNet(config, numClasses) : null;
-    const { noiseSteps, imageSize: imgSize, schedule } = config;
-    const totalSteps = Math.min(config.epochs * Math.ceil(data.length / config.batchSize), config.maxSteps || Infinity);
-    readEvery ??= backend === "webgpu" || backend === "tensorflow" ? 20 : 1;
-    const run = new Run(
-      config,
-      dir,
-      data,
-      model,
-      emaModel,
-      new EMA(config.emaBeta),
-      new AdamW(model, { lr: config.lr }),
-      new Diffusion({ noiseSteps, imgSize, schedule }),
-      totalSteps,
-      readEvery,
-      await Deno.open(join(dir, "loss.jsonl"), { append: true, create: true }),
-      new Progress(totalSteps, config.batchSize, log),
-      log,
-    );
-    if (state) await run.restore(state);
-    else if (emaModel) run.ema.resetParameters(emaModel, model);
-    log(`backend ${backend} | ${run.describe()}`);
+    const gpu = backend === "webgpu" || backend === "tensorflow"; // a read-back waits for the GPU's queue
+    const run = new Run(config, dir, data, options.readEvery ?? (gpu ? 20 : 1), options);
     Deno.addSignalListener("SIGINT", run.onSigint);
+    try {
+      if (state) await run.restore(state);
+      else if (run.emaModel) run.ema.resetParameters(run.emaModel, run.model);
+    } catch (e) { // a checkpoint that does not fit: free what the run holds
+      run.close();
+      throw e;
+    }
+    log(`backend ${backend} | ${run.describe()}`);
     return run;
   }
 

@@ -1,4 +1,5 @@
-// Sampling from a trained run or a PyTorch file: `deno task sample (--run RUN [--ema] | --weights FILE) [--n 16]`.
+// Command (not needed to follow the paper): sampling from a trained run or a PyTorch file, `deno task sample (--run RUN
+// [--ema] | --weights FILE) [--n 16]`.
 import { dirname, join } from "node:path";
 import { BACKENDS, setBackend, setSeed } from "./backend.ts";
 import { loadFile, loadRun, saveWeights } from "./checkpoint.ts";

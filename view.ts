@@ -1,5 +1,6 @@
-// The run's page, served: `deno task view --run RUN [--port 8000]` bundles page.ts (`deno task bundle`) into
-// RUN/page/ with tfjs's .wasm files, rewrites RUN/index.html, and serves the folder on localhost.
+// Command (not needed to follow the paper): the run's page, served, `deno task view --run RUN [--port 8000]` bundles
+// page.ts (`deno task bundle`) into RUN/page/ with tfjs's .wasm files, rewrites RUN/index.html, and serves the folder
+// on localhost.
 import { extname, join, normalize } from "node:path";
 import { readState } from "./checkpoint.ts";
 import { numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
