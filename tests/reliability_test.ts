@@ -29,44 +29,12 @@ import { setBackend, setSeed } from "../backend.ts";
 import { loadWeights, readState } from "../checkpoint.ts";
 import { Diffusion } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
-import { type Config, DEFAULTS } from "../cli.ts";
 import { readTorchFile } from "../pytorch.ts";
 import { AdamW } from "../adamw.ts";
 import { train, trainStep } from "../train.ts";
+import { assertOneLine, quiet, runScript, tiny } from "./helpers.ts";
 
-const quiet = () => {};
-const tiny = (out: string, over: Partial<Config> = {}): Config => ({
-  ...DEFAULTS,
-  out,
-  name: "run",
-  backend: "wasm",
-  imageSize: 8,
-  width: 4,
-  batchSize: 4,
-  count: 8,
-  epochs: 2,
-  noiseSteps: 10,
-  sampleEvery: 1000,
-  nSamples: 2,
-  ...over,
-});
 const tmp = () => Deno.makeTempDir({ prefix: "ddpm_rel_" });
-
-/** Runs a CLI script; returns the exit code and output. */
-async function cli(script: string, ...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", script, ...args], stdin: "null" }).output();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
-}
-
-/** The answer to a bad input: the exit code, and one line on stderr that names `what`, no stack trace. */
-function assertOneLine(r: { code: number; stderr: string }, code: number, what: string | RegExp) {
-  assert.equal(r.code, code, r.stderr);
-  const lines = r.stderr.trim().split("\n");
-  assert.equal(lines.length, 1, r.stderr);
-  assert.ok(lines[0].startsWith("error: "), lines[0]);
-  if (typeof what === "string") assert.ok(lines[0].includes(what), `${lines[0]} should name ${what}`);
-  else assert.match(lines[0], what);
-}
 
 Deno.test("memory: numTensors and bytes are flat over 200 steps and sampling; 1000 sampling steps leak nothing", async () => {
   await setBackend("wasm");
@@ -144,7 +112,15 @@ Deno.test("crash: SIGKILL during checkpoint writes never leaves a run that canno
     assert.ok(state.step >= lastStep, `${moment}: step went back from ${lastStep} to ${state.step}`);
     lastStep = state.step;
   }
-  const resumed = await cli("train.ts", "--resume", run, "--max-steps", String(lastStep + 1), "--backend", "wasm");
+  const resumed = await runScript(
+    "train.ts",
+    "--resume",
+    run,
+    "--max-steps",
+    String(lastStep + 1),
+    "--backend",
+    "wasm",
+  );
   assert.equal(resumed.code, 0, resumed.stderr);
   assert.match(resumed.stdout, new RegExp(`resuming .* at step ${lastStep}`));
   await Deno.remove(dir, { recursive: true });
@@ -278,11 +254,11 @@ Deno.test("bad input: folders, flags, checkpoints and outputs each get one line 
     [["--resume", shapes, "--width", "8"], 2, "--width 8"], // another width
     [["--resume", shapes, "--image-size", "16"], 2, "--image-size 16"], // another image size
   ];
-  for (const [args, code, what] of cases) assertOneLine(await cli("train.ts", ...base, ...args), code, what);
+  for (const [args, code, what] of cases) assertOneLine(await runScript("train.ts", ...base, ...args), code, what);
 
   // sampling: labels outside the classes, and checkpoints of another width or class count
-  assertOneLine(await cli("sample.ts", "--run", shapes, "--labels", "3,12"), 2, "--labels 12");
-  assertOneLine(await cli("sample.ts", "--run", shapes, "--n", "x"), 2, "--n x");
+  assertOneLine(await runScript("sample.ts", "--run", shapes, "--labels", "3,12"), 2, "--labels 12");
+  assertOneLine(await runScript("sample.ts", "--run", shapes, "--n", "x"), 2, "--n x");
   await train(tiny(dir, { name: "wide", width: 8, data: "builtin:shapes", conditional: true, epochs: 1 }), {
     log: quiet,
   });
@@ -300,11 +276,11 @@ Deno.test("bad input: folders, flags, checkpoints and outputs each get one line 
   // before them), by its names and shapes
   Deno.writeTextFileSync(state, JSON.stringify({ ...JSON.parse(Deno.readTextFileSync(state)), sha256: undefined }));
   Deno.copyFileSync(join(dir, "wide", "checkpoint", "model.bin"), ckpt); // another width
-  assertOneLine(await cli("sample.ts", "--run", shapes), 1, /model\.bin: .* has shape/);
+  assertOneLine(await runScript("sample.ts", "--run", shapes), 1, /model\.bin: .* has shape/);
   Deno.copyFileSync(join(dir, "tworun", "checkpoint", "model.bin"), ckpt); // another class count
-  assertOneLine(await cli("sample.ts", "--run", shapes), 1, /label_emb\.weight has shape \[2,256\]/);
+  assertOneLine(await runScript("sample.ts", "--run", shapes), 1, /label_emb\.weight has shape \[2,256\]/);
   Deno.removeSync(join(shapes, "checkpoint", "model.bin"));
-  assertOneLine(await cli("sample.ts", "--run", shapes), 1, /no complete checkpoint.*model\.bin/);
+  assertOneLine(await runScript("sample.ts", "--run", shapes), 1, /no complete checkpoint.*model\.bin/);
   await Deno.remove(dir, { recursive: true });
 });
 
@@ -316,9 +292,9 @@ Deno.test("damaged checkpoint: a file changed after it was written is named on -
   nan.set(new Uint8Array(new Float32Array(4).fill(NaN).buffer), nan.length - 16);
   Deno.writeFileSync(join(ckpt, "model.bin"), nan);
   const changed = /model\.bin has changed since it was written \(its SHA-256 is not the one in state\.json\)/;
-  assertOneLine(await cli("train.ts", "--resume", run, "--epochs", "2", "--backend", "wasm"), 1, changed);
-  assertOneLine(await cli("sample.ts", "--run", run, "--n", "1", "--backend", "wasm"), 1, changed);
-  assertOneLine(await cli("export.ts", "--run", run, "--out", join(dir, "x.safetensors")), 1, changed);
+  assertOneLine(await runScript("train.ts", "--resume", run, "--epochs", "2", "--backend", "wasm"), 1, changed);
+  assertOneLine(await runScript("sample.ts", "--run", run, "--n", "1", "--backend", "wasm"), 1, changed);
+  assertOneLine(await runScript("export.ts", "--run", run, "--out", join(dir, "x.safetensors")), 1, changed);
   Deno.writeFileSync(join(ckpt, "model.bin"), pristine);
   const flipped = Deno.readFileSync(join(ckpt, "adam_v.bin")); // one finite bit flip
   flipped[flipped.length - 3] ^= 4;
@@ -333,7 +309,7 @@ Deno.test("PyTorch files: a run starts from one, is exported as one; a bad one g
   // lr 0: the trained weights stay the file's, and the export gives them back bit for bit
   await train(tiny(dir, { weights: file, lr: 0, count: 4, epochs: 1 }), { log: quiet });
   assert.equal((await readState(join(dir, "run"))).config.width, 8); // the file's width, not tiny's 4
-  const r = await cli("export.ts", "--run", join(dir, "run"), "--out", out);
+  const r = await runScript("export.ts", "--run", join(dir, "run"), "--out", out);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(readTorchFile(out), readTorchFile(file));
   const base = ["--image-size", "8", "--count", "4", "--batch-size", "4", "--backend", "wasm", "--out", dir];
@@ -347,6 +323,6 @@ Deno.test("PyTorch files: a run starts from one, is exported as one; a bad one g
     ["train.ts", [...base, "--weights", file, "--resume", join(dir, "run")], 2, "--weights"],
     ["export.ts", ["--weights", file, "--out", join(dir, "x.bin")], 2, "--out"],
   ];
-  for (const [script, args, code, what] of cases) assertOneLine(await cli(script, ...args), code, what);
+  for (const [script, args, code, what] of cases) assertOneLine(await runScript(script, ...args), code, what);
   await Deno.remove(dir, { recursive: true });
 });
