@@ -103,70 +103,98 @@ export const DEFAULTS: Config = {
 
 export const flagOf = (key: string) => "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
 
-export const HELP = `Train a DDPM (the "DDPM from scratch" tutorial) on Deno.
-
-  deno task train:landscape [--data DIR]   unconditional, 64 px (tutorial defaults)
-  deno task train:cifar [--data DIR]       conditional CIFAR-10, 64 px, CFG + EMA
-  deno task demo                           a few minutes on a CPU, built-in landscapes
-
-Options (defaults from --preset, then these):
-  --preset NAME        landscape | cifar | demo
-  --data SPEC          builtin:landscapes | builtin:shapes | cifar10 | a folder of images
-  --out DIR            runs folder (default runs)      --name NAME   run name (default: the preset's)
-  --epochs N           --max-steps N (0 = no limit)    --batch-size N
-  --image-size N       (divisible by 8)                --width N     U-Net base width (64)
-  --lr X               AdamW learning rate (3e-4)      --noise-steps N (1000)
-  --schedule NAME      linear (the tutorial's) | cosine (Nichol & Dhariwal)
-  --backend NAME       auto | tensorflow | webgpu | wasm | cpu
-  --seed N             makes a run repeatable on the same backend
-  --sample-every N     epochs between sample grids     --n-samples N   --cfg-scale X
-  --sampler NAME       ddpm (all T steps) | ddim       --sample-steps N (ddim, 50)  --eta X (ddim, 0)
-  --no-clip            do not clip the predicted x̂_0 to [-1, 1] while sampling (the tutorial does not)
-  --conditional        train with labels (class sub-folders)  --label-drop X (0.1)
-  --ema-beta X         0 = no EMA model                --ema-start N  (steps of EMA warm-up)
-  --count N            load at most N images
-  --cache-dir DIR      CIFAR-10 files and decoded image folders (default ~/.cache/ddpm-deno, or $DDPM_CACHE)
-  --no-cache           decode an image folder afresh (default: from its cache where files are unchanged)
-  --weights FILE       start from a PyTorch file of the tutorial's UNet (.pt, .pth, .safetensors; width from it)
-  --resume RUN         continue a run folder from its last checkpoint
-  --help`;
-
 /** A bad flag or value: exit code 2. */
 export class UsageError extends Error {}
 
 /** The run cannot go on (a non-finite loss): exit code 1. */
 export class TrainingError extends Error {}
 
-const CHOICES: [keyof Config, readonly string[]][] = [
-  ["backend", BACKENDS],
-  ["sampler", ["ddpm", "ddim"]],
-  ["schedule", ["linear", "cosine"]],
+// ------------------------------------------------------------------ the flags of train, sample and eval
+
+export type Script = "train" | "sample" | "eval";
+type Kind = "int" | "number" | "choice" | "string" | "boolean";
+type Takes = [min: number, max: number] | readonly string[] | string | null; // a range, the choices, or the arg's name
+/** A flag: its name, the scripts that take it, its kind, what it takes, train's Config key, and its line in --help. */
+type Flag = [name: string, scripts: string, kind: Kind, takes: Takes, key: keyof Config | null, help: string];
+
+const ALL = "train sample eval", RUN = "sample eval";
+
+/** Every flag, in the order of --help; where scripts share a flag, its range and choices are the same in each. */
+const FLAGS: Flag[] = [
+  ["preset", "train", "choice", Object.keys(PRESETS), null, "the tutorial's runs, or a demo"],
+  ["data", "train", "string", "SPEC", "data", "builtin:landscapes | builtin:shapes | cifar10 | a folder of images"],
+  ["out", "train", "string", "DIR", "out", "runs folder; the run is OUT/NAME"],
+  ["name", "train", "string", "NAME", "name", "run name"],
+  ["resume", "train", "string", "RUN", null, "continue a run folder from its last checkpoint"],
+  ["run", RUN, "string", "RUN", null, "run folder, or its name under runs/"],
+  ["weights", ALL, "string", "FILE", "weights", "a PyTorch file of the tutorial's UNet: .pt, .pth or .safetensors"],
+  ["ema", RUN, "boolean", null, null, "the run's EMA weights"],
+  ["epochs", "train", "int", [1, 1e9], "epochs", "passes over the data"],
+  ["max-steps", "train", "int", [0, 1e12], "maxSteps", "stop after N steps in all; 0: no limit"],
+  ["batch-size", "train", "int", [1, 4096], "batchSize", "images a step"],
+  ["image-size", "train sample", "int", [8, 4096], "imageSize", "image side in px, divisible by 8"],
+  ["width", "train", "int", [4, 4096], "width", "U-Net base width, divisible by 4"],
+  ["lr", "train", "number", [0, 10], "lr", "AdamW learning rate"],
+  ["noise-steps", "train", "int", [1, 100000], "noiseSteps", "T, the diffusion steps"],
+  ["schedule", "train", "choice", ["linear", "cosine"], "schedule", "the tutorial's β_t, or Nichol & Dhariwal's"],
+  ["conditional", "train", "boolean", null, "conditional", "train with labels: class sub-folders"],
+  ["label-drop", "train", "number", [0, 1], "labelDrop", "share of steps trained without labels, for CFG"],
+  ["ema-beta", "train", "number", [0, 0.999999], "emaBeta", "EMA decay β; 0: no EMA model"],
+  ["ema-start", "train", "int", [0, 1e12], "emaStart", "steps of EMA warm-up"],
+  ["count", "train", "int", [0, 1e9], "count", "load at most N images; 0: all"],
+  ["cache-dir", "train", "string", "DIR", "cacheDir", "CIFAR-10 files and decoded image folders"],
+  ["no-cache", "train", "boolean", null, "noCache", "decode an image folder afresh, not from its cache"],
+  ["sample-every", "train", "int", [1, 1e9], "sampleEvery", "epochs between sample grids"],
+  ["n-samples", "train", "int", [1, 1024], "nSamples", "images in a sample grid"],
+  ["n", "sample", "int", [1, 1024], null, "number of images"],
+  ["labels", "sample", "string", "L", null, "comma-separated class indices, for a conditional model"],
+  ["n", "eval", "int", [1, 100000], null, "samples per class (conditional) or in all"],
+  ["seconds", "eval", "number", [1, 1e7], null, "the sampling time the default n is sized to on this machine"],
+  ["full", "eval", "boolean", null, null, "the tutorial's full DDPM: all T steps"],
+  ["cfg-scale", "train sample", "number", [0, 100], "cfgScale", "classifier-free guidance scale, for labels"],
+  ["sampler", ALL, "choice", ["ddpm", "ddim"], "sampler", "Algorithm 2 over all T steps, or DDIM"],
+  ["sample-steps", ALL, "int", [1, 100000], "sampleSteps", "DDIM steps"],
+  ["eta", ALL, "number", [0, 1], "eta", "DDIM's η; 0: deterministic"],
+  ["no-clip", "train sample", "boolean", null, "clip", "do not clip x̂_0 to [-1, 1] while sampling, as in the tutorial"],
+  ["seed", ALL, "int", [0, 2 ** 31 - 1], "seed", "makes the run or the samples repeatable on the same backend"],
+  ["backend", ALL, "choice", BACKENDS, "backend", ""],
+  ["out", "sample", "string", "PATH", null, "output PNG, or a folder for it"],
+  ["raw", "sample", "string", "FILE", null, 'also save x_0 as floats: NHWC, tensor "samples" in the checkpoint format'],
 ];
 
-const NUMBERS: [keyof Config, string, number, number, boolean][] = [
-  // key, flag, min, max, integer
-  ["epochs", "epochs", 1, 1e9, true],
-  ["maxSteps", "max-steps", 0, 1e12, true],
-  ["batchSize", "batch-size", 1, 4096, true],
-  ["imageSize", "image-size", 8, 4096, true],
-  ["width", "width", 4, 4096, true],
-  ["lr", "lr", 0, 10, false],
-  ["noiseSteps", "noise-steps", 1, 100000, true],
-  ["seed", "seed", 0, 2 ** 31 - 1, true],
-  ["sampleEvery", "sample-every", 1, 1e9, true],
-  ["nSamples", "n-samples", 1, 1024, true],
-  ["cfgScale", "cfg-scale", 0, 100, false],
-  ["sampleSteps", "sample-steps", 1, 100000, true],
-  ["eta", "eta", 0, 1, false],
-  ["emaBeta", "ema-beta", 0, 0.999999, false],
-  ["emaStart", "ema-start", 0, 1e12, true],
-  ["labelDrop", "label-drop", 0, 1, false],
-  ["count", "count", 0, 1e9, true],
-];
+const flagsOf = (script: Script) => FLAGS.filter(([, scripts]) => scripts.split(" ").includes(script));
+const ARG = { int: "N", number: "X", choice: "NAME" } as Record<Kind, string>;
 
-// ------------------------------------------------------------------ flag helpers (train, sample, eval)
+/** A script's --help: its intro, a line per flag with a note (default: DEFAULTS' value of its key), its outro. */
+export function helpText(script: Script, intro: string, notes: Record<string, string> = {}, outro = "") {
+  const lines = flagsOf(script).map(([name, , kind, takes, key, help]) => {
+    const arg = kind === "boolean" ? "" : " " + (kind === "string" ? takes : ARG[kind]);
+    const value = key && kind !== "boolean" ? DEFAULTS[key] : undefined;
+    const note = notes[name] ?? (value === undefined ? "" : `default ${value}`);
+    const text = [kind === "choice" && (takes as string[]).join(" | "), help].filter(Boolean).join(": ");
+    return `  ${`--${name}${arg}`.padEnd(19)} ${text}${note && ` (${note})`}`;
+  });
+  return [intro, "", ...lines, `  ${"--help, -h".padEnd(19)} this text`, ...(outro ? ["", outro] : [])].join("\n");
+}
 
+/** A script's flags: numbers in range (as numbers), choices checked; a bad one is a UsageError naming it. */
+export function readFlags(script: Script, args: string[]): Record<string, Value> {
+  const flags = flagsOf(script);
+  const types = flags.map(([name, , kind]) => [name, { type: kind === "boolean" ? "boolean" : "string" } as const]);
+  const values: Record<string, Value> = parseFlags(args, { ...Object.fromEntries(types), help: HELP_FLAG });
+  for (const [name, , kind, takes] of flags) {
+    const range = takes as [number, number];
+    if (kind === "int" || kind === "number") values[name] = numberFlag(name, values[name], ...range, kind === "int");
+    if (kind === "choice") choiceFlag(name, values[name], takes as string[]);
+  }
+  return values;
+}
+
+// ------------------------------------------------------------------ flag helpers (train, sample, eval and the others)
+
+type Value = string | number | boolean | undefined;
 type Options = Record<string, { type: "string" | "boolean"; short?: string }>;
+const HELP_FLAG = { type: "boolean", short: "h" } as const;
 
 /** node:util parseArgs, with an unknown flag or a missing value as a UsageError. */
 export function parseFlags(args: string[], options: Options): Record<string, string | boolean | undefined> {
@@ -178,7 +206,7 @@ export function parseFlags(args: string[], options: Options): Record<string, str
 }
 
 /** A numeric flag's value (undefined when not given), or a UsageError naming the flag and the range. */
-export function numberFlag(flag: string, s: string | boolean | undefined, min: number, max: number, integer = true) {
+export function numberFlag(flag: string, s: Value, min: number, max: number, integer = true) {
   if (s === undefined) return undefined;
   const x = Number(s);
   if (!Number.isFinite(x) || (integer && !Number.isInteger(x)) || x < min || x > max) {
@@ -188,7 +216,7 @@ export function numberFlag(flag: string, s: string | boolean | undefined, min: n
 }
 
 /** A flag that takes one of `choices` (undefined when not given). */
-export function choiceFlag<C extends string>(flag: string, s: string | boolean | undefined, choices: readonly C[]) {
+export function choiceFlag<C extends string>(flag: string, s: Value, choices: readonly C[]) {
   if (s === undefined) return undefined;
   if (!choices.includes(s as C)) throw new UsageError(`--${flag} ${s}: use one of ${choices.join(", ")}`);
   return s as C;
@@ -197,43 +225,33 @@ export function choiceFlag<C extends string>(flag: string, s: string | boolean |
 /** A run given by folder, or by name under `out`. */
 export const runFolder = (run: string, out = "runs") => run.includes("/") ? run : join(out, run);
 
+export const HELP = helpText(
+  "train",
+  `Train a DDPM (the "DDPM from scratch" tutorial) on Deno.
+
+  deno task train:landscape [--data DIR]   unconditional, 64 px (tutorial defaults)
+  deno task train:cifar [--data DIR]       conditional CIFAR-10, 64 px, CFG + EMA
+  deno task demo                           a few minutes on a CPU, built-in landscapes
+
+Options (defaults from --preset, then these):`,
+  {
+    name: "default: the preset's, else run",
+    weights: "start from it; width from it",
+    "cache-dir": "default ~/.cache/ddpm-deno, or $DDPM_CACHE",
+  },
+);
+
 /** Flags to a Config; any bad value is a UsageError naming the flag. */
 export function parseConfig(
   args: string[],
 ): { config: Config; resume: boolean; help: boolean; given: (keyof Config)[] } {
-  const values = parseFlags(
-    args,
-    Object.fromEntries([
-      ...NUMBERS.map(([, flag]) => [flag, { type: "string" }]),
-      ...["preset", "data", "out", "name", "resume", "cache-dir", "weights", ...CHOICES.map(([k]) => k)].map((f) => [
-        f,
-        { type: "string" },
-      ]),
-      ["conditional", { type: "boolean" }],
-      ["no-clip", { type: "boolean" }],
-      ["no-cache", { type: "boolean" }],
-      ["help", { type: "boolean", short: "h" }],
-    ]),
-  );
-  const preset = values.preset as string | undefined;
-  if (preset && !PRESETS[preset]) {
-    throw new UsageError(`--preset ${preset}: use one of ${Object.keys(PRESETS).join(", ")}`);
-  }
+  const values = readFlags("train", args), preset = values.preset as string | undefined;
   const config: Config = { ...DEFAULTS, ...(preset ? PRESETS[preset] : {}) };
-  for (const [key, flag, min, max, integer] of NUMBERS) {
-    const v = numberFlag(flag, values[flag], min, max, integer);
-    if (v !== undefined) (config as unknown as Record<string, number>)[key] = v;
-  }
-  for (const [key, flag] of [["data", "data"], ["out", "out"], ["name", "name"], ["cacheDir", "cache-dir"]] as const) {
-    if (values[flag] !== undefined) config[key] = values[flag] as string;
-  }
-  if (values.weights !== undefined) config.weights = values.weights as string;
-  if (values.conditional) config.conditional = true;
-  if (values["no-clip"]) config.clip = false;
-  if (values["no-cache"]) config.noCache = true;
-  for (const [key, choices] of CHOICES) {
-    const v = choiceFlag(key, values[key], choices);
-    if (v !== undefined) (config as unknown as Record<string, string>)[key] = v;
+  const given: (keyof Config)[] = []; // the settings given as flags
+  for (const [name, , , , key] of flagsOf("train")) {
+    if (!key || values[name] === undefined) continue;
+    (config as unknown as Record<string, Value>)[key] = name === "no-clip" ? false : values[name];
+    if (!["out", "name", "weights"].includes(key)) given.push(key); // the folder: --resume's; weights: a new run's
   }
   if (config.imageSize % 8) {
     throw new UsageError(`--image-size ${config.imageSize}: must be divisible by 8 (the U-Net halves it 3 times)`);
@@ -245,16 +263,6 @@ export function parseConfig(
     const dir = runFolder(resume, config.out);
     [config.out, config.name] = [dirname(dir), basename(dir)];
   }
-  const keys: (keyof Config)[] = [
-    ...NUMBERS.map(([k]) => k),
-    ...CHOICES.map(([k]) => k),
-    "data",
-    "cacheDir",
-    "conditional",
-  ];
-  const given = keys.filter((k) => values[flagOf(k).slice(2)] !== undefined);
-  if (values["no-clip"]) given.push("clip");
-  if (values["no-cache"]) given.push("noCache");
   return { config, resume: !!resume, help: !!values.help, given };
 }
 

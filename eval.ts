@@ -4,7 +4,7 @@
 // features.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
-import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
+import { type BackendName, setBackend, setSeed } from "./backend.ts";
 import { assignWeights, loadFile, loadRun, readState, type RunState, saveWeights } from "./checkpoint.ts";
 import {
   Classifier,
@@ -18,7 +18,7 @@ import {
   trainClassifier,
 } from "./classifier.ts";
 import { Diffusion, type NoiseModel, type Sampler, type Schedule } from "./diffusion.ts";
-import { choiceFlag, type Config, numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
+import { type Config, DEFAULTS, helpText, readFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { duration, stepProgress } from "./progress.ts";
 import { writeReport } from "./report.ts";
 import { CheckpointError } from "./weights.ts";
@@ -270,57 +270,42 @@ export async function evaluate(o: EvalOptions) {
   return report;
 }
 
-const HELP = `Score a trained run with a classifier trained on its own data (offline, no Inception network).
+const HELP = helpText(
+  "eval",
+  `Score a trained run with a classifier trained on its own data (offline, no Inception network).
 
-  deno task eval --run RUN [--n N] [--seconds 120] [--sampler ddpm|ddim] [--full] [--ema] [--seed 0]
-
-  --run RUN          run folder (or its name under runs/)
-  --n N              samples per class (conditional) or in all (unconditional); default: sized to --seconds
-  --seconds S        the sampling time the default n is sized to on this machine (default ${SECONDS})
-  --full             the tutorial's full DDPM: all T steps, ${FULL_N.conditional} per class / ${FULL_N.unconditional} samples
-  --sampler S        ddim (default) | ddpm (all T steps)
-  --sample-steps N   DDIM steps (default: the run's if it samples with DDIM, else 50)
-  --eta X            DDIM η in [0, 1] (default: the run's if it samples with DDIM, else 0: deterministic)
-  --ema              score the EMA weights
-  --weights FILE     score a PyTorch file of the tutorial's UNet instead, on the run's data and settings
-  --backend NAME     auto | tensorflow | webgpu | wasm | cpu
-  --seed N           seed of the samples (default 0)
-
-Prints the sample count and an estimate of the time before sampling, then a progress line.
+  deno task eval --run RUN [--n N] [--seconds 120] [--sampler ddpm|ddim] [--full] [--ema] [--seed 0]`,
+  {
+    weights: "scored instead of the run's, on its data and settings",
+    n: "default: sized to --seconds",
+    seconds: `default ${SECONDS}`,
+    full: `${FULL_N.conditional} per class / ${FULL_N.unconditional} samples`,
+    sampler: "default ddim; --full: ddpm",
+    "sample-steps": "default: the run's if it samples with DDIM, else 50",
+    eta: "default: the run's if it samples with DDIM, else 0",
+  },
+  `Prints the sample count and an estimate of the time before sampling, then a progress line.
 Writes RUN/eval.json (the settings, class accuracy at the run's cfg scale and at 0, and the ${METRIC}),
-RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/classifier/.`;
+RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/classifier/.`,
+);
 
 /** Flags to EvalOptions plus the backend; any bad value is a UsageError naming the flag. */
 export function parseEvalArgs(args: string[]) {
-  const v = parseFlags(args, {
-    run: { type: "string" },
-    n: { type: "string" },
-    seconds: { type: "string" },
-    full: { type: "boolean" },
-    sampler: { type: "string" },
-    "sample-steps": { type: "string" },
-    eta: { type: "string" },
-    ema: { type: "boolean" },
-    weights: { type: "string" },
-    backend: { type: "string" },
-    seed: { type: "string" },
-    help: { type: "boolean", short: "h" },
-  });
-  const backend: BackendName = choiceFlag("backend", v.backend, BACKENDS) ?? "auto";
+  const v = readFlags("eval", args);
   if (!v.help && !v.run) throw new UsageError("--run RUN is required (a run folder, e.g. runs/shapes)");
   const opts: EvalOptions = {
     run: v.run ? runFolder(v.run as string) : "",
-    n: numberFlag("n", v.n, 1, 100000),
-    seconds: numberFlag("seconds", v.seconds, 1, 1e7, false),
+    n: v.n as number | undefined,
+    seconds: v.seconds as number | undefined,
     full: !!v.full,
-    sampler: choiceFlag("sampler", v.sampler, ["ddpm", "ddim"] as const),
-    sampleSteps: numberFlag("sample-steps", v["sample-steps"], 1, 100000),
-    eta: numberFlag("eta", v.eta, 0, 1, false),
+    sampler: v.sampler as Sampler | undefined,
+    sampleSteps: v["sample-steps"] as number | undefined,
+    eta: v.eta as number | undefined,
     ema: !!v.ema,
     weights: v.weights as string | undefined,
-    seed: numberFlag("seed", v.seed, 0, 2 ** 31 - 1),
+    seed: v.seed as number | undefined,
   };
-  return { opts, backend, help: !!v.help };
+  return { opts, backend: (v.backend ?? DEFAULTS.backend) as BackendName, help: !!v.help };
 }
 
 if (import.meta.main) {

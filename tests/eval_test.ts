@@ -12,8 +12,8 @@ import {
   symmetricEigen,
   trainClassifier,
 } from "../classifier.ts";
-import { evaluate, METRIC, parseEvalArgs } from "../eval.ts";
-import { DEFAULTS, UsageError } from "../cli.ts";
+import { evaluate, METRIC } from "../eval.ts";
+import { DEFAULTS } from "../cli.ts";
 import { torchStateDict, writeTorchFile } from "../pytorch.ts";
 import { loadRun } from "../checkpoint.ts";
 import { train } from "../train.ts";
@@ -211,40 +211,4 @@ Deno.test("eval defaults: DDIM, n sized to --seconds and announced before sampli
   assert.deepEqual([full.sampler, full.n.value, full.n.chosenBy, full.results[0].n], ["ddpm", 4, "--n", 4]);
   assert.ok(!("sampleSteps" in full));
   await Deno.remove(out, { recursive: true });
-});
-
-Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 2", async () => {
-  for (
-    const args of [
-      [],
-      ["--run", "r", "--n", "0"],
-      ["--run", "r", "--sampler", "plms"],
-      ["--run", "r", "--eta", "2"],
-      [
-        "--run",
-        "r",
-        "--sample-steps",
-        "2.5",
-      ],
-      ["--run", "r", "--backend", "tpu"],
-      ["--run", "r", "--seconds", "0"],
-      ["--run", "r", "--bogus"],
-    ]
-  ) {
-    assert.throws(() => parseEvalArgs(args), UsageError, args.join(" "));
-  }
-  const { opts } = parseEvalArgs(["--run", "shapes", "--sampler", "ddim", "--sample-steps", "25", "--ema"]);
-  assert.deepEqual([opts.run, opts.sampler, opts.sampleSteps, opts.ema], [join("runs", "shapes"), "ddim", 25, true]);
-  const full = parseEvalArgs(["--run", "shapes", "--full", "--seconds", "30"]).opts;
-  assert.deepEqual([full.full, full.seconds, full.sampler, full.n], [true, 30, undefined, undefined]);
-  const cli = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "eval.ts", "--run", "x", "--n", "abc"],
-    cwd: join(import.meta.dirname!, ".."),
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const err = new TextDecoder().decode(cli.stderr).trim();
-  assert.equal(cli.code, 2);
-  assert.equal(err.split("\n").length, 1, err);
-  assert.match(err, /--n abc/);
 });

@@ -1,0 +1,165 @@
+// The flags of train, sample and eval: one table (cli.ts) for parsing, ranges, choices and --help.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { DEFAULTS, parseConfig, UsageError } from "../cli.ts";
+import { parseEvalArgs } from "../eval.ts";
+import { parseSampleArgs } from "../sample.ts";
+import { ROOT } from "./helpers.ts";
+
+const ACCEPTS = { // what each script's README and users rely on
+  train: "preset data out name resume weights epochs max-steps batch-size image-size width lr noise-steps schedule " +
+    "conditional label-drop ema-beta ema-start count cache-dir no-cache sample-every n-samples cfg-scale sampler " +
+    "sample-steps eta no-clip seed backend help",
+  sample: "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend out raw help",
+  eval: "run weights ema n seconds full sampler sample-steps eta seed backend help",
+};
+const PARSE = { // each script's parser, on flags that are otherwise complete
+  train: (args: string[]) => parseConfig(args),
+  sample: (args: string[]) => parseSampleArgs(["--run", "r", ...args]),
+  eval: (args: string[]) => parseEvalArgs(["--run", "r", ...args]),
+};
+const TASKS = { train: "demo", sample: "sample", eval: "eval" }; // deno.json's task of each script
+
+/** `deno task NAME --help`: its exit code and output. */
+async function taskHelp(task: string) {
+  const out = await new Deno.Command(Deno.execPath(), { args: ["task", task, "--help"], cwd: ROOT, stdin: "null" })
+    .output();
+  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+}
+
+/** A UsageError with this message (a string: all of it). */
+const usage = (message: string | RegExp) => (e: unknown) =>
+  e instanceof UsageError && (typeof message === "string" ? e.message === message : message.test(e.message));
+
+/** Whether parsing rejects a flag as unknown (a known flag alone may lack its value: another error). */
+function isUnknown(parse: () => unknown) {
+  try {
+    parse();
+    return false;
+  } catch (e) {
+    return usage(/^Unknown option/)(e);
+  }
+}
+
+Deno.test("--help of train, sample and eval lists every flag each accepts, and only those", async () => {
+  const everyFlag = new Set(Object.values(ACCEPTS).flatMap((s) => s.split(" ")));
+  for (const script of ["train", "sample", "eval"] as const) {
+    const help = await taskHelp(TASKS[script]);
+    assert.equal(help.code, 0, help.stderr);
+    const listed = [...help.stdout.matchAll(/^ {2}--([a-z-]+)/gm)].map((m) => m[1]);
+    const accepts = ACCEPTS[script].split(" ");
+    assert.deepEqual([...listed].sort(), [...accepts].sort(), `${script} --help`);
+    for (const flag of everyFlag) {
+      assert.equal(isUnknown(() => PARSE[script]([`--${flag}`])), !accepts.includes(flag), `${script} --${flag}`);
+    }
+  }
+});
+
+Deno.test("--help shows the static defaults, and the run-dependent ones in words", async () => {
+  const [train, sample, evalHelp] = await Promise.all(["demo", "sample", "eval"].map(taskHelp));
+  const line = (text: string, flag: string) => text.split("\n").find((l) => l.startsWith(`  --${flag} `)) ?? "";
+  assert.match(line(train.stdout, "noise-steps"), /\(default 1000\)/);
+  assert.match(line(train.stdout, "lr"), /\(default 0\.0003\)/);
+  assert.match(line(train.stdout, "backend"), /auto \| tensorflow \| webgpu \| wasm \| cpu \(default auto\)/);
+  assert.match(line(sample.stdout, "sampler"), /ddpm \| ddim.*\(default ddpm\)/);
+  assert.match(line(sample.stdout, "sample-steps"), /\(default 50; at most the run's T\)/);
+  assert.match(line(evalHelp.stdout, "sampler"), /\(default ddim; --full: ddpm\)/);
+  assert.match(line(evalHelp.stdout, "eta"), /the run's if it samples with DDIM/);
+  assert.match(line(evalHelp.stdout, "seconds"), /\(default 90\)/);
+});
+
+Deno.test("a shared flag has the same range, choices and message in train, sample and eval", () => {
+  for (
+    const [args, message] of [
+      [["--eta", "2"], "--eta 2: expected a number in [0, 1]"],
+      [["--sampler", "x"], "--sampler x: use one of ddpm, ddim"],
+      [["--sample-steps", "2.5"], "--sample-steps 2.5: expected an integer in [1, 100000]"],
+      [["--seed=-1"], `--seed -1: expected an integer in [0, ${2 ** 31 - 1}]`],
+      [["--backend", "tpu"], "--backend tpu: use one of auto, tensorflow, webgpu, wasm, cpu"],
+    ] as [string[], string][]
+  ) {
+    for (const parse of Object.values(PARSE)) assert.throws(() => parse(args), usage(message), args.join(" "));
+  }
+  for (const parse of [PARSE.train, PARSE.sample]) {
+    assert.throws(() => parse(["--cfg-scale", "101"]), usage("--cfg-scale 101: expected a number in [0, 100]"));
+    assert.throws(() => parse(["--image-size", "4"]), usage("--image-size 4: expected an integer in [8, 4096]"));
+  }
+});
+
+Deno.test("train flags: bad values are a usage error naming the flag; given settings and --resume", () => {
+  for (
+    const [args, re] of [
+      [["--epochs", "abc"], /--epochs abc/],
+      [["--image-size", "30"], /--image-size 30: must be divisible by 8/],
+      [["--width", "30"], /--width 30: must be divisible by 4/],
+      [["--lr=-1"], /--lr -1/],
+      [["--schedule", "cos"], /^--schedule cos: use one of linear, cosine$/],
+      [["--preset", "big"], /^--preset big: use one of landscape, cifar, demo$/],
+      [["--bogus"], /bogus/],
+      [["--resume", "a", "--weights", "w.pt"], /--weights starts a new run/],
+    ] as [string[], RegExp][]
+  ) assert.throws(() => parseConfig(args), usage(re), String(re));
+  const { config } = parseConfig(["--preset", "cifar", "--batch-size", "7"]);
+  assert.equal(config.batchSize, 7);
+  assert.equal(config.conditional, true);
+  assert.equal(config.emaBeta, 0.995);
+  const set = parseConfig(["--no-clip", "--out", "x", "--eta", "1", "--schedule", "cosine", "--no-cache"]);
+  assert.deepEqual([set.config.clip, set.config.out, set.config.eta, set.config.schedule], [false, "x", 1, "cosine"]);
+  assert.deepEqual(set.given.sort(), ["clip", "eta", "noCache", "schedule"]); // not the run's folder
+  assert.equal(parseConfig([]).config.clip, DEFAULTS.clip);
+  const resumed = parseConfig(["--resume", join("elsewhere", "demo"), "--epochs", "9"]);
+  assert.deepEqual([resumed.resume, resumed.config.out, resumed.config.name], [true, "elsewhere", "demo"]);
+  assert.deepEqual(resumed.given, ["epochs"]);
+  assert.equal(parseConfig(["-h"]).help, true);
+});
+
+Deno.test("sample flags: a run or a file, typed values with the defaults", () => {
+  for (
+    const [args, re] of [
+      [[], /give --run RUN/],
+      [["--run", "r", "--weights", "w.pt"], /give --run RUN/],
+      [["--weights", "w.pt", "--ema"], /^--ema: a PyTorch file/],
+      [["--weights", "w.pt", "--image-size", "60"], /^--image-size 60: must be divisible by 8$/],
+      [["--run", "r", "--n", "x"], /^--n x: expected an integer in \[1, 1024\]$/],
+    ] as [string[], RegExp][]
+  ) assert.throws(() => parseSampleArgs(args), usage(re), String(re));
+  const o = parseSampleArgs(["--run", "demo", "--n", "4", "--sampler", "ddim", "--no-clip", "--seed", "7"]);
+  assert.deepEqual(
+    [o.run, o.n, o.sampler, o.sampleSteps, o.eta, o.clip, o.seed, o.backend, o.ema, o.help],
+    [join("runs", "demo"), 4, "ddim", undefined, 0, false, 7, "auto", false, false],
+  );
+  const file = parseSampleArgs(["--weights", "w.pt", "--image-size", "32", "--sample-steps", "20"]);
+  assert.deepEqual([file.run, file.weights, file.imageSize, file.sampleSteps], [undefined, "w.pt", 32, 20]);
+  assert.equal(parseSampleArgs(["--help"]).help, true); // --help needs no --run
+});
+
+Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 2", async () => {
+  for (
+    const args of [
+      [],
+      ["--run", "r", "--n", "0"],
+      ["--run", "r", "--sampler", "plms"],
+      ["--run", "r", "--eta", "2"],
+      ["--run", "r", "--sample-steps", "2.5"],
+      ["--run", "r", "--backend", "tpu"],
+      ["--run", "r", "--seconds", "0"],
+      ["--run", "r", "--bogus"],
+    ]
+  ) {
+    assert.throws(() => parseEvalArgs(args), UsageError, args.join(" "));
+  }
+  const { opts } = parseEvalArgs(["--run", "shapes", "--sampler", "ddim", "--sample-steps", "25", "--ema"]);
+  assert.deepEqual([opts.run, opts.sampler, opts.sampleSteps, opts.ema], [join("runs", "shapes"), "ddim", 25, true]);
+  const full = parseEvalArgs(["--run", "shapes", "--full", "--seconds", "30"]).opts;
+  assert.deepEqual([full.full, full.seconds, full.sampler, full.n], [true, 30, undefined, undefined]);
+  const cli = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "eval.ts", "--run", "x", "--n", "abc"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const err = new TextDecoder().decode(cli.stderr).trim();
+  assert.equal(cli.code, 2);
+  assert.equal(err.split("\n").length, 1, err);
+  assert.match(err, /--n abc/);
+});
