@@ -5,6 +5,7 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { type Config, DEFAULTS } from "./cli.ts";
+import { Diffusion, type Schedule } from "./diffusion.ts";
 import { UNet } from "./modules.ts";
 import { loadTorchModel } from "./pytorch.ts";
 import { assignTensors, CheckpointError, parseWeights, serializeWeights, type Tensors } from "./weights.ts";
@@ -114,6 +115,11 @@ export async function readState(runDir: string, required = ["state.json", "model
 /** The (untrained) U-Net that a run's config describes. */
 export const newUNet = (config: Config, numClasses: number) =>
   new UNet({ width: config.width, numClasses, removeDeepConv: config.removeDeepConv });
+
+/** The Diffusion that a run's config describes (runs saved before the cosine schedule have none: linear). */
+export const newDiffusion = ({ noiseSteps, imageSize, schedule }: Pick<Config, "noiseSteps" | "imageSize"> & {
+  schedule?: Schedule;
+}) => new Diffusion({ noiseSteps, imgSize: imageSize, schedule: schedule ?? "linear" });
 
 /** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
 export async function loadRun(runDir: string, ema = false) {

@@ -5,7 +5,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { type BackendName, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, loadFile, loadRun, readState, type RunState, saveWeights } from "./checkpoint.ts";
+import { assignWeights, loadFile, loadRun, newDiffusion, readState, type RunState, saveWeights } from "./checkpoint.ts";
 import {
   Classifier,
   classify,
@@ -22,7 +22,7 @@ import { type Config, DEFAULTS, helpText, readFlags, runCli, runFolder, UsageErr
 import { duration, stepProgress } from "./progress.ts";
 import { writeReport } from "./report.ts";
 import { CheckpointError } from "./weights.ts";
-import { loadDataset, saveGrid } from "./utils.ts";
+import { loadRunData, saveGrid } from "./utils.ts";
 
 export const METRIC = "Fréchet distance (classifier features)";
 const METRIC_NOTE = `${METRIC}: ‖μ1-μ2‖² + Tr(Σ1 + Σ2 - 2(Σ1Σ2)^½) between the penultimate features of a small ` +
@@ -170,13 +170,7 @@ export async function evaluate(o: EvalOptions) {
   const sampleSteps = o.sampleSteps ?? (runDdim ? config.sampleSteps : undefined) ?? 50;
   const eta = o.eta ?? (runDdim ? config.eta : undefined) ?? 0, schedule = config.schedule ?? "linear";
   const conditional = model.numClasses > 0, task: Task = conditional ? "labels" : "rotation";
-  const data = await loadDataset(config.data, size, {
-    seed: config.seed,
-    count: config.count || undefined,
-    cacheDir: config.cacheDir,
-    noCache: config.noCache,
-    log,
-  });
+  const data = await loadRunData(config, log);
   setSeed(seed);
   const real = collect(data, MAX_REAL, config.seed);
   const outputs = conditional ? classes.length : 4;
@@ -187,7 +181,7 @@ export async function evaluate(o: EvalOptions) {
   const held = await classify(clf, slice(real, 0, heldOut), task);
   const reference = round(frechetDistance(featureStats(held.features, heldOut, d), realStats));
 
-  const diffusion = new Diffusion({ noiseSteps: config.noiseSteps, imgSize: size, schedule });
+  const diffusion = newDiffusion(config);
   const scales = conditional ? [...new Set([config.cfgScale, 0])] : [0], k = conditional ? classes.length : 1;
   const stepCount = diffusion.stepCount(sampler, sampleSteps), results: Result[] = [];
   const everyClass = conditional ? Array.from({ length: k }, (_, i) => i) : null;
@@ -262,11 +256,8 @@ export async function evaluate(o: EvalOptions) {
   };
   await Deno.writeTextFile(join(runDir, "eval.json"), JSON.stringify(report, null, 1));
   await writeReport(runDir);
-  log(
-    `-> ${join(runDir, "eval.json")}, ${join(runDir, "index.html")} (${
-      duration((performance.now() - started) / 1000)
-    })`,
-  );
+  const took = duration((performance.now() - started) / 1000);
+  log(`-> ${join(runDir, "eval.json")}, ${join(runDir, "index.html")} (${took})`);
   return report;
 }
 
@@ -274,7 +265,7 @@ const HELP = helpText(
   "eval",
   `Score a trained run with a classifier trained on its own data (offline, no Inception network).
 
-  deno task eval --run RUN [--n N] [--seconds 120] [--sampler ddpm|ddim] [--full] [--ema] [--seed 0]`,
+  deno task eval --run RUN [--n N] [--seconds ${SECONDS}] [--sampler ddpm|ddim] [--full] [--ema] [--seed 0]`,
   {
     weights: "scored instead of the run's, on its data and settings",
     n: "default: sized to --seconds",

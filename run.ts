@@ -3,15 +3,15 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { getSeedState, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, newUNet, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
+import { assignWeights, newDiffusion, newUNet, readState, type RunState, saveCheckpoint } from "./checkpoint.ts";
 import { type Config, DEFAULTS, flagOf, TrainingError, UsageError } from "./cli.ts";
-import { Diffusion } from "./diffusion.ts";
+import type { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
 import type { UNet } from "./modules.ts";
 import { loadTorchModel } from "./pytorch.ts";
 import { Progress } from "./progress.ts";
 import { readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
-import { type Dataset, loadDataset } from "./utils.ts";
+import { type Dataset, loadRunData } from "./utils.ts";
 import { CheckpointError } from "./weights.ts";
 import { AdamW } from "./adamw.ts";
 
@@ -62,8 +62,7 @@ export class Run {
     this.emaModel = config.emaBeta > 0 ? newUNet(config, numClasses) : null;
     this.ema = new EMA(config.emaBeta);
     this.opt = new AdamW(this.model, { lr: config.lr });
-    const { noiseSteps, imageSize: imgSize, schedule } = config;
-    this.diffusion = new Diffusion({ noiseSteps, imgSize, schedule });
+    this.diffusion = newDiffusion(config);
     const stepsInAll = config.epochs * Math.ceil(data.length / config.batchSize);
     this.totalSteps = Math.min(stepsInAll, config.maxSteps || Infinity);
     this.lossFile = Deno.openSync(join(dir, "loss.jsonl"), { append: true, create: true });
@@ -79,8 +78,7 @@ export class Run {
     const backend = await setBackend(config.backend, log);
     await Deno.mkdir(join(dir, "samples"), { recursive: true });
     setSeed(config.seed);
-    const { seed, cacheDir, noCache } = config, count = config.count || undefined;
-    const data = await loadDataset(config.data, config.imageSize, { seed, count, cacheDir, noCache, log });
+    const data = await loadRunData(config, log);
     await saveDataImages(dir, data, config.seed);
     const gpu = backend === "webgpu" || backend === "tensorflow"; // a read-back waits for the GPU's queue
     const run = new Run(config, dir, data, options.readEvery ?? (gpu ? 20 : 1), options);

@@ -2,8 +2,8 @@
 // [--ema] | --weights FILE) [--n 16]`.
 import { dirname, join } from "node:path";
 import { type BackendName, setBackend, setSeed } from "./backend.ts";
-import { loadFile, loadRun, saveWeights } from "./checkpoint.ts";
-import { Diffusion, type Sampler, toUint8 } from "./diffusion.ts";
+import { loadFile, loadRun, newDiffusion, saveWeights } from "./checkpoint.ts";
+import { type Sampler, toUint8 } from "./diffusion.ts";
 import { DEFAULTS, helpText, numberFlag, readFlags, runCli, runFolder, UsageError } from "./cli.ts";
 import { stepProgress } from "./progress.ts";
 import { saveGrid } from "./utils.ts";
@@ -73,11 +73,7 @@ async function main() {
     labels = Array.from({ length: k * perClass }, (_, i) => Math.floor(i / perClass));
   }
   const n = labels?.length ?? o.n ?? DEFAULTS.nSamples;
-  const diffusion = new Diffusion({
-    noiseSteps: config.noiseSteps,
-    imgSize: config.imageSize,
-    schedule: config.schedule,
-  });
+  const diffusion = newDiffusion(config);
   const sampleSteps = numberFlag("sample-steps", o.sampleSteps, 1, config.noiseSteps) ?? DEFAULTS.sampleSteps;
   const t0 = performance.now(), progress = stepProgress(diffusion.stepCount(o.sampler, sampleSteps), "sampling");
   setSeed(o.seed); // after the model is made: the seed alone fixes the noise (as in the run's page)

@@ -3,6 +3,7 @@
 import { Image } from "imagescript";
 import { dirname, join } from "node:path";
 import { mulberry32, type Rand } from "./backend.ts";
+import type { Config } from "./cli.ts";
 import { CIFAR_CLASSES, readCifar } from "./cifar.ts";
 import { DataError, drawLandscape, drawShape, SHAPE_CLASSES } from "./datasets.ts";
 import { decodeFolder, listImageFolder } from "./image_folder.ts";
@@ -68,6 +69,19 @@ export function shuffle<T>(a: T[], rand: Rand): T[] {
   }
   return a;
 }
+
+/** The data set of a run's config, as its training loads it. */
+export const loadRunData = (
+  c: Pick<Config, "data" | "imageSize" | "seed" | "count" | "cacheDir" | "noCache">,
+  log?: (line: string) => void,
+) =>
+  loadDataset(c.data, c.imageSize, {
+    seed: c.seed,
+    count: c.count || undefined,
+    cacheDir: c.cacheDir,
+    noCache: c.noCache,
+    log,
+  });
 
 /** Loads "builtin:landscapes", "builtin:shapes", "cifar10" or an image folder. */
 export async function loadDataset(spec: string, size: number, opts: LoadOptions = {}): Promise<Dataset> {

@@ -1,7 +1,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { setBackend, setSeed } from "../backend.ts";
+import { mulberry32, setBackend, setSeed } from "../backend.ts";
 import {
   Classifier,
   classify,
@@ -17,8 +17,8 @@ import { DEFAULTS } from "../cli.ts";
 import { torchStateDict, writeTorchFile } from "../pytorch.ts";
 import { loadRun } from "../checkpoint.ts";
 import { train } from "../train.ts";
-import { mulberry32 } from "../backend.ts";
 import { loadDataset } from "../utils.ts";
+import { quiet } from "./helpers.ts";
 
 await setBackend("wasm");
 
@@ -106,7 +106,6 @@ Deno.test("the classifier reaches ≥ 95 % on held-out builtin:shapes (800 train
 
 Deno.test("end to end: a tiny conditional run is scored; eval.json and index.html; the classifier is cached", async () => {
   const out = await Deno.makeTempDir();
-  const quiet = () => {};
   await train(
     {
       ...DEFAULTS,
@@ -152,19 +151,12 @@ Deno.test("end to end: a tiny conditional run is scored; eval.json and index.htm
   await Deno.remove(out, { recursive: true });
 });
 
+/** A one-class run that trains in seconds. */
+const LAND = { imageSize: 16, width: 8, maxSteps: 2, count: 40, noiseSteps: 10, nSamples: 4, backend: "wasm" } as const;
+
 Deno.test("end to end, one-class data: rotations; one unguided result; a PyTorch file of the run scores the same", async () => {
   const out = await Deno.makeTempDir();
-  const quiet = () => {};
-  const tiny = {
-    imageSize: 16,
-    width: 8,
-    maxSteps: 2,
-    count: 40,
-    noiseSteps: 10,
-    nSamples: 4,
-    backend: "wasm",
-  } as const;
-  await train({ ...DEFAULTS, ...tiny, data: "builtin:landscapes", out, name: "land" }, { log: quiet });
+  await train({ ...DEFAULTS, ...LAND, data: "builtin:landscapes", out, name: "land" }, { log: quiet });
   const report = await evaluate({ run: join(out, "land"), n: 6, sampler: "ddpm", log: quiet });
   assert.equal(report.classifier.task, "rotation by 0/90/180/270° (one-class data)");
   assert.equal(report.classifier.heldOutImages, 4);
@@ -184,16 +176,7 @@ Deno.test("end to end, one-class data: rotations; one unguided result; a PyTorch
 
 Deno.test("eval defaults: DDIM, n sized to --seconds and announced before sampling, progress; --full is DDPM", async () => {
   const out = await Deno.makeTempDir();
-  const tiny = {
-    imageSize: 16,
-    width: 8,
-    maxSteps: 2,
-    count: 40,
-    noiseSteps: 10,
-    nSamples: 4,
-    backend: "wasm",
-  } as const;
-  await train({ ...DEFAULTS, ...tiny, data: "builtin:landscapes", out, name: "land" }, { log: () => {} });
+  await train({ ...DEFAULTS, ...LAND, data: "builtin:landscapes", out, name: "land" }, { log: quiet });
   const run = join(out, "land"), lines: string[] = [];
   const report = await evaluate({ run, seconds: 1, log: (l) => lines.push(l) });
   assert.deepEqual([report.sampler, report.sampleSteps, report.eta], ["ddim", 10, 0]); // (the run samples with DDPM)

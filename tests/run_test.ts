@@ -3,34 +3,13 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Image } from "imagescript";
-import { type Config, DEFAULTS } from "../cli.ts";
+import type { Config } from "../cli.ts";
 import { train } from "../train.ts";
+import { quiet, tiny as tinyRun, withTempDir } from "./helpers.ts";
 
-const quiet = () => {};
-const tiny = (out: string, over: Partial<Config> = {}): Config => ({
-  ...DEFAULTS,
-  out,
-  name: "run",
-  backend: "wasm",
-  imageSize: 16,
-  width: 8,
-  batchSize: 4,
-  count: 12,
-  epochs: 2,
-  noiseSteps: 10,
-  sampleEvery: 1,
-  nSamples: 4,
-  ...over,
-});
-
-async function withTempDir(fn: (dir: string) => Promise<void>) {
-  const dir = await Deno.makeTempDir({ prefix: "ddpm_e2e_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+/** The tiny settings of tests/helpers.ts at 16 px and width 8, with a sample grid every epoch. */
+const tiny = (out: string, over: Partial<Config> = {}) =>
+  tinyRun(out, { imageSize: 16, width: 8, count: 12, sampleEvery: 1, nSamples: 4, ...over });
 
 Deno.test("builtin:landscapes, unconditional: the run folder has every file", async () => {
   await withTempDir(async (dir) => {
