@@ -1,4 +1,6 @@
 // Headless Chromium driven over the DevTools protocol (a WebSocket; no puppeteer, no browser download).
+import { readUntil } from "./helpers.ts";
+
 const CHROMIUM = Deno.env.get("CHROMIUM") ?? "/usr/bin/chromium";
 const FLAGS = [
   "--headless",
@@ -51,12 +53,7 @@ export class Chromium {
       stderr: "piped",
     }).spawn();
     const lines = proc.stderr.pipeThrough(new TextDecoderStream()).getReader();
-    let text = "", url: string | undefined;
-    while (!(url = text.match(/ws:\/\/\S+/)?.[0])) {
-      const { value, done } = await lines.read();
-      if (done) throw new Error(`Chromium exited before its DevTools endpoint was up:\n${text}`);
-      text += value;
-    }
+    const url = await readUntil(lines, /ws:\/\/\S+/, "Chromium");
     (async () => { // drain the rest, so that Chromium never blocks on a full pipe
       while (!(await lines.read()).done);
     })();

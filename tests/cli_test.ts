@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { DEFAULTS, parseConfig, UsageError } from "../cli.ts";
 import { parseEvalArgs } from "../eval.ts";
 import { parseSampleArgs } from "../sample.ts";
-import { ROOT } from "./helpers.ts";
+import { assertOneLine, ROOT, runScript } from "./helpers.ts";
 
 const ACCEPTS = { // what each script's README and users rely on
   train: "preset data out name resume weights epochs max-steps batch-size image-size width lr noise-steps schedule " +
@@ -152,14 +152,5 @@ Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 
   assert.deepEqual([opts.run, opts.sampler, opts.sampleSteps, opts.ema], [join("runs", "shapes"), "ddim", 25, true]);
   const full = parseEvalArgs(["--run", "shapes", "--full", "--seconds", "30"]).opts;
   assert.deepEqual([full.full, full.seconds, full.sampler, full.n], [true, 30, undefined, undefined]);
-  const cli = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "eval.ts", "--run", "x", "--n", "abc"],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const err = new TextDecoder().decode(cli.stderr).trim();
-  assert.equal(cli.code, 2);
-  assert.equal(err.split("\n").length, 1, err);
-  assert.match(err, /--n abc/);
+  assertOneLine(await runScript("eval.ts", "--run", "x", "--n", "abc"), 2, "--n abc");
 });

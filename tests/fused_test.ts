@@ -1,5 +1,5 @@
 // The fused kernels (fused_wasm.ts, fused_webgpu.ts on whatever adapter Deno has, llvmpipe here) against the plain
-// formulas of modules.ts, train.ts and ema.ts on the cpu backend: values and gradients.
+// formulas of modules.ts, adamw.ts and ema.ts on the cpu backend: values and gradients.
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { setBackend } from "../backend.ts";

@@ -50,6 +50,17 @@ export async function runScript(script: string, ...args: string[]) {
   return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
 }
 
+/** Reads a child's output until `pattern` matches it: the first group (or the match), or an error if it exits first. */
+export async function readUntil(lines: ReadableStreamDefaultReader<string>, pattern: RegExp, what: string) {
+  let text = "", m: RegExpMatchArray | null;
+  while (!(m = text.match(pattern))) {
+    const { value, done } = await lines.read();
+    if (done) throw new Error(`${what} exited before printing ${pattern}:\n${text}`);
+    text += value;
+  }
+  return m[1] ?? m[0];
+}
+
 /** The answer to a bad input: the exit code, and one line on stderr that names `what`, no stack trace. */
 export function assertOneLine(r: { code: number; stderr: string }, code: number, what: string | RegExp) {
   assert.equal(r.code, code, r.stderr);

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Image } from "imagescript";
 import type { Config } from "../cli.ts";
 import { train } from "../train.ts";
-import { quiet, tiny as tinyRun, withTempDir } from "./helpers.ts";
+import { assertOneLine, quiet, runScript, tiny as tinyRun, withTempDir } from "./helpers.ts";
 
 /** The tiny settings of tests/helpers.ts at 16 px and width 8, with a sample grid every epoch. */
 const tiny = (out: string, over: Partial<Config> = {}) =>
@@ -84,12 +84,7 @@ Deno.test("an image folder (JPEG + PNG, RGB, grayscale, RGBA) trains; a non-imag
   });
 });
 
-/** Runs the CLI; returns exit code and output. */
-async function cli(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", "train.ts", ...args], stdin: "null" })
-    .output();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
-}
+const cli = (...args: string[]) => runScript("train.ts", ...args);
 
 Deno.test("CLI: a training start prints the backend and parameter count; missing folder is one clear line", async () => {
   await withTempDir(async (dir) => {
@@ -121,9 +116,6 @@ Deno.test("CLI: a training start prints the backend and parameter count; missing
       ok.stdout,
       /backend wasm \| conditional U-Net width 8: [\d,]+ parameters \| data builtin:shapes: 8 images/,
     );
-    const missing = await cli("--data", join(dir, "nope"), "--out", dir);
-    assert.equal(missing.code, 1);
-    assert.equal(missing.stderr.trim().split("\n").length, 1, missing.stderr);
-    assert.ok(missing.stderr.includes(join(dir, "nope")));
+    assertOneLine(await cli("--data", join(dir, "nope"), "--out", dir), 1, join(dir, "nope"));
   });
 });

@@ -11,17 +11,17 @@ import { DEFAULTS } from "../cli.ts";
 import { Diffusion, toUint8 } from "../diffusion.ts";
 import { train } from "../train.ts";
 import { Chromium } from "./chromium.ts";
+import { assertOneLine, readUntil, runScript } from "./helpers.ts";
 
 await setBackend("cpu"); // (training the tiny run switches to wasm)
 const GAP = 2;
 let S = 16, T = 1000; // the run's image size and step count
 
 /** Runs a CLI of the project; its stdout, or an error with its stderr. */
-async function run(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", ...args], stdin: "null" }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
-  assert.equal(out.code, 0, text(out.stderr));
-  return text(out.stdout);
+async function run(script: string, ...args: string[]) {
+  const out = await runScript(script, ...args);
+  assert.equal(out.code, 0, out.stderr);
+  return out.stdout;
 }
 
 /** `deno task view` in the background: the URL it prints, and a way to stop it. */
@@ -33,12 +33,7 @@ async function startView(runDir: string) {
     stderr: "inherit",
   }).spawn();
   const lines = proc.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "", url: string | undefined;
-  while (!(url = text.match(/at (http:\S+)/)?.[1])) {
-    const { value, done } = await lines.read();
-    if (done) throw new Error(`view.ts exited: ${text}`);
-    text += value;
-  }
+  const url = await readUntil(lines, /at (http:\S+)/, "view.ts");
   const stop = async () => {
     await lines.cancel();
     proc.kill();
@@ -197,11 +192,5 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
 });
 
 Deno.test("deno task view: a folder that is not a run is one line of error", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "view.ts", "--run", "/nonexistent/run"],
-    stdin: "null",
-  }).output();
-  const err = new TextDecoder().decode(out.stderr).trim();
-  assert.equal(out.code, 1);
-  assert.equal(err, "error: no run at /nonexistent/run");
+  assertOneLine(await runScript("view.ts", "--run", "/nonexistent/run"), 1, "error: no run at /nonexistent/run");
 });
