@@ -1,6 +1,6 @@
 // Exponential moving average of the weights (the tutorial's EMA, with its warm-up).
 import * as tf from "@tensorflow/tfjs";
-import { fusedEma, hasFused } from "./fused.ts";
+import { fusedEma, hasFused } from "./kernels/fused.ts";
 import type { Module } from "./modules.ts";
 
 export class EMA {

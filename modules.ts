@@ -1,7 +1,7 @@
 // The tutorial's U-Net, NHWC throughout: DoubleConv, Down, Up, SelfAttention, UNet, UNetConditional.
 import * as tf from "@tensorflow/tfjs";
-import { nextSeed } from "./backend.ts";
-import { fusedAttention, fusedGelu, fusedNorm, hasFused } from "./fused.ts";
+import { nextSeed } from "./kernels/backend.ts";
+import { fusedAttention, fusedGelu, fusedNorm, hasFused } from "./kernels/fused.ts";
 
 type T4 = tf.Tensor4D;
 type T2 = tf.Tensor2D;

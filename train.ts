@@ -1,11 +1,11 @@
 // Training: DDPM's Algorithm 1 (trainStep) and the tutorial's train() loop (`deno task train:landscape`, `demo`).
 import * as tf from "@tensorflow/tfjs";
-import { mulberry32 } from "./backend.ts";
-import { type Config, HELP, parseConfig, runCli } from "./cli.ts";
-import type { AdamW } from "./adamw.ts";
+import { mulberry32 } from "./kernels/backend.ts";
+import { type Config, HELP, parseConfig, runCli } from "./run/cli.ts";
+import type { AdamW } from "./run/adamw.ts";
 import type { Diffusion } from "./diffusion.ts";
 import type { UNet } from "./modules.ts";
-import { Run, type TrainOptions } from "./run.ts";
+import { Run, type TrainOptions } from "./run/run.ts";
 
 /** Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖². */
 export function trainStep(

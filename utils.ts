@@ -2,12 +2,12 @@
 // shuffled, augmented batches from the built-in sets, an image folder or CIFAR-10, and PNG grids of images.
 import { Image } from "imagescript";
 import { dirname, join } from "node:path";
-import { mulberry32, type Rand } from "./backend.ts";
-import type { Config } from "./cli.ts";
-import { CIFAR_CLASSES, readCifar } from "./cifar.ts";
-import { DataError, drawLandscape, drawShape, SHAPE_CLASSES } from "./datasets.ts";
-import { decodeFolder, listImageFolder } from "./image_folder.ts";
-import { augment, fit } from "./transforms.ts";
+import { mulberry32, type Rand } from "./kernels/backend.ts";
+import type { Config } from "./run/cli.ts";
+import { CIFAR_CLASSES, readCifar } from "./data/cifar.ts";
+import { DataError, drawLandscape, drawShape, SHAPE_CLASSES } from "./data/datasets.ts";
+import { decodeFolder, listImageFolder } from "./data/image_folder.ts";
+import { augment, fit } from "./data/transforms.ts";
 
 /** A batch of images: x is n*size*size*3 (NHWC) with values in [-1, 1]. */
 export interface Batch {

@@ -1,7 +1,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { AdamW } from "../adamw.ts";
-import { setBackend } from "../backend.ts";
+import { AdamW } from "../run/adamw.ts";
+import { setBackend } from "../kernels/backend.ts";
 import { Module } from "../modules.ts";
 
 await setBackend("wasm");

@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { mulberry32, nextSeed, setBackend, setSeed } from "../backend.ts";
+import { mulberry32, nextSeed, setBackend, setSeed } from "../kernels/backend.ts";
 import { UNetConditional } from "../modules.ts";
 
 Deno.test("auto skips what cannot load here with one line each, and lands on a CPU backend", async () => {

@@ -1,8 +1,8 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { setBackend } from "../backend.ts";
-import { assignWeights, saveWeights } from "../checkpoint.ts";
+import { setBackend } from "../kernels/backend.ts";
+import { assignWeights, saveWeights } from "../weights/checkpoint.ts";
 import { UNet } from "../modules.ts";
 
 await setBackend("wasm", () => {});

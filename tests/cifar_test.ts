@@ -2,9 +2,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
-import { mulberry32 } from "../backend.ts";
-import { CIFAR_CLASSES, extractCifar, parseCifarBatch, readTar } from "../cifar.ts";
-import { DataError } from "../datasets.ts";
+import { mulberry32 } from "../kernels/backend.ts";
+import { CIFAR_CLASSES, extractCifar, parseCifarBatch, readTar } from "../data/cifar.ts";
+import { DataError } from "../data/datasets.ts";
 import { loadDataset } from "../utils.ts";
 import { epoch, quiet, withTempDir } from "./helpers.ts";
 

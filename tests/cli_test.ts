@@ -1,9 +1,9 @@
 // The flags of train, sample and eval: one table (cli.ts) for parsing, ranges, choices and --help.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { DEFAULTS, parseConfig, UsageError } from "../cli.ts";
-import { parseEvalArgs } from "../eval.ts";
-import { parseSampleArgs } from "../sample.ts";
+import { DEFAULTS, parseConfig, UsageError } from "../run/cli.ts";
+import { parseEvalArgs } from "../commands/eval.ts";
+import { parseSampleArgs } from "../commands/sample.ts";
 import { assertOneLine, ROOT, runScript } from "./helpers.ts";
 
 const ACCEPTS = { // what each script's README and users rely on
@@ -152,5 +152,5 @@ Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 
   assert.deepEqual([opts.run, opts.sampler, opts.sampleSteps, opts.ema], [join("runs", "shapes"), "ddim", 25, true]);
   const full = parseEvalArgs(["--run", "shapes", "--full", "--seconds", "30"]).opts;
   assert.deepEqual([full.full, full.seconds, full.sampler, full.n], [true, 30, undefined, undefined]);
-  assertOneLine(await runScript("eval.ts", "--run", "x", "--n", "abc"), 2, "--n abc");
+  assertOneLine(await runScript("commands/eval.ts", "--run", "x", "--n", "abc"), 2, "--n abc");
 });

@@ -1,8 +1,8 @@
 // Tests of where the images come from: PNG/JPEG decoding and the built-in procedural sets.
 import assert from "node:assert/strict";
 import { Image } from "imagescript";
-import { mulberry32 } from "../backend.ts";
-import { decodeRGB } from "../datasets.ts";
+import { mulberry32 } from "../kernels/backend.ts";
+import { decodeRGB } from "../data/datasets.ts";
 import { type Batch, type Dataset, loadDataset } from "../utils.ts";
 import { epoch, png, quiet, solidImage } from "./helpers.ts";
 

@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { setBackend, setSeed } from "../backend.ts";
+import { setBackend, setSeed } from "../kernels/backend.ts";
 import { Diffusion, type NoiseModel } from "../diffusion.ts";
 
 await setBackend("cpu");
@@ -97,7 +97,7 @@ Deno.test("Algorithm 2 step: x_{t-1} mean matches the formula; sampling is repea
   setSeed(7);
   const out = await one.sample(half, 1, { cfgScale: 0 });
   setSeed(7);
-  const xT = tf.randomNormal([1, 8, 8, 3], 0, 1, "float32", (await import("../backend.ts")).nextSeed());
+  const xT = tf.randomNormal([1, 8, 8, 3], 0, 1, "float32", (await import("../kernels/backend.ts")).nextSeed());
   const k = (1 - 0.02 / Math.sqrt(0.02) * 0.5) / Math.sqrt(0.98);
   const expected = await xT.mul(k).clipByValue(-1, 1).add(1).mul(127.5).round().data();
   assert.deepEqual(Array.from(out), Array.from(expected));

@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { setBackend } from "../backend.ts";
+import { setBackend } from "../kernels/backend.ts";
 import { EMA } from "../ema.ts";
 import { Module } from "../modules.ts";
 

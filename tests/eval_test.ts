@@ -1,7 +1,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { mulberry32, setBackend, setSeed } from "../backend.ts";
+import { mulberry32, setBackend, setSeed } from "../kernels/backend.ts";
 import {
   Classifier,
   classify,
@@ -11,11 +11,11 @@ import {
   rotations,
   symmetricEigen,
   trainClassifier,
-} from "../classifier.ts";
-import { evaluate, METRIC } from "../eval.ts";
-import { DEFAULTS } from "../cli.ts";
-import { torchStateDict, writeTorchFile } from "../pytorch.ts";
-import { loadRun } from "../checkpoint.ts";
+} from "../commands/classifier.ts";
+import { evaluate, METRIC } from "../commands/eval.ts";
+import { DEFAULTS } from "../run/cli.ts";
+import { torchStateDict, writeTorchFile } from "../weights/pytorch.ts";
+import { loadRun } from "../weights/checkpoint.ts";
 import { train } from "../train.ts";
 import { loadDataset } from "../utils.ts";
 import { quiet } from "./helpers.ts";

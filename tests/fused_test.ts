@@ -2,11 +2,11 @@
 // formulas of modules.ts, adamw.ts and ema.ts on the cpu backend: values and gradients.
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { setBackend } from "../backend.ts";
+import { setBackend } from "../kernels/backend.ts";
 import { EMA } from "../ema.ts";
-import { attentionLimits } from "../fused_wasm.ts";
+import { attentionLimits } from "../kernels/fused_wasm.ts";
 import { attention, gelu, Module, Norm } from "../modules.ts";
-import { AdamW } from "../adamw.ts";
+import { AdamW } from "../run/adamw.ts";
 
 const hasWebgpu = !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter());
 const BACKENDS = ["wasm", ...(hasWebgpu ? ["webgpu"] : [])] as const;

@@ -2,9 +2,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Image } from "imagescript";
-import { cacheFile, cacheKey, decodeFolder, type ImageFile, listImageFolder } from "../image_folder.ts";
-import { mulberry32 } from "../backend.ts";
-import { DataError } from "../datasets.ts";
+import { cacheFile, cacheKey, decodeFolder, type ImageFile, listImageFolder } from "../data/image_folder.ts";
+import { mulberry32 } from "../kernels/backend.ts";
+import { DataError } from "../data/datasets.ts";
 import { type Batch, type Dataset, loadDataset } from "../utils.ts";
 import { epoch, png, quiet, ROOT, solidImage, withTempDir } from "./helpers.ts";
 

@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { setBackend, setSeed } from "../backend.ts";
+import { setBackend, setSeed } from "../kernels/backend.ts";
 import { UNet, UNetConditional } from "../modules.ts";
 
 await setBackend("wasm");

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { decode, Image } from "imagescript";
-import { savePlot } from "../plot.ts";
+import { savePlot } from "../run/plot.ts";
 import { withTempDir } from "./helpers.ts";
 
 Deno.test("savePlot writes a PNG; log scale for values over > 2 decades", async () => {

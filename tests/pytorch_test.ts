@@ -4,11 +4,11 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { setBackend } from "../backend.ts";
-import { type Tensors } from "../weights.ts";
+import { setBackend } from "../kernels/backend.ts";
+import { type Tensors } from "../weights/weights.ts";
 import { UNet } from "../modules.ts";
-import { loadTorchModel, readTorchFile, torchStateDict, writeTorchFile } from "../pytorch.ts";
-import { zip } from "../torchsave.ts";
+import { loadTorchModel, readTorchFile, torchStateDict, writeTorchFile } from "../weights/pytorch.ts";
+import { zip } from "../weights/torchsave.ts";
 
 const fixtures = new URL("./fixtures/", import.meta.url).pathname;
 const dir = Deno.env.get("PARITY_DIR") ?? fixtures;

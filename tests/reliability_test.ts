@@ -25,12 +25,12 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Image } from "imagescript";
-import { setBackend, setSeed } from "../backend.ts";
-import { loadWeights, readState } from "../checkpoint.ts";
+import { setBackend, setSeed } from "../kernels/backend.ts";
+import { loadWeights, readState } from "../weights/checkpoint.ts";
 import { Diffusion } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
-import { readTorchFile } from "../pytorch.ts";
-import { AdamW } from "../adamw.ts";
+import { readTorchFile } from "../weights/pytorch.ts";
+import { AdamW } from "../run/adamw.ts";
 import { train, trainStep } from "../train.ts";
 import { assertOneLine, quiet, runScript, tiny } from "./helpers.ts";
 
@@ -257,8 +257,8 @@ Deno.test("bad input: folders, flags, checkpoints and outputs each get one line 
   for (const [args, code, what] of cases) assertOneLine(await runScript("train.ts", ...base, ...args), code, what);
 
   // sampling: labels outside the classes, and checkpoints of another width or class count
-  assertOneLine(await runScript("sample.ts", "--run", shapes, "--labels", "3,12"), 2, "--labels 12");
-  assertOneLine(await runScript("sample.ts", "--run", shapes, "--n", "x"), 2, "--n x");
+  assertOneLine(await runScript("commands/sample.ts", "--run", shapes, "--labels", "3,12"), 2, "--labels 12");
+  assertOneLine(await runScript("commands/sample.ts", "--run", shapes, "--n", "x"), 2, "--n x");
   await train(tiny(dir, { name: "wide", width: 8, data: "builtin:shapes", conditional: true, epochs: 1 }), {
     log: quiet,
   });
@@ -276,11 +276,11 @@ Deno.test("bad input: folders, flags, checkpoints and outputs each get one line 
   // before them), by its names and shapes
   Deno.writeTextFileSync(state, JSON.stringify({ ...JSON.parse(Deno.readTextFileSync(state)), sha256: undefined }));
   Deno.copyFileSync(join(dir, "wide", "checkpoint", "model.bin"), ckpt); // another width
-  assertOneLine(await runScript("sample.ts", "--run", shapes), 1, /model\.bin: .* has shape/);
+  assertOneLine(await runScript("commands/sample.ts", "--run", shapes), 1, /model\.bin: .* has shape/);
   Deno.copyFileSync(join(dir, "tworun", "checkpoint", "model.bin"), ckpt); // another class count
-  assertOneLine(await runScript("sample.ts", "--run", shapes), 1, /label_emb\.weight has shape \[2,256\]/);
+  assertOneLine(await runScript("commands/sample.ts", "--run", shapes), 1, /label_emb\.weight has shape \[2,256\]/);
   Deno.removeSync(join(shapes, "checkpoint", "model.bin"));
-  assertOneLine(await runScript("sample.ts", "--run", shapes), 1, /no complete checkpoint.*model\.bin/);
+  assertOneLine(await runScript("commands/sample.ts", "--run", shapes), 1, /no complete checkpoint.*model\.bin/);
   await Deno.remove(dir, { recursive: true });
 });
 
@@ -293,8 +293,8 @@ Deno.test("damaged checkpoint: a file changed after it was written is named on -
   Deno.writeFileSync(join(ckpt, "model.bin"), nan);
   const changed = /model\.bin has changed since it was written \(its SHA-256 is not the one in state\.json\)/;
   assertOneLine(await runScript("train.ts", "--resume", run, "--epochs", "2", "--backend", "wasm"), 1, changed);
-  assertOneLine(await runScript("sample.ts", "--run", run, "--n", "1", "--backend", "wasm"), 1, changed);
-  assertOneLine(await runScript("export.ts", "--run", run, "--out", join(dir, "x.safetensors")), 1, changed);
+  assertOneLine(await runScript("commands/sample.ts", "--run", run, "--n", "1", "--backend", "wasm"), 1, changed);
+  assertOneLine(await runScript("commands/export.ts", "--run", run, "--out", join(dir, "x.safetensors")), 1, changed);
   Deno.writeFileSync(join(ckpt, "model.bin"), pristine);
   const flipped = Deno.readFileSync(join(ckpt, "adam_v.bin")); // one finite bit flip
   flipped[flipped.length - 3] ^= 4;
@@ -309,19 +309,19 @@ Deno.test("PyTorch files: a run starts from one, is exported as one; a bad one g
   // lr 0: the trained weights stay the file's, and the export gives them back bit for bit
   await train(tiny(dir, { weights: file, lr: 0, count: 4, epochs: 1 }), { log: quiet });
   assert.equal((await readState(join(dir, "run"))).config.width, 8); // the file's width, not tiny's 4
-  const r = await runScript("export.ts", "--run", join(dir, "run"), "--out", out);
+  const r = await runScript("commands/export.ts", "--run", join(dir, "run"), "--out", out);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(readTorchFile(out), readTorchFile(file));
   const base = ["--image-size", "8", "--count", "4", "--batch-size", "4", "--backend", "wasm", "--out", dir];
   Deno.writeFileSync(join(dir, "half.pt"), Deno.readFileSync(file).subarray(0, 5000));
   const cases: [string, string[], number, string | RegExp][] = [
-    ["sample.ts", ["--weights", join(dir, "half.pt")], 1, /half\.pt is not a readable PyTorch file/],
-    ["sample.ts", ["--weights", join(fixtures, "old_names_w4.json")], 1, /neither a PyTorch/],
-    ["sample.ts", ["--weights", file, "--run", "x"], 2, "--weights FILE"],
+    ["commands/sample.ts", ["--weights", join(dir, "half.pt")], 1, /half\.pt is not a readable PyTorch file/],
+    ["commands/sample.ts", ["--weights", join(fixtures, "old_names_w4.json")], 1, /neither a PyTorch/],
+    ["commands/sample.ts", ["--weights", file, "--run", "x"], 2, "--weights FILE"],
     ["train.ts", [...base, "--weights", join(fixtures, "unet_w8_cond.pt")], 2, /conditional UNet: add --conditional/],
     ["train.ts", [...base, "--weights", file, "--width", "16"], 2, "--width 16"],
     ["train.ts", [...base, "--weights", file, "--resume", join(dir, "run")], 2, "--weights"],
-    ["export.ts", ["--weights", file, "--out", join(dir, "x.bin")], 2, "--out"],
+    ["commands/export.ts", ["--weights", file, "--out", join(dir, "x.bin")], 2, "--out"],
   ];
   for (const [script, args, code, what] of cases) assertOneLine(await runScript(script, ...args), code, what);
   await Deno.remove(dir, { recursive: true });

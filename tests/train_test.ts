@@ -1,9 +1,9 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { setBackend, setSeed } from "../backend.ts";
+import { setBackend, setSeed } from "../kernels/backend.ts";
 import { Diffusion } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
-import { AdamW } from "../adamw.ts";
+import { AdamW } from "../run/adamw.ts";
 import { trainStep } from "../train.ts";
 
 await setBackend("wasm");

@@ -1,7 +1,7 @@
 // Tests of the tutorial's transforms: torchvision's Resize and RandomResizedCrop.
 import assert from "node:assert/strict";
-import { mulberry32 } from "../backend.ts";
-import { randomCropBox, resample, resizeShortSide } from "../transforms.ts";
+import { mulberry32 } from "../kernels/backend.ts";
+import { randomCropBox, resample, resizeShortSide } from "../data/transforms.ts";
 
 Deno.test("Resize: the short side becomes 1.25 × size (torchvision rounding)", () => {
   const short = Math.round(1.25 * 64);

@@ -2,8 +2,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { decode, Image } from "imagescript";
-import { mulberry32 } from "../backend.ts";
-import { drawShape } from "../datasets.ts";
+import { mulberry32 } from "../kernels/backend.ts";
+import { drawShape } from "../data/datasets.ts";
 import { loadDataset, saveGrid } from "../utils.ts";
 import { epoch, quiet, withTempDir } from "./helpers.ts";
 

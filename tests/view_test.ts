@@ -5,9 +5,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { Image } from "imagescript";
-import { nextSeed, setBackend, setSeed } from "../backend.ts";
-import { loadWeights, readState } from "../checkpoint.ts";
-import { DEFAULTS } from "../cli.ts";
+import { nextSeed, setBackend, setSeed } from "../kernels/backend.ts";
+import { loadWeights, readState } from "../weights/checkpoint.ts";
+import { DEFAULTS } from "../run/cli.ts";
 import { Diffusion, toUint8 } from "../diffusion.ts";
 import { train } from "../train.ts";
 import { Chromium } from "./chromium.ts";
@@ -27,13 +27,13 @@ async function run(script: string, ...args: string[]) {
 /** `deno task view` in the background: the URL it prints, and a way to stop it. */
 async function startView(runDir: string) {
   const proc = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "view.ts", "--run", runDir, "--port", "0"],
+    args: ["run", "-A", "commands/view.ts", "--run", runDir, "--port", "0"],
     stdin: "null",
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
   const lines = proc.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const url = await readUntil(lines, /at (http:\S+)/, "view.ts");
+  const url = await readUntil(lines, /at (http:\S+)/, "commands/view.ts");
   const stop = async () => {
     await lines.cancel();
     proc.kill();
@@ -151,7 +151,7 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
     assert.equal(await page.evaluate("ddpmView.error"), "");
     const raw = join(dir, "x0.bin"), png = join(dir, "x0.png");
     await run(
-      "sample.ts",
+      "commands/sample.ts",
       ...["--run", runDir, "--ema", "--sampler", "ddim", "--sample-steps", `${sampleSteps}`, "--eta", "0.5"],
       ...["--seed", `${seed}`, "--n", `${n}`, "--backend", "cpu", "--raw", raw, "--out", png],
     );
@@ -192,5 +192,9 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
 });
 
 Deno.test("deno task view: a folder that is not a run is one line of error", async () => {
-  assertOneLine(await runScript("view.ts", "--run", "/nonexistent/run"), 1, "error: no run at /nonexistent/run");
+  assertOneLine(
+    await runScript("commands/view.ts", "--run", "/nonexistent/run"),
+    1,
+    "error: no run at /nonexistent/run",
+  );
 });

@@ -1,9 +1,9 @@
 // The wasm kernels of wasm_kernels.ts against tfjs's pure-JS cpu backend: forward values and gradients.
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { setSeed } from "../backend.ts";
+import { setSeed } from "../kernels/backend.ts";
 import { UNet } from "../modules.ts";
-import { limits, registerWasmKernels } from "../wasm_kernels.ts";
+import { limits, registerWasmKernels } from "../kernels/wasm_kernels.ts";
 
 await registerWasmKernels();
 

@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { basename, dirname, extname, join, relative, resolve } from "node:path";
 import { DataError } from "./datasets.ts";
 import type { Decoded } from "./decode_worker.ts";
-import { Progress } from "./progress.ts";
+import { Progress } from "../run/progress.ts";
 import type { Cached } from "./transforms.ts";
 
 type Log = (line: string) => void;

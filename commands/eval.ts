@@ -4,8 +4,16 @@
 // features.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
-import { type BackendName, setBackend, setSeed } from "./backend.ts";
-import { assignWeights, loadFile, loadRun, newDiffusion, readState, type RunState, saveWeights } from "./checkpoint.ts";
+import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
+import {
+  assignWeights,
+  loadFile,
+  loadRun,
+  newDiffusion,
+  readState,
+  type RunState,
+  saveWeights,
+} from "../weights/checkpoint.ts";
 import {
   Classifier,
   classify,
@@ -17,12 +25,12 @@ import {
   type Task,
   trainClassifier,
 } from "./classifier.ts";
-import { Diffusion, type NoiseModel, type Sampler, type Schedule } from "./diffusion.ts";
-import { type Config, DEFAULTS, helpText, readFlags, runCli, runFolder, UsageError } from "./cli.ts";
-import { duration, stepProgress } from "./progress.ts";
-import { writeReport } from "./report.ts";
-import { CheckpointError } from "./weights.ts";
-import { loadRunData, saveGrid } from "./utils.ts";
+import { Diffusion, type NoiseModel, type Sampler, type Schedule } from "../diffusion.ts";
+import { type Config, DEFAULTS, helpText, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
+import { duration, stepProgress } from "../run/progress.ts";
+import { writeReport } from "../run/report.ts";
+import { CheckpointError } from "../weights/weights.ts";
+import { loadRunData, saveGrid } from "../utils.ts";
 
 export const METRIC = "Fréchet distance (classifier features)";
 const METRIC_NOTE = `${METRIC}: ‖μ1-μ2‖² + Tr(Σ1 + Σ2 - 2(Σ1Σ2)^½) between the penultimate features of a small ` +

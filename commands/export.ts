@@ -1,9 +1,9 @@
 // Command (not needed to follow the paper): weights to PyTorch, `deno task export (--run RUN [--ema] | --weights FILE)
 // --out FILE.safetensors` (or .pt).
-import { setBackend } from "./backend.ts";
-import { loadFile, loadRun } from "./checkpoint.ts";
-import { parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
-import { torchStateDict, writeTorchFile } from "./pytorch.ts";
+import { setBackend } from "../kernels/backend.ts";
+import { loadFile, loadRun } from "../weights/checkpoint.ts";
+import { parseFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
+import { torchStateDict, writeTorchFile } from "../weights/pytorch.ts";
 
 const HELP = `Write a model's weights as the tutorial's state_dict, for PyTorch:
 model.load_state_dict(safetensors.torch.load_file(FILE)) or model.load_state_dict(torch.load(FILE)),

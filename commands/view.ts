@@ -2,11 +2,11 @@
 // page.ts (`deno task bundle`) into RUN/page/ with tfjs's .wasm files, rewrites RUN/index.html, and serves the folder
 // on localhost.
 import { extname, join, normalize } from "node:path";
-import { readState } from "./checkpoint.ts";
-import { numberFlag, parseFlags, runCli, runFolder, UsageError } from "./cli.ts";
-import { writeReport } from "./report.ts";
+import { readState } from "../weights/checkpoint.ts";
+import { numberFlag, parseFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
+import { writeReport } from "../run/report.ts";
 
-const ROOT = import.meta.dirname!;
+const ROOT = join(import.meta.dirname!, "..");
 const WASM = ["tfjs-backend-wasm.wasm", "tfjs-backend-wasm-simd.wasm", "tfjs-backend-wasm-threaded-simd.wasm"];
 
 /** Puts the page's script (page.ts and the model code, bundled) and the wasm backend's files into RUN/page/. */

@@ -2,10 +2,10 @@
 // flag parsing and error reporting.
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { type BackendName, BACKENDS } from "./backend.ts";
-import type { Sampler, Schedule } from "./diffusion.ts";
-import { DataError } from "./datasets.ts";
-import { CheckpointError } from "./weights.ts";
+import { type BackendName, BACKENDS } from "../kernels/backend.ts";
+import type { Sampler, Schedule } from "../diffusion.ts";
+import { DataError } from "../data/datasets.ts";
+import { CheckpointError } from "../weights/weights.ts";
 
 export interface Config {
   data: string; // "builtin:landscapes", "builtin:shapes", "cifar10" or a folder

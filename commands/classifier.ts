@@ -2,9 +2,9 @@
 // data, and the Fréchet distance between two sets of its features (the FID formula of Heusel et al. 2017, on OUR
 // features: not an FID).
 import * as tf from "@tensorflow/tfjs";
-import { mulberry32, nextSeed } from "./backend.ts";
-import { Linear, Module } from "./modules.ts";
-import { type Dataset, shuffle } from "./utils.ts";
+import { mulberry32, nextSeed } from "../kernels/backend.ts";
+import { Linear, Module } from "../modules.ts";
+import { type Dataset, shuffle } from "../utils.ts";
 
 type T4 = tf.Tensor4D;
 

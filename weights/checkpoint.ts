@@ -4,9 +4,9 @@ import * as tf from "@tensorflow/tfjs";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { type Config, DEFAULTS } from "./cli.ts";
-import { Diffusion, type Schedule } from "./diffusion.ts";
-import { UNet } from "./modules.ts";
+import { type Config, DEFAULTS } from "../run/cli.ts";
+import { Diffusion, type Schedule } from "../diffusion.ts";
+import { UNet } from "../modules.ts";
 import { loadTorchModel } from "./pytorch.ts";
 import { assignTensors, CheckpointError, parseWeights, serializeWeights, type Tensors } from "./weights.ts";
 

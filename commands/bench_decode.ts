@@ -5,9 +5,9 @@
 import { Image } from "imagescript";
 import { join } from "node:path";
 import process from "node:process";
-import { numberFlag, parseFlags, runCli } from "./cli.ts";
-import { mulberry32 } from "./backend.ts";
-import { loadDataset } from "./utils.ts";
+import { numberFlag, parseFlags, runCli } from "../run/cli.ts";
+import { mulberry32 } from "../kernels/backend.ts";
+import { loadDataset } from "../utils.ts";
 
 /** A photo-like test image: smooth colour gradients, waves and a little noise (so PNGs do not compress to nothing). */
 function photo(w: number, h: number, seed: number) {

@@ -2,7 +2,7 @@
 // .safetensors files of its UNet's state_dict.
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointError, type Tensors } from "./weights.ts";
-import { UNet, type UNetOptions } from "./modules.ts";
+import { UNet, type UNetOptions } from "../modules.ts";
 import { notFloat32, readPt, writePt } from "./torchsave.ts";
 
 const utf8 = new TextDecoder(), encode = (s: string) => new TextEncoder().encode(s);

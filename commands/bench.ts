@@ -6,12 +6,12 @@
 // --batch 4 --width 64 --steps 5 --mode train [--by-kernel]
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
-import { type BackendName, BACKENDS, setBackend, setSeed } from "./backend.ts";
-import { Diffusion } from "./diffusion.ts";
-import { EMA } from "./ema.ts";
-import { UNet } from "./modules.ts";
-import { AdamW } from "./adamw.ts";
-import { trainStep } from "./train.ts";
+import { type BackendName, BACKENDS, setBackend, setSeed } from "../kernels/backend.ts";
+import { Diffusion } from "../diffusion.ts";
+import { EMA } from "../ema.ts";
+import { UNet } from "../modules.ts";
+import { AdamW } from "../run/adamw.ts";
+import { trainStep } from "../train.ts";
 
 const { values: a } = parseArgs({
   args: Deno.args,

@@ -5,11 +5,11 @@
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-webgpu";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
-import { getSeedState, nextSeed, setSeed } from "./backend.ts";
-import type { RunState } from "./checkpoint.ts";
-import { assignTensors, parseWeights } from "./weights.ts";
-import { Diffusion, toUint8 } from "./diffusion.ts";
-import { UNet } from "./modules.ts";
+import { getSeedState, nextSeed, setSeed } from "../kernels/backend.ts";
+import type { RunState } from "../weights/checkpoint.ts";
+import { assignTensors, parseWeights } from "../weights/weights.ts";
+import { Diffusion, toUint8 } from "../diffusion.ts";
+import { UNet } from "../modules.ts";
 
 const $ = <E extends HTMLElement = HTMLInputElement>(id: string) => document.getElementById(id) as E;
 const GAP = 2; // pixels between images, as in the PNG grids

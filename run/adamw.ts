@@ -1,7 +1,7 @@
 // Support file (not needed to follow the paper): the optimizer, PyTorch's optim.AdamW in the tutorial's train().
 import * as tf from "@tensorflow/tfjs";
-import { fusedAdamW, hasFused } from "./fused.ts";
-import type { Module } from "./modules.ts";
+import { fusedAdamW, hasFused } from "../kernels/fused.ts";
+import type { Module } from "../modules.ts";
 
 export interface AdamWOptions {
   lr?: number;

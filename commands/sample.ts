@@ -1,12 +1,12 @@
 // Command (not needed to follow the paper): sampling from a trained run or a PyTorch file, `deno task sample (--run RUN
 // [--ema] | --weights FILE) [--n 16]`.
 import { dirname, join } from "node:path";
-import { type BackendName, setBackend, setSeed } from "./backend.ts";
-import { loadFile, loadRun, newDiffusion, saveWeights } from "./checkpoint.ts";
-import { type Sampler, toUint8 } from "./diffusion.ts";
-import { DEFAULTS, helpText, numberFlag, readFlags, runCli, runFolder, UsageError } from "./cli.ts";
-import { stepProgress } from "./progress.ts";
-import { saveGrid } from "./utils.ts";
+import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
+import { loadFile, loadRun, newDiffusion, saveWeights } from "../weights/checkpoint.ts";
+import { type Sampler, toUint8 } from "../diffusion.ts";
+import { DEFAULTS, helpText, numberFlag, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
+import { stepProgress } from "../run/progress.ts";
+import { saveGrid } from "../utils.ts";
 
 const HELP = helpText(
   "sample",

@@ -1,14 +1,14 @@
 // Support file (not needed to follow the paper): what a run shows, sample grids, the loss curve, index.html, and the
 // progress line.
 import { join } from "node:path";
-import { getSeedState, mulberry32, setSeed } from "./backend.ts";
-import { readState } from "./checkpoint.ts";
+import { getSeedState, mulberry32, setSeed } from "../kernels/backend.ts";
+import { readState } from "../weights/checkpoint.ts";
 import type { Config } from "./cli.ts";
-import type { Diffusion } from "./diffusion.ts";
-import type { UNet } from "./modules.ts";
+import type { Diffusion } from "../diffusion.ts";
+import type { UNet } from "../modules.ts";
 import { Progress, stepProgress } from "./progress.ts";
 import { lossSvg, savePlot } from "./plot.ts";
-import { type Dataset, saveGrid } from "./utils.ts";
+import { type Dataset, saveGrid } from "../utils.ts";
 
 export { Progress };
 
