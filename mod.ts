@@ -5,9 +5,10 @@ export { DoubleConv, Down, Module, SelfAttention, UNet, UNetConditional, type UN
 export { EMA } from "./ema.ts";
 export { AdamW } from "./run/adamw.ts";
 export { train, trainStep } from "./train.ts";
-export { type Config, DEFAULTS, PRESETS } from "./run/cli.ts";
+export { type Config, DEFAULTS, PRESETS } from "./run/config.ts";
+export { loadFile, loadRun } from "./run/trained.ts";
 export { type Dataset, loadDataset, saveGrid } from "./utils.ts";
 export { savePlot } from "./run/plot.ts";
-export { loadFile, loadRun, loadWeights, saveCheckpoint, saveWeights } from "./weights/checkpoint.ts";
+export { loadWeights, saveCheckpoint, saveWeights } from "./weights/checkpoint.ts";
 export { type Tensors } from "./weights/weights.ts";
 export { loadTorchModel, readTorchFile, torchOptions, torchStateDict, writeTorchFile } from "./weights/pytorch.ts";

@@ -1,7 +1,8 @@
 // Training: DDPM's Algorithm 1 (trainStep) and the tutorial's train() loop (`deno task train:landscape`, `demo`).
 import * as tf from "@tensorflow/tfjs";
 import { mulberry32 } from "./kernels/backend.ts";
-import { type Config, HELP, parseConfig, runCli } from "./run/cli.ts";
+import { HELP, parseConfig, runCli } from "./run/cli.ts";
+import { type Config } from "./run/config.ts";
 import type { AdamW } from "./run/adamw.ts";
 import type { Diffusion } from "./diffusion.ts";
 import type { UNet } from "./modules.ts";

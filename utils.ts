@@ -1,13 +1,13 @@
-// Support file (not needed to follow the paper): the tutorial's utils.py, get_data and save_images: a Dataset of
-// shuffled, augmented batches from the built-in sets, an image folder or CIFAR-10, and PNG grids of images.
+// The tutorial's utils.py, get_data and save_images: a Dataset of shuffled, augmented batches from the built-in sets,
+// an image folder or CIFAR-10, and PNG grids of images.
 import { Image } from "imagescript";
 import { dirname, join } from "node:path";
 import { mulberry32, type Rand } from "./kernels/backend.ts";
-import type { Config } from "./run/cli.ts";
 import { CIFAR_CLASSES, readCifar } from "./data/cifar.ts";
 import { DataError, drawLandscape, drawShape, SHAPE_CLASSES } from "./data/datasets.ts";
 import { decodeFolder, listImageFolder } from "./data/image_folder.ts";
 import { augment, fit } from "./data/transforms.ts";
+import { Progress } from "./run/progress.ts";
 
 /** A batch of images: x is n*size*size*3 (NHWC) with values in [-1, 1]. */
 export interface Batch {
@@ -70,19 +70,6 @@ export function shuffle<T>(a: T[], rand: Rand): T[] {
   return a;
 }
 
-/** The data set of a run's config, as its training loads it. */
-export const loadRunData = (
-  c: Pick<Config, "data" | "imageSize" | "seed" | "count" | "cacheDir" | "noCache">,
-  log?: (line: string) => void,
-) =>
-  loadDataset(c.data, c.imageSize, {
-    seed: c.seed,
-    count: c.count || undefined,
-    cacheDir: c.cacheDir,
-    noCache: c.noCache,
-    log,
-  });
-
 /** Loads "builtin:landscapes", "builtin:shapes", "cifar10" or an image folder. */
 export async function loadDataset(spec: string, size: number, opts: LoadOptions = {}): Promise<Dataset> {
   const log = opts.log ?? console.log;
@@ -123,7 +110,18 @@ async function loadFolder(path: string, size: number, opts: LoadOptions, log: (s
   const count = opts.count ?? Infinity; // if fewer: a seeded random subset
   const files = count < all.length ? shuffle(all, mulberry32(opts.seed ?? 0)).slice(0, count) : all;
   const cacheDir = opts.noCache ? null : opts.cacheDir ?? join(cacheRoot(), "images");
-  const { images, labels, skips } = await decodeFolder(path, files, size, { cacheDir, workers: opts.workers, log });
+  let progress: Progress;
+  const onDecoded = (done: number, total: number) => {
+    if (done === 0) progress = new Progress(total, 1, log, "images/s");
+    else progress.show(done, `decoding ${done}/${total} images`);
+    if (done === total) progress.done();
+  };
+  const { images, labels, skips } = await decodeFolder(path, files, size, {
+    cacheDir,
+    workers: opts.workers,
+    log,
+    onDecoded,
+  });
   const skipped = [...listed, ...skips], why = new Map<string, number>();
   for (const s of skipped) why.set(s.why, (why.get(s.why) ?? 0) + 1);
   if (skipped.length) log(`skipped ${skipped.length} file(s): ${[...why].map(([w, n]) => `${n} ${w}`).join(", ")}`);

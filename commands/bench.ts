@@ -1,9 +1,9 @@
-// Command (not needed to follow the paper): `deno task bench`. Times one training step (forward + backward + AdamW [+
-// EMA]) or one sampling forward pass of the U-Net, and counts what a training step costs the backend: tfjs kernels run,
-// and on WebGPU the compute dispatches, GPU buffers created, uniform uploads (writeBuffer), buffer copies and queue
-// submits (counted by wrapping the WebGPU classes' methods: tf.profile would submit once per kernel). Same flags and
-// JSON line as ../shared/bench/torch_ref.py, so the two can be run side by side:   deno task bench --image-size 32
-// --batch 4 --width 64 --steps 5 --mode train [--by-kernel]
+// `deno task bench`. Times one training step (forward + backward + AdamW [+ EMA]) or one sampling forward pass of the
+// U-Net, and counts what a training step costs the backend: tfjs kernels run, and on WebGPU the compute dispatches, GPU
+// buffers created, uniform uploads (writeBuffer), buffer copies and queue submits (counted by wrapping the WebGPU
+// classes' methods: tf.profile would submit once per kernel). Same flags and JSON line as torch/torch_ref.py,
+// so the two can be run side by side:   deno task bench --image-size 32 --batch 4 --width 64 --steps 5 --mode train
+// [--by-kernel]
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { type BackendName, BACKENDS, setBackend, setSeed } from "../kernels/backend.ts";

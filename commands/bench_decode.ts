@@ -1,7 +1,6 @@
-// Command (not needed to follow the paper): `deno task bench:decode`, the image folder bench, a generated folder of
-// large JPEGs and PNGs, decoded with 1 worker and with one per core (first start, no cache), then a start that writes
-// the cache and one that reads it. `deno task bench:decode [--n 500] [--width 2000] [--height 1500] [--size 64] [--dir
-// DIR]`
+// `deno task bench:decode`, the image folder bench, a generated folder of large JPEGs and PNGs, decoded with 1 worker
+// and with one per core (first start, no cache), then a start that writes the cache and one that reads it. `deno task
+// bench:decode [--n 500] [--width 2000] [--height 1500] [--size 64] [--dir DIR]`
 import { Image } from "imagescript";
 import { join } from "node:path";
 import process from "node:process";

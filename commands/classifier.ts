@@ -1,6 +1,5 @@
-// Support file (not needed to follow the paper): the evaluation's feature extractor, a small CNN trained on a run's own
-// data, and the Fréchet distance between two sets of its features (the FID formula of Heusel et al. 2017, on OUR
-// features: not an FID).
+// The evaluation's feature extractor, a small CNN trained on a run's own data, and the Fréchet distance between two
+// sets of its features (the FID formula of Heusel et al. 2017, on OUR features: not an FID).
 import * as tf from "@tensorflow/tfjs";
 import { mulberry32, nextSeed } from "../kernels/backend.ts";
 import { Linear, Module } from "../modules.ts";

@@ -1,19 +1,12 @@
-// Command (not needed to follow the paper): quality scores of a trained run, offline, `deno task eval --run RUN [--n N]
-// [--sampler ddpm] [--full] [--ema]`. A small classifier trained on the run's own data (classifier.ts) scores generated
-// images: the share of conditional samples it puts in the requested class, and a Fréchet distance on its penultimate
-// features.
+// Quality scores of a trained run, offline, `deno task eval --run RUN [--n N] [--sampler ddpm] [--full] [--ema]`. A
+// small classifier trained on the run's own data (classifier.ts) scores generated images: the share of conditional
+// samples it puts in the requested class, and a Fréchet distance on its penultimate features.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
-import {
-  assignWeights,
-  loadFile,
-  loadRun,
-  newDiffusion,
-  readState,
-  type RunState,
-  saveWeights,
-} from "../weights/checkpoint.ts";
+import { assignWeights, saveWeights } from "../weights/checkpoint.ts";
+import { loadFile, loadRun, readState, type RunState } from "../run/trained.ts";
+import { type Config, DEFAULTS, loadRunData, newDiffusion } from "../run/config.ts";
 import {
   Classifier,
   classify,
@@ -26,11 +19,11 @@ import {
   trainClassifier,
 } from "./classifier.ts";
 import { Diffusion, type NoiseModel, type Sampler, type Schedule } from "../diffusion.ts";
-import { type Config, DEFAULTS, helpText, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
+import { helpText, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { duration, stepProgress } from "../run/progress.ts";
 import { writeReport } from "../run/report.ts";
 import { CheckpointError } from "../weights/weights.ts";
-import { loadRunData, saveGrid } from "../utils.ts";
+import { saveGrid } from "../utils.ts";
 
 export const METRIC = "Fréchet distance (classifier features)";
 const METRIC_NOTE = `${METRIC}: ‖μ1-μ2‖² + Tr(Σ1 + Σ2 - 2(Σ1Σ2)^½) between the penultimate features of a small ` +

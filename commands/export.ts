@@ -1,7 +1,6 @@
-// Command (not needed to follow the paper): weights to PyTorch, `deno task export (--run RUN [--ema] | --weights FILE)
-// --out FILE.safetensors` (or .pt).
+// Weights to PyTorch, `deno task export (--run RUN [--ema] | --weights FILE) --out FILE.safetensors` (or .pt).
 import { setBackend } from "../kernels/backend.ts";
-import { loadFile, loadRun } from "../weights/checkpoint.ts";
+import { loadFile, loadRun } from "../run/trained.ts";
 import { parseFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { torchStateDict, writeTorchFile } from "../weights/pytorch.ts";
 

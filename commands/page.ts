@@ -1,12 +1,12 @@
 /// <reference lib="dom" />
-// Support file (not needed to follow the paper): the run's page, live, the forward process q(x_t | x_0) and the reverse
-// process (DDPM, DDIM) with the run's own weights, in the browser on tfjs's stock backends. Bundled by `deno task
-// bundle`; the same diffusion.ts and modules.ts.
+// The run's page, live, the forward process q(x_t | x_0) and the reverse process (DDPM, DDIM) with the run's own
+// weights, in the browser on tfjs's stock backends. Bundled by `deno task bundle`; the same diffusion.ts and
+// modules.ts.
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-webgpu";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { getSeedState, nextSeed, setSeed } from "../kernels/backend.ts";
-import type { RunState } from "../weights/checkpoint.ts";
+import { type RunState } from "../run/trained.ts";
 import { assignTensors, parseWeights } from "../weights/weights.ts";
 import { Diffusion, toUint8 } from "../diffusion.ts";
 import { UNet } from "../modules.ts";

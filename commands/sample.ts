@@ -1,10 +1,11 @@
-// Command (not needed to follow the paper): sampling from a trained run or a PyTorch file, `deno task sample (--run RUN
-// [--ema] | --weights FILE) [--n 16]`.
+// Sampling from a trained run or a PyTorch file, `deno task sample (--run RUN [--ema] | --weights FILE) [--n 16]`.
 import { dirname, join } from "node:path";
 import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
-import { loadFile, loadRun, newDiffusion, saveWeights } from "../weights/checkpoint.ts";
+import { saveWeights } from "../weights/checkpoint.ts";
+import { loadFile, loadRun } from "../run/trained.ts";
+import { DEFAULTS, newDiffusion } from "../run/config.ts";
 import { type Sampler, toUint8 } from "../diffusion.ts";
-import { DEFAULTS, helpText, numberFlag, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
+import { helpText, numberFlag, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { stepProgress } from "../run/progress.ts";
 import { saveGrid } from "../utils.ts";
 

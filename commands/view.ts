@@ -1,8 +1,7 @@
-// Command (not needed to follow the paper): the run's page, served, `deno task view --run RUN [--port 8000]` bundles
-// page.ts (`deno task bundle`) into RUN/page/ with tfjs's .wasm files, rewrites RUN/index.html, and serves the folder
-// on localhost.
+// The run's page, served, `deno task view --run RUN [--port 8000]` bundles page.ts (`deno task bundle`) into RUN/page/
+// with tfjs's .wasm files, rewrites RUN/index.html, and serves the folder on localhost.
 import { extname, join, normalize } from "node:path";
-import { readState } from "../weights/checkpoint.ts";
+import { readState } from "../run/trained.ts";
 import { numberFlag, parseFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { writeReport } from "../run/report.ts";
 

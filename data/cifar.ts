@@ -1,5 +1,5 @@
-// Support file (not needed to follow the paper): CIFAR-10's binary files, downloaded (with a progress line), checked
-// (MD5), extracted from their tar.gz and parsed into 32×32 HWC images; utils.ts makes them a Dataset.
+// CIFAR-10's binary files, downloaded (with a progress line), checked (MD5), extracted from their tar.gz and parsed
+// into 32×32 HWC images; utils.ts makes them a Dataset.
 import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
 import { gunzipSync } from "node:zlib";

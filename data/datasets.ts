@@ -1,7 +1,7 @@
-// Support file (not needed to follow the paper): where the images come from. The built-in procedural sets, drawn at
-// the requested size as uint8 RGB (HWC) so that everything runs offline: landscapes (sky, sun or moon, layered
-// mountain ridges, water or ground) and shapes (10 classes); and the decoding of PNG/JPEG files. CIFAR-10's files:
-// cifar.ts; image folders: image_folder.ts; the Dataset of batches: utils.ts.
+// Where the images come from. The built-in procedural sets, drawn at the requested size as uint8 RGB (HWC) so that
+// everything runs offline: landscapes (sky, sun or moon, layered mountain ridges, water or ground) and shapes (10
+// classes); and the decoding of PNG/JPEG files. CIFAR-10's files: cifar.ts; image folders: image_folder.ts; the Dataset
+// of batches: utils.ts.
 import { decode, Image } from "imagescript";
 import jpeg from "imagescript/wasm/node/jpeg.js"; // imagescript's decoders, without its RGBA copies
 import png from "imagescript/wasm/node/png.js";

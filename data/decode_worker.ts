@@ -1,6 +1,5 @@
-// Support file (not needed to follow the paper): a decoding worker (image_folder.ts starts one per core): reads one
-// PNG/JPEG, decodes it and resizes it to the cached size (transforms.ts fit), so that the main thread only ever holds
-// the small images.
+// A decoding worker (image_folder.ts starts one per core): reads one PNG/JPEG, decodes it and resizes it to the cached
+// size (transforms.ts fit), so that the main thread only ever holds the small images.
 import { decodeRGB } from "./datasets.ts";
 import { cachedShortSide, fit } from "./transforms.ts";
 

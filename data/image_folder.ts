@@ -1,12 +1,10 @@
-// Support file (not needed to follow the paper): an image folder like torchvision's ImageFolder: its listing (with a
-// warning for every file left out), decoding in parallel workers (decode_worker.ts, one per core), and a disk cache of
-// the decoded, resized images: one file per folder and image size, so that a second start reads that file instead of
-// decoding every photo again.
+// An image folder like torchvision's ImageFolder: its listing (with a warning for every file left out), decoding in
+// parallel workers (decode_worker.ts, one per core), and a disk cache of the decoded, resized images: one file per
+// folder and image size, so that a second start reads that file instead of decoding every photo again.
 import { createHash } from "node:crypto";
 import { basename, dirname, extname, join, relative, resolve } from "node:path";
 import { DataError } from "./datasets.ts";
 import type { Decoded } from "./decode_worker.ts";
-import { Progress } from "../run/progress.ts";
 import type { Cached } from "./transforms.ts";
 
 type Log = (line: string) => void;
@@ -214,6 +212,7 @@ export interface DecodeOptions {
   cacheDir: string | null; // null: no cache
   workers?: number; // default: one per core
   log: Log;
+  onDecoded?: (done: number, total: number) => void; // progress: called with 0 before the first image
 }
 
 /**
@@ -233,12 +232,11 @@ export async function decodeFolder(folder: string, files: ImageFile[], size: num
   if (todo.length) {
     const from = old ? `, ${files.length - todo.length} from the cache` : "";
     log(`decoding ${todo.length} images in ${workers} worker(s)${from}`);
-    const progress = new Progress(todo.length, 1, log, "images/s");
     let done = 0;
+    opts.onDecoded?.(done, todo.length);
     const decoded = await decodeInWorkers(todo.map((i) => files[i].file), size, workers, () => {
-      progress.show(++done, `decoding ${done}/${todo.length} images`);
+      opts.onDecoded?.(++done, todo.length);
     });
-    progress.done();
     decoded.forEach(({ i: _, ...d }, k) => Object.assign(entries[todo[k]], d));
   }
   const images: Cached[] = [], labels: number[] = [], skips: Skip[] = [];

@@ -1,5 +1,5 @@
-// Support file (not needed to follow the paper): the tutorial's transforms on RGB arrays, as torchvision computes them:
-// Resize(1.25 × size) (done once, for the cache) and RandomResizedCrop(size, scale=(0.8, 1)) at every epoch.
+// The tutorial's transforms on RGB arrays, as torchvision computes them: Resize(1.25 × size) (done once, for the cache)
+// and RandomResizedCrop(size, scale=(0.8, 1)) at every epoch.
 import type { Rand } from "../kernels/backend.ts";
 import type { RGBImage } from "./datasets.ts";
 

@@ -1,5 +1,5 @@
-// Support file (not needed to follow the paper): backend choice and seeding, where the tensors run and how a run is
-// made repeatable. Loads the kernel files of the backend it sets (wasm_kernels.ts, fused_*.ts), nothing else here.
+// Backend choice and seeding, where the tensors run and how a run is made repeatable. Loads the kernel files of the
+// backend it sets (wasm_kernels.ts, fused_*.ts), nothing else here.
 import * as tf from "@tensorflow/tfjs";
 
 export type BackendName = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";

@@ -1,7 +1,7 @@
-// Support file (not needed to follow the paper): the fused operations. Where the backend has registered them
-// (fused_webgpu.ts: WGSL; fused_wasm.ts: loops over the wasm heap) each is one kernel or a few; where it has not
-// (cpu, tensorflow) the callers in modules.ts, adamw.ts and ema.ts run their plain formula instead.
-// tests/fused_test.ts checks every fused kernel against the plain formula on the cpu backend.
+// The fused operations. Where the backend has registered them (fused_webgpu.ts: WGSL; fused_wasm.ts: loops over the
+// wasm heap) each is one kernel or a few; where it has not (cpu, tensorflow) the callers in modules.ts, adamw.ts and
+// ema.ts run their plain formula instead. tests/fused_test.ts checks every fused kernel against the plain formula on
+// the cpu backend.
 import * as tf from "@tensorflow/tfjs";
 
 /** The kernel names, as registered by fused_webgpu.ts and fused_wasm.ts. */

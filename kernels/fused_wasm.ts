@@ -1,6 +1,6 @@
-// Support file (not needed to follow the paper): the kernels of fused.ts for tfjs's wasm backend. Each is one
-// loop over views of the wasm heap where tfjs would run several kernels (and allocate a tensor for each); the
-// attention's products go to XNNPACK, a block of query rows at a time, so no [n, n] matrix is ever whole.
+// The kernels of fused.ts for tfjs's wasm backend. Each is one loop over views of the wasm heap where tfjs would run
+// several kernels (and allocate a tensor for each); the attention's products go to XNNPACK, a block of query rows at a
+// time, so no [n, n] matrix is ever whole.
 import * as tf from "@tensorflow/tfjs";
 import { fusedKernelConfigs, type FusedKernels } from "./fused.ts";
 import { alloc, free, heap, matMul2d, onBackend, softmaxRows } from "./wasm_kernels.ts";

@@ -1,6 +1,5 @@
-// Support file (not needed to follow the paper): the kernels of fused.ts for tfjs's WebGPU backend, in WGSL, run
-// by webgpu_kernels.ts. Numbers reach the shaders as uniforms, never as scalar tensors. Over 300 lines: the WGSL of
-// every fused kernel (forward and backward) of one backend, as fused_wasm.ts has them for wasm.
+// The kernels of fused.ts for tfjs's WebGPU backend, in WGSL, run by webgpu_kernels.ts. Numbers reach the shaders as
+// uniforms, never as scalar tensors.
 import { fusedKernelConfigs } from "./fused.ts";
 import {
   type Backend,

@@ -1,6 +1,5 @@
-// Support file (not needed to follow the paper): kernels registered for the tfjs wasm backend, the one it lacks
-// (Conv2DBackpropFilter) and replacements for the ones that are slow as shipped. Over 300 lines: one file per
-// backend, as for WebGPU, and each kernel needs its gradient's shapes beside it.
+// Kernels registered for the tfjs wasm backend, the one it lacks (Conv2DBackpropFilter) and replacements for the ones
+// that are slow as shipped.
 // - BatchMatMul: only a single product without transpose flags reaches XNNPACK; everything else (batches,
 //   and the transpose flags of every matMul gradient) runs a naive loop, 10-35x slower. Here transposes are
 //   materialised and batches run as single XNNPACK products on views into the heap.

@@ -1,8 +1,8 @@
-// Support file (not needed to follow the paper): tfjs's WebGPU backend, set up for our kernels. It is registered
-// on a device with the adapter's own limit of storage buffers per shader (tfjs asks for WebGPU's default, 8), our
-// shaders are dispatched into the backend's own command encoder with as many outputs as they need (tfjs's programs
-// have one), and the filter gradient of a convolution is replaced (tfjs's runs a thread per weight over every
-// pixel of the batch). The fused kernels themselves are in fused_webgpu.ts.
+// tfjs's WebGPU backend, set up for our kernels. It is registered on a device with the adapter's own limit of storage
+// buffers per shader (tfjs asks for WebGPU's default, 8), our shaders are dispatched into the backend's own command
+// encoder with as many outputs as they need (tfjs's programs have one), and the filter gradient of a convolution is
+// replaced (tfjs's runs a thread per weight over every pixel of the batch). The fused kernels themselves are in
+// fused_webgpu.ts.
 import * as tf from "@tensorflow/tfjs";
 
 export type Info = tf.TensorInfo;

@@ -1,4 +1,4 @@
-// Support file (not needed to follow the paper): the optimizer, PyTorch's optim.AdamW in the tutorial's train().
+// The optimizer, PyTorch's optim.AdamW in the tutorial's train().
 import * as tf from "@tensorflow/tfjs";
 import { fusedAdamW, hasFused } from "../kernels/fused.ts";
 import type { Module } from "../modules.ts";

@@ -1,6 +1,5 @@
-// Support file (not needed to follow the paper): the loss curve, drawn twice: loss.png (a canvas and a 3×5 bitmap
-// font, no other library) and the SVG of the run's page (report.ts). Every step faint, a moving average bold, and a
-// log axis past two decades.
+// The loss curve, drawn twice: loss.png (a canvas and a 3×5 bitmap font, no other library) and the SVG of the run's
+// page (report.ts). Every step faint, a moving average bold, and a log axis past two decades.
 import { Image } from "imagescript";
 import { dirname } from "node:path";
 

@@ -1,5 +1,4 @@
-// Support file (not needed to follow the paper): the progress line of every long wait (training, sampling, decoding):
-// what is done, a rate and the ETA.
+// The progress line of every long wait (training, sampling, decoding): what is done, a rate and the ETA.
 
 /** Seconds as 12s, 3m05s or 1h07m. */
 export const duration = (s: number) =>

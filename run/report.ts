@@ -1,9 +1,8 @@
-// Support file (not needed to follow the paper): what a run shows, sample grids, the loss curve, index.html, and the
-// progress line.
+// What a run shows, sample grids, the loss curve, index.html, and the progress line.
 import { join } from "node:path";
 import { getSeedState, mulberry32, setSeed } from "../kernels/backend.ts";
-import { readState } from "../weights/checkpoint.ts";
-import type { Config } from "./cli.ts";
+import { readState } from "./trained.ts";
+import { type Config } from "./config.ts";
 import type { Diffusion } from "../diffusion.ts";
 import type { UNet } from "../modules.ts";
 import { Progress, stepProgress } from "./progress.ts";

@@ -1,24 +1,19 @@
-// Support file (not needed to follow the paper): a training run's folder around train()'s loop: setup and resume,
-// the loss log (read back every few steps), checkpoints, sample grids at epoch ends, and Ctrl-C.
+// A training run's folder around train()'s loop: setup and resume, the loss log (read back every few steps),
+// checkpoints, sample grids at epoch ends, and Ctrl-C.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { getSeedState, setBackend, setSeed } from "../kernels/backend.ts";
-import {
-  assignWeights,
-  newDiffusion,
-  newUNet,
-  readState,
-  type RunState,
-  saveCheckpoint,
-} from "../weights/checkpoint.ts";
-import { type Config, DEFAULTS, flagOf, TrainingError, UsageError } from "./cli.ts";
+import { assignWeights, saveCheckpoint } from "../weights/checkpoint.ts";
+import { type Config, DEFAULTS, loadRunData, newDiffusion, newUNet } from "./config.ts";
+import { readState, type RunState } from "./trained.ts";
+import { flagOf, TrainingError, UsageError } from "./cli.ts";
 import type { Diffusion } from "../diffusion.ts";
 import { EMA } from "../ema.ts";
 import type { UNet } from "../modules.ts";
 import { loadTorchModel } from "../weights/pytorch.ts";
 import { Progress } from "./progress.ts";
 import { readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
-import { type Dataset, loadRunData } from "../utils.ts";
+import { type Dataset } from "../utils.ts";
 import { CheckpointError } from "../weights/weights.ts";
 import { AdamW } from "./adamw.ts";
 

@@ -1,7 +1,8 @@
 // The flags of train, sample and eval: one table (cli.ts) for parsing, ranges, choices and --help.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { DEFAULTS, parseConfig, UsageError } from "../run/cli.ts";
+import { parseConfig, UsageError } from "../run/cli.ts";
+import { DEFAULTS } from "../run/config.ts";
 import { parseEvalArgs } from "../commands/eval.ts";
 import { parseSampleArgs } from "../commands/sample.ts";
 import { assertOneLine, ROOT, runScript } from "./helpers.ts";

@@ -13,9 +13,9 @@ import {
   trainClassifier,
 } from "../commands/classifier.ts";
 import { evaluate, METRIC } from "../commands/eval.ts";
-import { DEFAULTS } from "../run/cli.ts";
+import { DEFAULTS } from "../run/config.ts";
+import { loadRun } from "../run/trained.ts";
 import { torchStateDict, writeTorchFile } from "../weights/pytorch.ts";
-import { loadRun } from "../weights/checkpoint.ts";
 import { train } from "../train.ts";
 import { loadDataset } from "../utils.ts";
 import { quiet } from "./helpers.ts";

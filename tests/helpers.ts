@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { crc32, deflateSync } from "node:zlib";
 import { Image } from "imagescript";
-import { type Config, DEFAULTS } from "../run/cli.ts";
+import { type Config, DEFAULTS } from "../run/config.ts";
 import type { Dataset } from "../utils.ts";
 
 /** A log that drops every line. */

@@ -1,23 +1,28 @@
-// The checks a reader makes of the layout: the four paper files stand out, imports go one way, files stay short.
+// The layout a reader relies on: the design card's files at the root, the rest in folders whose imports go one way.
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { join, normalize } from "node:path";
 import { ROOT } from "./helpers.ts";
 
-const PAPER = ["diffusion.ts", "modules.ts", "ema.ts", "train.ts"];
-const files = [...Deno.readDirSync(ROOT)].map((e) => e.name).filter((f) => f.endsWith(".ts")).sort();
+const FOLDERS = ["run", "data", "weights", "kernels", "commands"];
+const ROOT_FILES = ["diffusion.ts", "ema.ts", "mod.ts", "modules.ts", "train.ts", "utils.ts"];
+const tsIn = (dir: string) =>
+  [...Deno.readDirSync(join(ROOT, dir))].filter((e) => e.isFile && e.name.endsWith(".ts")).map((e) => e.name);
+const files = [...tsIn("."), ...FOLDERS.flatMap((d) => tsIn(d).map((f) => `${d}/${f}`))].sort();
 const text = new Map(files.map((f) => [f, Deno.readTextFileSync(join(ROOT, f))]));
 
-/** The project files a file imports, statically or with import(). */
+/** The project files a file imports (statically, with import() or as a worker's URL), as paths from the root. */
 const importsOf = (f: string) => {
   const code = text.get(f)!.split("\n").filter((l) => !/^\s*(\/\/|\*|\/\*)/.test(l)).join("\n"); // (not comments)
-  return [...code.matchAll(/(?:from|import\(?)\s*"\.\/([\w.]+\.ts)"/g)].map((m) => m[1]);
+  const specs = [...code.matchAll(/(?:from|import\(?|new URL\()\s*"(\.\.?\/[\w./]+\.ts)"/g)].map((m) => m[1]);
+  return specs.map((s) => normalize(join(f, "..", s)));
 };
 
-/** The header: the comment lines at the top (after a `///` directive). */
-const header = (f: string) =>
-  text.get(f)!.split("\n").filter((l) => !l.startsWith("///")).join("\n").split(/\n(?!\/\/)/)[0];
+Deno.test("the root holds the design card's files; the rest is in a few folders", () => {
+  assert.deepEqual(tsIn(".").sort(), ROOT_FILES);
+  for (const d of FOLDERS) assert.ok(tsIn(d).length > 0, d);
+});
 
-Deno.test("the import graph of the top-level files has no cycle", () => {
+Deno.test("the import graph has no cycle", () => {
   const state = new Map<string, "open" | "done">();
   const visit = (f: string, path: string[]) => {
     if (state.get(f) === "done") return;
@@ -27,31 +32,40 @@ Deno.test("the import graph of the top-level files has no cycle", () => {
     state.set(f, "done");
   };
   for (const f of files) visit(f, []);
-  assert.ok(importsOf("train.ts").includes("run.ts")); // the parser does see imports
+  assert.ok(importsOf("train.ts").includes("run/run.ts")); // the parser does see imports
+  assert.ok(importsOf("data/image_folder.ts").includes("data/decode_worker.ts")); // and workers
 });
 
-Deno.test("no command is imported as a library; the data and kernel files import nothing else of the project", () => {
-  const commands = files.filter((f) => header(f).startsWith("// Command"));
-  assert.ok(commands.includes("sample.ts") && commands.includes("eval.ts"), commands.join());
+const PAPER = ["diffusion.ts", "modules.ts", "ema.ts"];
+/** A file's group: the paper's three files, a folder, or the tutorial's scripts at the root (train, utils, mod). */
+const groupOf = (f: string) => PAPER.includes(f) ? "paper" : f.includes("/") ? f.split("/")[0] : "tutorial";
+const EVERYTHING_BUT_COMMANDS = ["paper", "tutorial", "run", "data", "weights", "kernels"];
+/** What each group may import. */
+const MAY_IMPORT: Record<string, string[]> = {
+  paper: ["paper", "kernels"],
+  kernels: ["kernels"],
+  data: ["data", "kernels"],
+  weights: ["weights", "paper", "kernels"],
+  run: EVERYTHING_BUT_COMMANDS,
+  tutorial: EVERYTHING_BUT_COMMANDS,
+  commands: [...EVERYTHING_BUT_COMMANDS, "commands"],
+};
+
+Deno.test("imports go one way: the paper imports only the kernels; data, weights and kernels nothing of the run", () => {
   for (const f of files) {
-    const used = importsOf(f).filter((g) => commands.includes(g));
-    assert.deepEqual(used, [], `${f} imports the command(s) ${used}`);
+    for (const g of importsOf(f)) {
+      assert.ok(MAY_IMPORT[groupOf(f)].includes(groupOf(g)), `${f} (${groupOf(f)}) imports ${g} (${groupOf(g)})`);
+    }
   }
-  assert.deepEqual(importsOf("datasets.ts"), []);
-  assert.deepEqual(importsOf("wasm_kernels.ts"), []);
-  assert.deepEqual(importsOf("backend.ts").sort(), ["fused_wasm.ts", "fused_webgpu.ts", "wasm_kernels.ts"]);
+  assert.deepEqual(importsOf("diffusion.ts"), ["kernels/backend.ts"]);
 });
 
-Deno.test("every file but the paper's four says in its first line that it is not needed to follow the paper", () => {
-  for (const f of files.filter((f) => !PAPER.includes(f) && f !== "mod.ts")) {
-    assert.match(header(f), /^\/\/ (Support file|Command) \(not needed to follow the paper\)/, f);
-  }
-  for (const f of PAPER) assert.doesNotMatch(header(f), /not needed to follow the paper/, f);
-});
-
-Deno.test("no file is much over 300 lines unless its header says why", () => {
+Deno.test("no file imports a task's script", () => {
+  const tasks = JSON.parse(Deno.readTextFileSync(join(ROOT, "deno.json"))).tasks as Record<string, string>;
+  const scripts = Object.values(tasks).flatMap((t) => [...t.matchAll(/deno run .*? ([\w/]+\.ts)/g)].map((m) => m[1]));
+  assert.ok(scripts.includes("commands/sample.ts") && scripts.includes("train.ts"), scripts.join());
   for (const f of files) {
-    const lines = text.get(f)!.split("\n").length;
-    if (lines > 310) assert.match(header(f), /Over 300 lines: \S/, `${f}: ${lines} lines, no reason in its header`);
+    const used = importsOf(f).filter((g) => scripts.includes(g) && g !== "train.ts");
+    assert.deepEqual(used, [], `${f} imports the script(s) ${used}`);
   }
 });

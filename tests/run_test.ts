@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Image } from "imagescript";
-import type { Config } from "../run/cli.ts";
+import { type Config } from "../run/config.ts";
 import { train } from "../train.ts";
 import { assertOneLine, quiet, runScript, tiny as tinyRun, withTempDir } from "./helpers.ts";
 

@@ -1,13 +1,8 @@
-// Support file (not needed to follow the paper): checkpoints, the model, EMA and optimizer weights plus the run's
-// state, written so that a crash never loses one; and a trained model read back, from a run or a PyTorch file.
+// Checkpoints: weights files with their SHA-256, and checkpoint folders written so that a crash never loses one.
 import * as tf from "@tensorflow/tfjs";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { type Config, DEFAULTS } from "../run/cli.ts";
-import { Diffusion, type Schedule } from "../diffusion.ts";
-import { UNet } from "../modules.ts";
-import { loadTorchModel } from "./pytorch.ts";
 import { assignTensors, CheckpointError, parseWeights, serializeWeights, type Tensors } from "./weights.ts";
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
@@ -84,63 +79,4 @@ export function findCheckpoint(runDir: string, required: string[]): string {
   throw new CheckpointError(
     `${runDir} has no complete checkpoint (needs ${required.join(", ")} in ${runDir}/checkpoint)`,
   );
-}
-
-/** What a run keeps between sessions, beside the weights. */
-export interface RunState {
-  config: Config;
-  step: number;
-  epoch: number;
-  stepInEpoch: number;
-  seedState: number;
-  emaStep: number;
-  adamStep: number;
-  classes: string[];
-  sha256?: Record<string, string>; // of each weights file, as written
-  dir?: string; // where it was read from
-}
-
-/** The saved state of a run's newest checkpoint that has the `required` files, and that folder (`dir`). */
-export async function readState(runDir: string, required = ["state.json", "model.bin"]): Promise<RunState> {
-  const dir = findCheckpoint(runDir, required), path = join(dir, "state.json");
-  try {
-    return { ...JSON.parse(await Deno.readTextFile(path)), dir };
-  } catch (e) {
-    throw new CheckpointError(`${path} is not readable (${(e as Error).message})`);
-  }
-}
-
-// ------------------------------------------------------------------ a trained model
-
-/** The (untrained) U-Net that a run's config describes. */
-export const newUNet = (config: Config, numClasses: number) =>
-  new UNet({ width: config.width, numClasses, removeDeepConv: config.removeDeepConv });
-
-/** The Diffusion that a run's config describes (runs saved before the cosine schedule have none: linear). */
-export const newDiffusion = ({ noiseSteps, imageSize, schedule }: Pick<Config, "noiseSteps" | "imageSize"> & {
-  schedule?: Schedule;
-}) => new Diffusion({ noiseSteps, imgSize: imageSize, schedule: schedule ?? "linear" });
-
-/** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
-export async function loadRun(runDir: string, ema = false) {
-  const file = ema ? "ema.bin" : "model.bin";
-  if (ema && !(await readState(runDir)).config.emaBeta) {
-    throw new CheckpointError(`${runDir} was trained without EMA (--ema-beta 0)`);
-  }
-  const state = await readState(runDir, ["state.json", file]);
-  const model = newUNet(state.config, state.config.conditional ? state.classes.length : 0);
-  try {
-    assignWeights(join(state.dir!, file), model.weights);
-  } catch (e) {
-    model.dispose();
-    throw e;
-  }
-  return { model, config: state.config, classes: state.classes };
-}
-
-/** The model of a PyTorch file of the tutorial's U-Net, with the tutorial's settings (64 px, T = 1000, linear). */
-export function loadFile(path: string, imageSize = 64) {
-  const model = loadTorchModel(path);
-  const classes = Array.from({ length: model.numClasses }, (_, i) => String(i));
-  return { model, config: { ...DEFAULTS, imageSize, conditional: model.numClasses > 0 }, classes };
 }

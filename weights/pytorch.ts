@@ -1,5 +1,4 @@
-// Support file (not needed to follow the paper): the tutorial's PyTorch weights in and out, .pt/.pth (torch.save) and
-// .safetensors files of its UNet's state_dict.
+// The tutorial's PyTorch weights in and out, .pt/.pth (torch.save) and .safetensors files of its UNet's state_dict.
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointError, type Tensors } from "./weights.ts";
 import { UNet, type UNetOptions } from "../modules.ts";

@@ -1,7 +1,5 @@
-// Support file (not needed to follow the paper). torch.save's format without Python: a zip of stored entries,
-// `archive/data.pkl` (a pickle) and the raw storages `archive/data/<key>`. Only the pickle opcodes and globals of a
-// dict of float32 tensors are read: nothing is run. Over 300 lines: the reader and the writer of one format, side by
-// side, so that a change to one shows in the other.
+// torch.save's format without Python: a zip of stored entries, `archive/data.pkl` (a pickle) and the raw storages
+// `archive/data/<key>`. Only the pickle opcodes and globals of a dict of float32 tensors are read: nothing is run.
 import { CheckpointError, type Tensors } from "./weights.ts";
 
 const utf8 = new TextDecoder(), encode = (s: string) => new TextEncoder().encode(s);

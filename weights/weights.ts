@@ -1,6 +1,6 @@
-// Support file (not needed to follow the paper): the file format of our weights, [u32 header length][JSON {name:
-// [shape, offset]}][float32 data], made, read and assigned to a model. No file system here: the run's page (page.ts)
-// reads checkpoints with it in the browser; checkpoint.ts writes and reads the files.
+// The file format of our weights, [u32 header length][JSON {name: [shape, offset]}][float32 data], made, read and
+// assigned to a model. No file system here: the run's page (page.ts) reads checkpoints with it in the browser;
+// checkpoint.ts writes and reads the files.
 import * as tf from "@tensorflow/tfjs";
 
 export class CheckpointError extends Error {}

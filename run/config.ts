@@ -1,0 +1,122 @@
+// A run's settings: the Config, its DEFAULTS (the tutorial's), the PRESETS (the tutorial's two runs and a CPU demo),
+// and the objects a config describes (the U-Net, the Diffusion, the data).
+import { Diffusion, type Sampler, type Schedule } from "../diffusion.ts";
+import { UNet } from "../modules.ts";
+import { loadDataset } from "../utils.ts";
+import type { BackendName } from "../kernels/backend.ts";
+
+export interface Config {
+  data: string; // "builtin:landscapes", "builtin:shapes", "cifar10" or a folder
+  out: string; // runs folder; the run is out/name
+  name: string;
+  epochs: number;
+  maxSteps: number; // stop after this many steps in all (0 = no limit)
+  batchSize: number;
+  imageSize: number;
+  width: number;
+  lr: number;
+  noiseSteps: number;
+  schedule: Schedule; // linear (the tutorial's) or cosine
+  backend: BackendName;
+  seed: number;
+  sampleEvery: number; // epochs between sample grids
+  nSamples: number;
+  cfgScale: number;
+  sampler: Sampler; // for the sample grids: ddpm (all T steps) or ddim
+  sampleSteps: number; // ddim's steps
+  eta: number; // ddim's η (0 = deterministic)
+  clip: boolean; // clip the predicted x̂_0 to [-1, 1] while sampling
+  conditional: boolean;
+  labelDrop: number; // share of steps trained without labels (for CFG)
+  emaBeta: number; // 0 = no EMA model
+  emaStart: number;
+  count: number; // images to load (0 = all)
+  cacheDir?: string; // CIFAR-10 files and the decoded image folders (default ~/.cache/ddpm-deno)
+  noCache?: boolean; // decode an image folder without its disk cache
+  weights?: string; // the initial weights: a PyTorch file of the tutorial's U-Net (.pt, .pth, .safetensors)
+  removeDeepConv?: boolean; // the tutorial's later U-Net variant without bot2 (set from --weights)
+}
+
+export const PRESETS: Record<string, Partial<Config>> = {
+  // the tutorial's unconditional run (ddpm.py), on landscapes at 64 px
+  landscape: { data: "builtin:landscapes", name: "landscape", imageSize: 64, batchSize: 12, epochs: 500, width: 64 },
+  // the tutorial's conditional run (ddpm_conditional.py): CIFAR-10 at 64 px with CFG and EMA
+  cifar: {
+    data: "cifar10",
+    name: "cifar",
+    imageSize: 64,
+    batchSize: 14,
+    epochs: 300,
+    width: 64,
+    conditional: true,
+    emaBeta: 0.995,
+  },
+  // minutes on a laptop CPU: small images and width, a higher lr, EMA, stochastic DDIM (η = 1) sample grids
+  demo: {
+    data: "builtin:landscapes",
+    name: "demo",
+    imageSize: 16,
+    width: 16,
+    batchSize: 16,
+    epochs: 8,
+    count: 2000,
+    lr: 1e-3,
+    emaBeta: 0.995,
+    emaStart: 100,
+    sampleEvery: 4,
+    nSamples: 36,
+    sampler: "ddim",
+    sampleSteps: 100,
+    eta: 1,
+  },
+};
+
+export const DEFAULTS: Config = {
+  data: "builtin:landscapes",
+  out: "runs",
+  name: "run",
+  epochs: 500,
+  maxSteps: 0,
+  batchSize: 12,
+  imageSize: 64,
+  width: 64,
+  lr: 3e-4,
+  noiseSteps: 1000,
+  schedule: "linear",
+  backend: "auto",
+  seed: 0,
+  sampleEvery: 10,
+  nSamples: 16,
+  cfgScale: 3,
+  sampler: "ddpm",
+  sampleSteps: 50,
+  eta: 0,
+  clip: true,
+  conditional: false,
+  labelDrop: 0.1,
+  emaBeta: 0,
+  emaStart: 2000,
+  count: 0,
+};
+
+/** The (untrained) U-Net that a run's config describes. */
+export const newUNet = (config: Config, numClasses: number) =>
+  new UNet({ width: config.width, numClasses, removeDeepConv: config.removeDeepConv });
+
+/** The Diffusion that a run's config describes (runs saved before the cosine schedule have none: linear). */
+export const newDiffusion = ({ noiseSteps, imageSize, schedule }: Pick<Config, "noiseSteps" | "imageSize"> & {
+  schedule?: Schedule;
+}) => new Diffusion({ noiseSteps, imgSize: imageSize, schedule: schedule ?? "linear" });
+
+/** The data set of a run's config, as its training loads it. */
+export const loadRunData = (
+  c: Pick<Config, "data" | "imageSize" | "seed" | "count" | "cacheDir" | "noCache">,
+  log?: (line: string) => void,
+) =>
+  loadDataset(c.data, c.imageSize, {
+    seed: c.seed,
+    count: c.count || undefined,
+    cacheDir: c.cacheDir,
+    noCache: c.noCache,
+    log,
+  });

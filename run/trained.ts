@@ -1,0 +1,54 @@
+// A trained model read back: from a run's checkpoint (with the run's state) or from a PyTorch file of the tutorial's U-Net.
+import { join } from "node:path";
+import { assignWeights, findCheckpoint } from "../weights/checkpoint.ts";
+import { loadTorchModel } from "../weights/pytorch.ts";
+import { CheckpointError } from "../weights/weights.ts";
+import { type Config, DEFAULTS, newUNet } from "./config.ts";
+
+/** What a run keeps between sessions, beside the weights. */
+export interface RunState {
+  config: Config;
+  step: number;
+  epoch: number;
+  stepInEpoch: number;
+  seedState: number;
+  emaStep: number;
+  adamStep: number;
+  classes: string[];
+  sha256?: Record<string, string>; // of each weights file, as written
+  dir?: string; // where it was read from
+}
+
+/** The saved state of a run's newest checkpoint that has the `required` files, and that folder (`dir`). */
+export async function readState(runDir: string, required = ["state.json", "model.bin"]): Promise<RunState> {
+  const dir = findCheckpoint(runDir, required), path = join(dir, "state.json");
+  try {
+    return { ...JSON.parse(await Deno.readTextFile(path)), dir };
+  } catch (e) {
+    throw new CheckpointError(`${path} is not readable (${(e as Error).message})`);
+  }
+}
+
+/** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
+export async function loadRun(runDir: string, ema = false) {
+  const file = ema ? "ema.bin" : "model.bin";
+  if (ema && !(await readState(runDir)).config.emaBeta) {
+    throw new CheckpointError(`${runDir} was trained without EMA (--ema-beta 0)`);
+  }
+  const state = await readState(runDir, ["state.json", file]);
+  const model = newUNet(state.config, state.config.conditional ? state.classes.length : 0);
+  try {
+    assignWeights(join(state.dir!, file), model.weights);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  return { model, config: state.config, classes: state.classes };
+}
+
+/** The model of a PyTorch file of the tutorial's U-Net, with the tutorial's settings (64 px, T = 1000, linear). */
+export function loadFile(path: string, imageSize = 64) {
+  const model = loadTorchModel(path);
+  const classes = Array.from({ length: model.numClasses }, (_, i) => String(i));
+  return { model, config: { ...DEFAULTS, imageSize, conditional: model.numClasses > 0 }, classes };
+}
