@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# What the tests need beyond Deno, brought when it is missing: Debian's chromium (the run's page, tests/view_test.ts).
+set -euo pipefail
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "the tests need Debian's ${need[*]}: installing (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  echo "error: the tests need Debian's ${need[*]}: apt-get install -y ${need[*]} (as root)" >&2
+  exit 1
+fi
