@@ -11,7 +11,7 @@ const WASM = ["tfjs-backend-wasm.wasm", "tfjs-backend-wasm-simd.wasm", "tfjs-bac
 /** Puts the page's script (page.ts and the model code, bundled) and the wasm backend's files into RUN/page/. */
 export async function buildPage(runDir: string) {
   await readState(runDir); // a clear error for a folder that is not a run
-  const out = await new Deno.Command(Deno.execPath(), { args: ["task", "-q", "bundle"], cwd: ROOT, stdin: "null" })
+  const out = await new Deno.Command("deno", { args: ["task", "-q", "bundle"], cwd: ROOT, stdin: "null" })
     .output();
   if (out.code !== 0) throw new Error(`deno task bundle failed:\n${new TextDecoder().decode(out.stderr)}`);
   const dir = join(runDir, "page");

@@ -5,8 +5,12 @@ import * as tf from "@tensorflow/tfjs";
 export type BackendName = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";
 export const BACKENDS: BackendName[] = ["auto", "tensorflow", "webgpu", "wasm", "cpu"];
 
+/** Why the native binding is not tried: the tasks grant --allow-ffi only to imagescript's codecs, not to it. */
+export const GPU_FFI = "tfjs-node-gpu needs --allow-ffi: deno task gpu train.ts ... (or commands/sample.ts, eval.ts)";
+
 /** Loads the native TensorFlow binding (CUDA when tfjs-node-gpu was installed with its scripts). */
 async function loadTensorflow(): Promise<string | null> {
+  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return GPU_FFI;
   try {
     await import("@tensorflow/tfjs-node-gpu");
     return null;
@@ -38,6 +42,9 @@ async function loadWasm(): Promise<string | null> {
   return null;
 }
 
+/** A backend that was asked for and cannot be set (the message says why): exit code 1 on the command line. */
+export class BackendError extends Error {}
+
 /** Sets the tfjs backend; `auto` tries the native GPU build, then a real WebGPU adapter, then wasm. */
 export async function setBackend(name: BackendName, log = console.log): Promise<string> {
   const loaders: Record<Exclude<BackendName, "auto">, () => Promise<string | null>> = {
@@ -53,7 +60,7 @@ export async function setBackend(name: BackendName, log = console.log): Promise<
       if (b === "cpu") (tf.backend() as unknown as { firstUse: boolean }).firstUse = false; // no tfjs-node banner
       return b;
     }
-    if (name !== "auto") throw new Error(`backend ${b} is not available: ${why ?? "setBackend failed"}`);
+    if (name !== "auto") throw new BackendError(`backend ${b} is not available: ${why ?? "setBackend failed"}`);
     log(`backend ${b} skipped: ${why}`);
   }
   throw new Error("no tfjs backend could be set");

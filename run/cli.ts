@@ -2,7 +2,7 @@
 // one line with an exit code.
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { BACKENDS } from "../kernels/backend.ts";
+import { BackendError, BACKENDS } from "../kernels/backend.ts";
 import { DataError } from "../data/datasets.ts";
 import { CheckpointError } from "../weights/weights.ts";
 import { type Config, DEFAULTS, PRESETS } from "./config.ts";
@@ -181,7 +181,9 @@ export async function runCli(main: () => Promise<void>) {
       console.error(`error: ${e.message}`);
       Deno.exit(2);
     }
-    if (e instanceof DataError || e instanceof CheckpointError || e instanceof TrainingError) {
+    if (
+      e instanceof DataError || e instanceof CheckpointError || e instanceof TrainingError || e instanceof BackendError
+    ) {
       console.error(`error: ${e.message}`);
       Deno.exit(1);
     }
