@@ -1,59 +1,101 @@
 // The diffusion process of DDPM (Ho et al. 2020): schedule, forward noising, training timesteps, sampling;
 // beyond the tutorial: DDIM sampling (Song et al. 2021) and the cosine schedule (Nichol & Dhariwal 2021).
 import * as tf from "@tensorflow/tfjs";
+import type { Tensor1D, Tensor4D } from "./kernels/backend.ts";
 import { nextSeed } from "./kernels/backend.ts";
 
 /** Anything that predicts the noise ε_θ(x_t, t, y) (the U-Net). */
 export interface NoiseModel {
-  forward(x: tf.Tensor4D, t: tf.Tensor1D, labels?: tf.Tensor1D | null): tf.Tensor4D;
+  /** ε_θ(x_t, t[, y]): the predicted noise, the shape of x. */
+  forward(x: Tensor4D, t: Tensor1D, labels?: Tensor1D | null): Tensor4D;
 }
 
+/** The noise schedule β_t: the tutorial's linear one, or Nichol & Dhariwal's cosine one. */
 export type Schedule = "linear" | "cosine";
+/** The reverse process: DDPM's Algorithm 2 over all T steps, or DDIM (Song et al. 2021) over fewer. */
 export type Sampler = "ddpm" | "ddim";
 
+/** The settings of a Diffusion (the tutorial's defaults: T = 1000, β from 1e-4 to 0.02, 64 px, linear). */
 export interface DiffusionOptions {
+  /** T, the number of diffusion steps. */
   noiseSteps?: number;
-  betaStart?: number; // linear schedule only
+  /** linear schedule only */
+  betaStart?: number;
+  /** β_T of the linear schedule. */
   betaEnd?: number;
+  /** The side of the (square) images, in pixels. */
   imgSize?: number;
-  schedule?: Schedule; // linear (the tutorial's) or cosine
+  /** linear (the tutorial's) or cosine */
+  schedule?: Schedule;
 }
 
+/** How Diffusion.sample draws images: the sampler, its steps, labels and guidance. */
 export interface SampleOptions {
-  labels?: number[] | null; // one class per image (conditional models)
-  cfgScale?: number; // classifier-free guidance; 0 = conditional prediction only
-  sampler?: Sampler; // ddpm: Algorithm 2 over all T steps; ddim: Song et al. over `sampleSteps` of them
-  sampleSteps?: number; // DDIM only: the length of the sub-sequence τ of {0, …, T-1}
-  eta?: number; // DDIM only: η of Eq. 16; 0 = deterministic, 1 = DDPM's posterior variance
-  xT?: tf.Tensor4D; // the starting noise (default: drawn); not disposed
-  clip?: boolean; // clip the predicted x̂_0 to [-1, 1] at every step (default true), as the DDPM authors' code does
+  /** one class per image (conditional models) */
+  labels?: number[] | null;
+  /** classifier-free guidance; 0 = conditional prediction only */
+  cfgScale?: number;
+  /** ddpm: Algorithm 2 over all T steps; ddim: Song et al. over `sampleSteps` of them */
+  sampler?: Sampler;
+  /** DDIM only: the length of the sub-sequence τ of {0, …, T-1} */
+  sampleSteps?: number;
+  /** DDIM only: η of Eq. 16; 0 = deterministic, 1 = DDPM's posterior variance */
+  eta?: number;
+  /** the starting noise (default: drawn); not disposed */
+  xT?: Tensor4D;
+  /** clip the predicted x̂_0 to [-1, 1] at every step (default true), as the DDPM authors' code does */
+  clip?: boolean;
   /** Progress: the remaining step count, x after the step and the x̂_0 it came from (both freed after the call). */
-  onStep?: (k: number, x: tf.Tensor4D, x0: tf.Tensor4D) => void | Promise<void>;
+  onStep?: (k: number, x: Tensor4D, x0: Tensor4D) => void | Promise<void>;
 }
 
 /** Clip the predicted x̂_0 to the data range [-1, 1] (default true, as in SampleOptions). */
-type ClipOption = { clip?: boolean };
+export type ClipOption = { clip?: boolean };
 
 /** One reverse step x_t → x_prev = mean + σ·z, z ~ N(0, I), and the x̂_0 it implies. */
 export interface Step {
-  mean: tf.Tensor4D;
+  /** The mean of x_prev. */
+  mean: Tensor4D;
+  /** σ_t, the standard deviation of the noise added to the mean. */
   sigma: number;
-  x0: tf.Tensor4D;
+  /** x̂_0, the x_0 the step predicts. */
+  x0: Tensor4D;
 }
 
 /** Nichol & Dhariwal Eq. 17: f(t) = cos²((t/T + s)/(1 + s)·π/2), s = 0.008; ᾱ_t = f(t)/f(0). */
 export const cosineF = (t: number, T: number, s = 0.008) => Math.cos((t / T + s) / (1 + s) * Math.PI / 2) ** 2;
 
+/**
+ * DDPM's diffusion process: the β schedule, q(x_t
+ *  x_0) for training, and sampling (Algorithm 2, or DDIM).
+ * @example Noise a batch, as Algorithm 1 does
+ * ```ts
+ * import * as tf from "npm:@tensorflow/tfjs";
+ * import { Diffusion } from "@ddpm/ddpm";
+ *
+ * const diffusion = new Diffusion({ noiseSteps: 1000, imgSize: 16 });
+ * const x0 = tf.zeros([4, 16, 16, 3]) as tf.Tensor4D;
+ * const t = diffusion.sampleTimesteps(4);
+ * const [xt, noise] = diffusion.noiseImages(x0, t); // x_t and ε
+ * ```
+ */
 export class Diffusion {
+  /** T, the number of diffusion steps. */
   readonly noiseSteps: number;
+  /** The side of the images, in pixels. */
   readonly imgSize: number;
+  /** The β schedule: linear or cosine. */
   readonly schedule: Schedule;
-  readonly beta: Float64Array; // β_t: linear from betaStart to betaEnd, or from the cosine ᾱ
-  readonly alpha: Float64Array; // α_t = 1 - β_t
-  readonly alphaHat: Float64Array; // ᾱ_t = Π_{s≤t} α_s
-  private sqrtAlphaHat: tf.Tensor1D;
-  private sqrtOneMinusAlphaHat: tf.Tensor1D;
+  /** β_t: linear from betaStart to betaEnd, or from the cosine ᾱ */
+  readonly beta: Float64Array;
+  /** α_t = 1 - β_t */
+  readonly alpha: Float64Array;
+  /** ᾱ_t = Π_{s≤t} α_s */
+  readonly alphaHat: Float64Array;
+  private sqrtAlphaHat: Tensor1D;
+  private sqrtOneMinusAlphaHat: Tensor1D;
 
+  /** The schedule's β_t, α_t and ᾱ_t for T steps. */
   constructor(
     { noiseSteps = 1000, betaStart = 1e-4, betaEnd = 0.02, imgSize = 64, schedule = "linear" }: DiffusionOptions = {},
   ) {
@@ -78,7 +120,7 @@ export class Diffusion {
   }
 
   /** Eq. 4: x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε, ε ~ N(0, I). Returns [x_t, ε]. */
-  noiseImages(x: tf.Tensor4D, t: tf.Tensor1D): [tf.Tensor4D, tf.Tensor4D] {
+  noiseImages(x: Tensor4D, t: Tensor1D): [Tensor4D, Tensor4D] {
     return tf.tidy(() => {
       const sqrtAlphaHat = tf.gather(this.sqrtAlphaHat, t).reshape([-1, 1, 1, 1]);
       const sqrtOneMinusAlphaHat = tf.gather(this.sqrtOneMinusAlphaHat, t).reshape([-1, 1, 1, 1]);
@@ -88,12 +130,12 @@ export class Diffusion {
   }
 
   /** Algorithm 1, line 3: t ~ Uniform({0, …, T-1}) (every step, t = 0 included). */
-  sampleTimesteps(n: number): tf.Tensor1D {
+  sampleTimesteps(n: number): Tensor1D {
     return tf.randomUniformInt([n], 0, this.noiseSteps, nextSeed()) as tf.Tensor1D;
   }
 
   /** The noise prediction, with classifier-free guidance: lerp(ε(x, t), ε(x, t, y), cfgScale). */
-  predictNoise(model: NoiseModel, x: tf.Tensor4D, t: tf.Tensor1D, labels: tf.Tensor1D | null, cfgScale: number) {
+  predictNoise(model: NoiseModel, x: Tensor4D, t: Tensor1D, labels: Tensor1D | null, cfgScale: number): Tensor4D {
     return tf.tidy(() => {
       const eps = model.forward(x, t, labels);
       if (!labels || cfgScale <= 0) return eps;
@@ -108,7 +150,7 @@ export class Diffusion {
   }
 
   /** Eq. 15: the x_0 that ε_θ implies, x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t, optionally clipped to the data range. */
-  predictX0(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, { clip = true }: ClipOption = {}): tf.Tensor4D {
+  predictX0(x: Tensor4D, eps: Tensor4D, i: number, { clip = true }: ClipOption = {}): Tensor4D {
     const x0 = x.sub(eps.mul(Math.sqrt(1 - this.alphaHat[i]))).div(Math.sqrt(this.alphaHat[i])) as tf.Tensor4D;
     return clip ? x0.clipByValue(-1, 1) as tf.Tensor4D : x0;
   }
@@ -117,7 +159,7 @@ export class Diffusion {
    * Algorithm 2, line 4 (σ_t² = β_t, the tutorial's choice): the step from index i to i - 1. With `clip`, the mean is
    * the posterior mean μ̃_t(x_t, x̂_0) of Eq. 7 with x̂_0 clipped, which without clipping is the same number.
    */
-  ddpmStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, { clip = true }: ClipOption = {}): Step {
+  ddpmStep(x: Tensor4D, eps: Tensor4D, i: number, { clip = true }: ClipOption = {}): Step {
     const [alpha, alphaHat, beta, alphaHatPrev] = [
       this.alpha[i],
       this.alphaHat[i],
@@ -137,7 +179,7 @@ export class Diffusion {
   }
 
   /** DDIM (Song et al. Eq. 12) from index i to index prev < i (-1: to x_0), with σ_t(η) of Eq. 16. */
-  ddimStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, prev: number, { eta = 0, clip = true } = {}): Step {
+  ddimStep(x: Tensor4D, eps: Tensor4D, i: number, prev: number, { eta = 0, clip = true } = {}): Step {
     const [aT, aPrev] = [this.alphaHatAt(i), this.alphaHatAt(prev)];
     // Eq. 16: σ_t(η) = η·√((1-ᾱ_{t-1})/(1-ᾱ_t))·√(1-ᾱ_t/ᾱ_{t-1})
     const sigma = eta * Math.sqrt((1 - aPrev) / (1 - aT)) * Math.sqrt(1 - aT / aPrev);
@@ -148,7 +190,7 @@ export class Diffusion {
   }
 
   /** The model evaluations of one sample() call: all T steps (ddpm), or DDIM's sub-sequence τ. */
-  stepCount(sampler: Sampler, sampleSteps = 50) {
+  stepCount(sampler: Sampler, sampleSteps = 50): number {
     return sampler === "ddim" ? this.ddimTimesteps(sampleSteps).length : this.noiseSteps;
   }
 
@@ -171,7 +213,7 @@ export class Diffusion {
    * From x_T ~ N(0, I) down to x_0: Algorithm 2 over all T steps (ddpm), or DDIM over `sampleSteps` of them.
    * Returns x_0, NHWC floats (the caller disposes it).
    */
-  async sampleX0(model: NoiseModel, n: number, opts: SampleOptions = {}): Promise<tf.Tensor4D> {
+  async sampleX0(model: NoiseModel, n: number, opts: SampleOptions = {}): Promise<Tensor4D> {
     const { labels = null, cfgScale = 3, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, clip = true, onStep } = opts;
     if (sampler !== "ddpm" && sampler !== "ddim") throw new RangeError(`unknown sampler ${sampler}`);
     if (!(eta >= 0)) throw new RangeError(`eta must be ≥ 0, got ${eta}`);
@@ -208,13 +250,14 @@ export class Diffusion {
     return x;
   }
 
+  /** Frees the schedule's tensors. */
   dispose() {
     tf.dispose([this.sqrtAlphaHat, this.sqrtOneMinusAlphaHat]);
   }
 }
 
 /** [-1, 1] floats to [0, 255] bytes; disposes x. */
-export async function toUint8(x: tf.Tensor4D): Promise<Uint8Array> {
+export async function toUint8(x: Tensor4D): Promise<Uint8Array> {
   const bytes = tf.tidy(() => x.clipByValue(-1, 1).add(1).mul(127.5).round());
   x.dispose();
   const data = Uint8Array.from(await bytes.data());

@@ -3,8 +3,11 @@ import * as tf from "@tensorflow/tfjs";
 import { fusedEma, hasFused } from "./kernels/fused.ts";
 import type { Module } from "./modules.ts";
 
+/** The tutorial's EMA: a moving average of the weights, a copy of them until `stepStartEma`. */
 export class EMA {
+  /** The EMA steps taken (stepEma calls). */
   step = 0;
+  /** The decay β of the average. */
   constructor(readonly beta = 0.995) {}
 
   /** w_ema ← β·w_ema + (1-β)·w, for every weight. */

@@ -1,31 +1,39 @@
 // The tutorial's U-Net, NHWC throughout: DoubleConv, Down, Up, SelfAttention, UNet, UNetConditional.
 import * as tf from "@tensorflow/tfjs";
+import type { Tensor, Tensor1D, Tensor2D, Tensor4D, Variable } from "./kernels/backend.ts";
 import { nextSeed } from "./kernels/backend.ts";
 import { fusedAttention, fusedGelu, fusedNorm, hasFused } from "./kernels/fused.ts";
 
-type T4 = tf.Tensor4D;
-type T2 = tf.Tensor2D;
+/** @internal A batch of feature maps [b, h, w, c] (NHWC). */
+type T4 = Tensor4D;
+/** @internal A time embedding [b, timeDim]. */
+type T2 = Tensor2D;
 
 /** A layer's weights by their name in the tutorial's state_dict ("down1.maxpool_conv.1.double_conv.0.weight"). */
 export class Module {
-  readonly weights = new Map<string, tf.Variable>();
+  /** Every weight of the layer and its children, by its state_dict name. */
+  readonly weights: Map<string, Variable> = new Map();
 
-  protected param(name: string, init: tf.Tensor): tf.Variable {
+  /** A new weight `name`, initialized to `init` (which it takes over). */
+  protected param(name: string, init: Tensor): Variable {
     const v = tf.variable(init);
     init.dispose();
     this.weights.set(name, v);
     return v;
   }
 
+  /** Takes a child layer's weights under `name.` and returns the child. */
   protected child<M extends Module>(name: string, m: M): M {
     for (const [k, v] of m.weights) this.weights.set(`${name}.${k}`, v);
     return m;
   }
 
+  /** The number of trained values of all the weights. */
   get parameterCount(): number {
     return [...this.weights.values()].reduce((n, v) => n + v.size, 0);
   }
 
+  /** Frees the weights. */
   dispose() {
     for (const v of this.weights.values()) v.dispose();
   }
@@ -37,14 +45,18 @@ const uniform = (shape: number[], fanIn: number) =>
 
 /** y = x·W + b, W stored [in, out] (PyTorch's nn.Linear stores [out, in]: the files convert). */
 export class Linear extends Module {
-  w: tf.Variable;
-  b: tf.Variable;
+  /** W, [in, out]. */
+  w: Variable;
+  /** b, [out]. */
+  b: Variable;
+  /** A layer from `cin` to `cout` features, with the state_dict names of W and b. */
   constructor(cin: number, cout: number, [wName, bName] = ["weight", "bias"]) {
     super();
     this.w = this.param(wName, uniform([cin, cout], cin));
     this.b = this.param(bName, uniform([cout], cin));
   }
-  forward(x: tf.Tensor): tf.Tensor {
+  /** x·W + b over the last axis of x. */
+  forward(x: Tensor): Tensor {
     const flat = x.reshape([-1, x.shape.at(-1)!]) as T2;
     return tf.fused.matMul({ a: flat, b: this.w as T2, bias: this.b }).reshape([...x.shape.slice(0, -1), -1]);
   }
@@ -55,14 +67,18 @@ export class Linear extends Module {
  * after the affine and `gelu` applied last, so that a DoubleConv's norm, residual and GELU are one fused kernel.
  */
 export class Norm extends Module {
-  g: tf.Variable;
-  b: tf.Variable;
+  /** The per-channel scale γ. */
+  g: Variable;
+  /** The per-channel shift β. */
+  b: Variable;
+  /** A norm of `c` channels over `axes`: [1, 2, 3] is GroupNorm(1, c) on NHWC, [-1] is LayerNorm(c). */
   constructor(c: number, readonly axes: number[]) {
     super();
     this.g = this.param("weight", tf.ones([c]));
     this.b = this.param("bias", tf.zeros([c]));
   }
-  forward<X extends tf.Tensor>(x: X, { residual = null, gelu: withGelu = false }: NormOptions = {}): X {
+  /** (x - mean)/√(var + 1e-5)·γ + β (+ residual, then GELU). */
+  forward<X extends Tensor>(x: X, { residual = null, gelu: withGelu = false }: NormOptions = {}): X {
     const rowSize = this.axes.reduce((n, a) => n * x.shape.at(a)!, 1);
     if (hasFused("norm")) return fusedNorm(x, this.g, this.b, { rowSize, residual, gelu: withGelu }) as X;
     const rows = x.reshape([-1, rowSize]);
@@ -72,7 +88,8 @@ export class Norm extends Module {
     return (withGelu ? gelu(y) : y) as X;
   }
 }
-type NormOptions = { residual?: tf.Tensor | null; gelu?: boolean };
+/** What a Norm adds after its affine: a residual, then GELU. */
+export type NormOptions = { residual?: Tensor | null; gelu?: boolean };
 const groupNorm1 = (c: number) => new Norm(c, [1, 2, 3]); // GroupNorm(1, c) on NHWC
 const layerNorm = (c: number) => new Norm(c, [-1]);
 
@@ -82,10 +99,15 @@ export const gelu = <X extends tf.Tensor>(x: X): X =>
 
 /** double_conv: 3x3 conv without bias, GroupNorm, GELU, conv, GroupNorm (+ residual and GELU). */
 export class DoubleConv extends Module {
-  conv1: tf.Variable;
+  /** The first 3x3 conv, [3, 3, cin, cmid]. */
+  conv1: Variable;
+  /** The first GroupNorm. */
   norm1: Norm;
-  conv2: tf.Variable;
+  /** The second 3x3 conv, [3, 3, cmid, cout]. */
+  conv2: Variable;
+  /** The second GroupNorm. */
   norm2: Norm;
+  /** Two convs from `cin` to `cout` channels through `cmid`; `residual` adds x (cin = cout). */
   constructor(cin: number, cout: number, cmid = cout, readonly residual = false) {
     super();
     this.conv1 = this.param("double_conv.0.weight", uniform([3, 3, cin, cmid], 9 * cin));
@@ -93,6 +115,7 @@ export class DoubleConv extends Module {
     this.conv2 = this.param("double_conv.3.weight", uniform([3, 3, cmid, cout], 9 * cmid));
     this.norm2 = this.child("double_conv.4", groupNorm1(cout));
   }
+  /** The block on x (NHWC). */
   forward(x: T4): T4 {
     const h = this.norm1.forward(tf.conv2d(x, this.conv1 as T4, 1, "same"), { gelu: true });
     const y = tf.conv2d(h, this.conv2 as T4, 1, "same");
@@ -101,7 +124,8 @@ export class DoubleConv extends Module {
 }
 
 /** emb_layer: SiLU + Linear of the time embedding, added to every pixel of each channel. */
-class EmbLayer extends Linear {
+export class EmbLayer extends Linear {
+  /** x + Linear(SiLU(t)), broadcast over the pixels. */
   add(x: T4, t: T2): T4 {
     const e = this.forward(tf.mul(t, tf.sigmoid(t)));
     return x.add(e.reshape([-1, 1, 1, x.shape[3]]));
@@ -110,8 +134,11 @@ class EmbLayer extends Linear {
 
 /** maxpool_conv: MaxPool2d(2), DoubleConv (residual), DoubleConv; then + emb_layer(t). */
 export class Down extends Module {
+  /** The residual DoubleConv at cin, then the one to cout. */
   maxpoolConv: [DoubleConv, DoubleConv];
+  /** The time embedding's projection to cout channels. */
   embLayer: EmbLayer;
+  /** Halves the image, from `cin` to `cout` channels, with a time embedding of `embDim`. */
   constructor(cin: number, cout: number, embDim = 256) {
     super();
     this.maxpoolConv = [
@@ -120,6 +147,7 @@ export class Down extends Module {
     ];
     this.embLayer = this.child("emb_layer.1", new EmbLayer(embDim, cout));
   }
+  /** The block on x, with the time embedding t. */
   forward(x: T4, t: T2): T4 {
     const [res, conv] = this.maxpoolConv;
     return this.embLayer.add(conv.forward(res.forward(tf.maxPool(x, 2, 2, "valid"))), t);
@@ -128,8 +156,11 @@ export class Down extends Module {
 
 /** up (bilinear, align_corners), cat with the skip, conv: DoubleConv (residual), DoubleConv; then + emb_layer(t). */
 export class Up extends Module {
+  /** The residual DoubleConv at cin, then the one to cout. */
   conv: [DoubleConv, DoubleConv];
+  /** The time embedding's projection to cout channels. */
   embLayer: EmbLayer;
+  /** Doubles the image; `cin` is the channels of x and the skip together, `cout` those it gives. */
   constructor(cin: number, cout: number, embDim = 256) {
     super();
     this.conv = [
@@ -138,6 +169,7 @@ export class Up extends Module {
     ];
     this.embLayer = this.child("emb_layer.1", new EmbLayer(embDim, cout));
   }
+  /** The block on x, with the skip connection of the same size after upsampling, and t. */
   forward(x: T4, skip: T4, t: T2): T4 {
     const [, h, w] = x.shape;
     const up = tf.image.resizeBilinear(x, [2 * h, 2 * w], true); // align_corners=True
@@ -160,12 +192,19 @@ export function attention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
 
 /** ln, mha (4 heads), residual; ff_self: LayerNorm-Linear-GELU-Linear, residual. */
 export class SelfAttention extends Module {
-  inProj: Linear; // mha.in_proj_weight/bias: q, k and v side by side
+  /** mha.in_proj_weight/bias: q, k and v side by side */
+  inProj: Linear;
+  /** mha.out_proj */
   outProj: Linear;
+  /** ln, before the attention. */
   ln: Norm;
-  ffNorm: Norm; // ff_self.0
-  ff1: Linear; // ff_self.1
-  ff2: Linear; // ff_self.3
+  /** ff_self.0 */
+  ffNorm: Norm;
+  /** ff_self.1 */
+  ff1: Linear;
+  /** ff_self.3 */
+  ff2: Linear;
+  /** Attention over the pixels of a feature map with `c` channels. */
   constructor(readonly c: number, readonly heads = 4) {
     super();
     this.inProj = this.child("mha", new Linear(c, 3 * c, ["in_proj_weight", "in_proj_bias"]));
@@ -175,6 +214,7 @@ export class SelfAttention extends Module {
     this.ff1 = this.child("ff_self.1", new Linear(c, c));
     this.ff2 = this.child("ff_self.3", new Linear(c, c));
   }
+  /** The block on x (NHWC): attention over its h·w pixels. */
   forward(x: T4): T4 {
     const [b, h, w, c] = x.shape;
     const s = x.reshape([b, h * w, c]); // NHWC: the tokens are already rows
@@ -185,39 +225,77 @@ export class SelfAttention extends Module {
   }
 }
 
+/** The shape of a UNet: its width, time embedding and classes. */
 export interface UNetOptions {
-  width?: number; // base channel count c (64 in the tutorial)
+  /** base channel count c (64 in the tutorial) */
+  width?: number;
+  /** the size of the time encoding (256 in the tutorial) */
   timeDim?: number;
-  numClasses?: number; // > 0: class-conditional
-  removeDeepConv?: boolean; // the tutorial's later variant: bot1 and bot3 at 4c, no bot2
+  /** > 0: class-conditional */
+  numClasses?: number;
+  /** the tutorial's later variant: bot1 and bot3 at 4c, no bot2 */
+  removeDeepConv?: boolean;
 }
 
 /** The tutorial's U-Net: 3 Down + attention, a 3-conv bottleneck, 3 Up + attention, 1x1 output. */
 export class UNet extends Module {
+  /** The base channel count c. */
   readonly width!: number;
+  /** The size of the time encoding. */
   readonly timeDim!: number;
+  /** The number of classes (0: unconditional). */
   readonly numClasses!: number;
+  /** The later variant without bot2. */
   readonly removeDeepConv!: boolean;
+  /** inc: the first DoubleConv, 3 → c channels. */
   inc: DoubleConv;
+  /** down1: c → 2c, half size. */
   down1: Down;
+  /** sa1: attention at 2c. */
   sa1: SelfAttention;
+  /** down2: 2c → 4c. */
   down2: Down;
+  /** sa2: attention at 4c. */
   sa2: SelfAttention;
+  /** down3: 4c → 4c. */
   down3: Down;
+  /** sa3: attention at 4c. */
   sa3: SelfAttention;
+  /** bot1: the bottleneck's first DoubleConv. */
   bot1: DoubleConv;
+  /** bot2: its second (null in the variant without it). */
   bot2: DoubleConv | null = null;
+  /** bot3: its last, back to 4c. */
   bot3: DoubleConv;
+  /** up1: 8c (x and the skip) → 2c, double size. */
   up1: Up;
+  /** sa4: attention at 2c. */
   sa4: SelfAttention;
+  /** up2: 4c → c. */
   up2: Up;
+  /** sa5: attention at c. */
   sa5: SelfAttention;
+  /** up3: 2c → c. */
   up3: Up;
+  /** sa6: attention at c. */
   sa6: SelfAttention;
-  outcWeight: tf.Variable; // outc: Conv2d(c, 3, kernel_size=1)
-  outcBias: tf.Variable;
-  labelEmb: tf.Variable | null = null;
+  /** outc: Conv2d(c, 3, kernel_size=1) */
+  outcWeight: Variable;
+  /** outc.bias */
+  outcBias: Variable;
+  /** label_emb: one row of timeDim per class (conditional only). */
+  labelEmb: Variable | null = null;
 
+  /**
+   * A new U-Net (PyTorch's initialization, from the seed stream).
+   * @example
+   * ```ts
+   * import { UNet } from "@ddpm/ddpm";
+   *
+   * const model = new UNet({ width: 64 }); // the tutorial's UNet()
+   * console.log(model.parameterCount); // 23,332,739
+   * ```
+   */
   constructor({ width = 64, timeDim = 256, numClasses = 0, removeDeepConv = false }: UNetOptions = {}) {
     super();
     const c = width, bot = removeDeepConv ? 4 * c : 8 * c;
@@ -249,7 +327,7 @@ export class UNet extends Module {
   }
 
   /** pos_encoding of t (Transformer-style): [sin(t·ω_i), cos(t·ω_i)], ω_i = 10000^(-2i/dim). */
-  posEncoding(t: tf.Tensor1D): T2 {
+  posEncoding(t: Tensor1D): T2 {
     return tf.tidy(() => {
       const invFreq = tf.pow(10000, tf.range(0, this.timeDim, 2).div(-this.timeDim));
       const angle = t.toFloat().reshape([-1, 1]).mul(invFreq.reshape([1, -1]));
@@ -258,7 +336,7 @@ export class UNet extends Module {
   }
 
   /** ε_θ(x_t, t[, y]); labels = null (or an unconditional model) means no class. */
-  forward(x: T4, t: tf.Tensor1D, labels: tf.Tensor1D | null = null): T4 {
+  forward(x: T4, t: Tensor1D, labels: Tensor1D | null = null): T4 {
     if (x.shape[1] % 8 || x.shape[2] % 8) {
       throw new Error(`image size ${x.shape[1]}x${x.shape[2]} is not divisible by 8`);
     }
@@ -297,6 +375,7 @@ export class UNet extends Module {
 
 /** The conditional U-Net: a learned label embedding added to the time encoding. */
 export class UNetConditional extends UNet {
+  /** A conditional U-Net of `numClasses` classes (default 10, as CIFAR-10). */
   constructor({ numClasses = 10, ...rest }: UNetOptions = {}) {
     super({ ...rest, numClasses });
   }

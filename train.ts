@@ -1,5 +1,6 @@
 // Training: DDPM's Algorithm 1 (trainStep) and the tutorial's train() loop (`deno task train:landscape`, `demo`).
 import * as tf from "@tensorflow/tfjs";
+import type { Scalar, Tensor1D, Tensor4D } from "./kernels/backend.ts";
 import { mulberry32 } from "./kernels/backend.ts";
 import { HELP, parseConfig, runCli } from "./run/cli.ts";
 import { type Config } from "./run/config.ts";
@@ -13,9 +14,9 @@ export function trainStep(
   model: UNet,
   diffusion: Diffusion,
   opt: AdamW,
-  x0: tf.Tensor4D,
-  labels: tf.Tensor1D | null = null,
-): tf.Scalar {
+  x0: Tensor4D,
+  labels: Tensor1D | null = null,
+): Scalar {
   const t = diffusion.sampleTimesteps(x0.shape[0]);
   const [xt, noise] = diffusion.noiseImages(x0, t);
   const weights = [...model.weights.values()];
@@ -34,7 +35,10 @@ export function trainStep(
  * classifier-free guidance), the EMA after each step, sample grids every few epochs. The run's folder, resume,
  * checkpoints and Ctrl-C are in run.ts.
  */
-export async function train(config: Config, options: TrainOptions = {}) {
+export async function train(
+  config: Config,
+  options: TrainOptions = {},
+): Promise<{ runDir: string; step: number; losses: number[] }> {
   const run = await Run.start(config, options);
   const { model, emaModel, ema, opt, diffusion, data } = run, { imageSize, batchSize } = run.config;
   const numClasses = run.config.conditional ? data.classes.length : 0;

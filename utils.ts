@@ -11,29 +11,46 @@ import { Progress } from "./run/progress.ts";
 
 /** A batch of images: x is n*size*size*3 (NHWC) with values in [-1, 1]. */
 export interface Batch {
+  /** The pixels, n·size·size·3 floats (NHWC) in [-1, 1]. */
   x: Float32Array;
+  /** One class index per image. */
   labels: Int32Array;
+  /** The number of images. */
   n: number;
 }
 
+/** Training images in memory: their size, classes, and shuffled augmented batches. */
 export interface Dataset {
-  name: string; // e.g. "builtin:landscapes", "cifar10", or the folder path
-  size: number; // output image size (square)
-  classes: string[]; // class names; a single class = unconditional data
-  length: number; // number of images
-  skipped: number; // files left out (named in a warning each): undecodable, unreadable, dangling links, other formats
+  /** e.g. "builtin:landscapes", "cifar10", or the folder path */
+  name: string;
+  /** output image size (square) */
+  size: number;
+  /** class names; a single class = unconditional data */
+  classes: string[];
+  /** number of images */
+  length: number;
+  /** files left out (named in a warning each): undecodable, unreadable, dangling links, other formats */
+  skipped: number;
   /** One epoch: shuffled batches (the last may be smaller), freshly augmented. */
   batches(batchSize: number, rand: Rand): Generator<Batch>;
 }
 
+/** How loadDataset loads: subsets, the cache, workers, the log. */
 export interface LoadOptions {
-  seed?: number; // seed of the built-in generators and of `count` subsets
-  count?: number; // load at most this many images
-  cacheDir?: string; // where the CIFAR-10 .bin files and the decoded image folders are kept
-  noCache?: boolean; // decode an image folder without its disk cache
-  workers?: number; // decoding workers (default: one per core)
-  log?: (line: string) => void; // progress and warnings (default console.log)
-  url?: string; // CIFAR-10 download URL (for mirrors and tests)
+  /** seed of the built-in generators and of `count` subsets */
+  seed?: number;
+  /** load at most this many images */
+  count?: number;
+  /** where the CIFAR-10 .bin files and the decoded image folders are kept */
+  cacheDir?: string;
+  /** decode an image folder without its disk cache */
+  noCache?: boolean;
+  /** decoding workers (default: one per core) */
+  workers?: number;
+  /** progress and warnings (default console.log) */
+  log?: (line: string) => void;
+  /** CIFAR-10 download URL (for mirrors and tests) */
+  url?: string;
 }
 
 // ------------------------------------------------------------------ datasets

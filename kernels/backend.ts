@@ -2,7 +2,22 @@
 // backend it sets (wasm_kernels.ts, fused_*.ts), nothing else here.
 import * as tf from "@tensorflow/tfjs";
 
+/** The tfjs tensors of the public API (as named types, for its documentation): images are NHWC Tensor4D. */
+export type Tensor = tf.Tensor;
+/** A tfjs number. */
+export type Scalar = tf.Scalar;
+/** A tfjs vector: timesteps t, class labels y. */
+export type Tensor1D = tf.Tensor1D;
+/** A tfjs matrix: the time embedding [batch, timeDim]. */
+export type Tensor2D = tf.Tensor2D;
+/** A batch of images [batch, height, width, channels] (NHWC), in [-1, 1] for the model. */
+export type Tensor4D = tf.Tensor4D;
+/** A trainable tfjs tensor: a weight. */
+export type Variable = tf.Variable;
+
+/** Where the tensors run: `auto` picks the fastest that starts. */
 export type BackendName = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";
+/** Every BackendName, in the order of --help. */
 export const BACKENDS: BackendName[] = ["auto", "tensorflow", "webgpu", "wasm", "cpu"];
 
 /** Why the native binding is not tried: the tasks grant --allow-ffi only to imagescript's codecs, not to it. */
@@ -87,7 +102,8 @@ export function mulberry32(seed: number): Rand {
 // A seeded stream of seeds for tf.random* ops: setSeed(s) makes every draw after it repeatable.
 let seedState = (Math.random() * 2 ** 31) | 0;
 
-export function setSeed(seed: number) {
+/** Makes every tfjs random draw after it repeatable: the stream of seeds starts at `seed`. */
+export function setSeed(seed: number): void {
   seedState = seed | 0;
 }
 

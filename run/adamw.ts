@@ -1,35 +1,49 @@
 // The optimizer, PyTorch's optim.AdamW in the tutorial's train().
 import * as tf from "@tensorflow/tfjs";
+import type { Tensor, Variable } from "../kernels/backend.ts";
 import { fusedAdamW, hasFused } from "../kernels/fused.ts";
 import type { Module } from "../modules.ts";
 
+/** AdamW's settings (PyTorch's defaults: lr 3e-4, betas 0.9 and 0.999, eps 1e-8, weight decay 0.01). */
 export interface AdamWOptions {
+  /** The learning rate. */
   lr?: number;
+  /** β_1 and β_2, the decays of the moments. */
   betas?: [number, number];
+  /** ε, added to √v. */
   eps?: number;
+  /** The decoupled weight decay λ. */
   weightDecay?: number;
 }
 
 /** AdamW (Loshchilov & Hutter 2019), PyTorch's defaults: decoupled weight decay, then the Adam step. */
 export class AdamW {
+  /** The updates taken. */
   step = 0;
-  m = new Map<string, tf.Variable>();
-  v = new Map<string, tf.Variable>();
+  /** The first moments, by weight name. */
+  m: Map<string, Variable> = new Map();
+  /** The second moments, by weight name. */
+  v: Map<string, Variable> = new Map();
+  /** The learning rate. */
   lr: number;
+  /** β_1 and β_2. */
   readonly betas: [number, number];
+  /** ε. */
   readonly eps: number;
+  /** The weight decay λ. */
   readonly weightDecay: number;
+  /** An optimizer of `model`'s weights, with zero moments. */
   constructor(
     readonly model: Module,
     { lr = 3e-4, betas = [0.9, 0.999], eps = 1e-8, weightDecay = 0.01 }: AdamWOptions = {},
   ) {
     [this.lr, this.betas, this.eps, this.weightDecay] = [lr, betas, eps, weightDecay];
-    const zeros = (w: tf.Tensor) => tf.tidy(() => tf.variable(tf.zerosLike(w), false));
+    const zeros = (w: Tensor) => tf.tidy(() => tf.variable(tf.zerosLike(w), false));
     for (const [name, w] of model.weights) this.m.set(name, zeros(w)), this.v.set(name, zeros(w));
   }
 
   /** One update from gradients keyed by weight name: one fused kernel for many weights where the backend has it. */
-  update(grads: Map<string, tf.Tensor>) {
+  update(grads: Map<string, Tensor>): void {
     this.step += 1;
     const [beta1, beta2] = this.betas;
     const c1 = 1 - beta1 ** this.step, c2 = 1 - beta2 ** this.step; // bias corrections of m and v
@@ -47,6 +61,7 @@ export class AdamW {
     }
   }
 
+  /** Frees the moments. */
   dispose() {
     tf.dispose([...this.m.values(), ...this.v.values()]);
   }

@@ -5,38 +5,69 @@ import { UNet } from "../modules.ts";
 import { loadDataset } from "../utils.ts";
 import type { BackendName } from "../kernels/backend.ts";
 
+/** A training run's settings: the data, the model, the diffusion, the optimizer, the samples, the backend. */
 export interface Config {
-  data: string; // "builtin:landscapes", "builtin:shapes", "cifar10" or a folder
-  out: string; // runs folder; the run is out/name
+  /** "builtin:landscapes", "builtin:shapes", "cifar10" or a folder */
+  data: string;
+  /** runs folder; the run is out/name */
+  out: string;
+  /** the run's name; its folder is out/name */
   name: string;
+  /** passes over the data */
   epochs: number;
-  maxSteps: number; // stop after this many steps in all (0 = no limit)
+  /** stop after this many steps in all (0 = no limit) */
+  maxSteps: number;
+  /** images a step */
   batchSize: number;
+  /** the side of the (square) images, in pixels, divisible by 8 */
   imageSize: number;
+  /** the U-Net's base width c, divisible by 4 */
   width: number;
+  /** AdamW's learning rate */
   lr: number;
+  /** T, the diffusion steps */
   noiseSteps: number;
-  schedule: Schedule; // linear (the tutorial's) or cosine
+  /** linear (the tutorial's) or cosine */
+  schedule: Schedule;
+  /** where the tensors run */
   backend: BackendName;
+  /** makes the run repeatable on the same backend */
   seed: number;
-  sampleEvery: number; // epochs between sample grids
+  /** epochs between sample grids */
+  sampleEvery: number;
+  /** images in a sample grid */
   nSamples: number;
+  /** classifier-free guidance scale of the sample grids */
   cfgScale: number;
-  sampler: Sampler; // for the sample grids: ddpm (all T steps) or ddim
-  sampleSteps: number; // ddim's steps
-  eta: number; // ddim's η (0 = deterministic)
-  clip: boolean; // clip the predicted x̂_0 to [-1, 1] while sampling
+  /** for the sample grids: ddpm (all T steps) or ddim */
+  sampler: Sampler;
+  /** ddim's steps */
+  sampleSteps: number;
+  /** ddim's η (0 = deterministic) */
+  eta: number;
+  /** clip the predicted x̂_0 to [-1, 1] while sampling */
+  clip: boolean;
+  /** train with class labels (the folders' sub-folders, CIFAR-10's classes) */
   conditional: boolean;
-  labelDrop: number; // share of steps trained without labels (for CFG)
-  emaBeta: number; // 0 = no EMA model
+  /** share of steps trained without labels (for CFG) */
+  labelDrop: number;
+  /** 0 = no EMA model */
+  emaBeta: number;
+  /** EMA warm-up steps: until then the EMA model is a copy */
   emaStart: number;
-  count: number; // images to load (0 = all)
-  cacheDir?: string; // CIFAR-10 files and the decoded image folders (default ~/.cache/ddpm-deno)
-  noCache?: boolean; // decode an image folder without its disk cache
-  weights?: string; // the initial weights: a PyTorch file of the tutorial's U-Net (.pt, .pth, .safetensors)
-  removeDeepConv?: boolean; // the tutorial's later U-Net variant without bot2 (set from --weights)
+  /** images to load (0 = all) */
+  count: number;
+  /** CIFAR-10 files and the decoded image folders (default ~/.cache/ddpm-deno) */
+  cacheDir?: string;
+  /** decode an image folder without its disk cache */
+  noCache?: boolean;
+  /** the initial weights: a PyTorch file of the tutorial's U-Net (.pt, .pth, .safetensors) */
+  weights?: string;
+  /** the tutorial's later U-Net variant without bot2 (set from --weights) */
+  removeDeepConv?: boolean;
 }
 
+/** The tutorial's two runs (landscape, cifar) and a CPU demo: settings over DEFAULTS. */
 export const PRESETS: Record<string, Partial<Config>> = {
   // the tutorial's unconditional run (ddpm.py), on landscapes at 64 px
   landscape: { data: "builtin:landscapes", name: "landscape", imageSize: 64, batchSize: 12, epochs: 500, width: 64 },
@@ -71,6 +102,7 @@ export const PRESETS: Record<string, Partial<Config>> = {
   },
 };
 
+/** The tutorial's settings. */
 export const DEFAULTS: Config = {
   data: "builtin:landscapes",
   out: "runs",

@@ -17,10 +17,15 @@ import { type Dataset } from "../utils.ts";
 import { CheckpointError } from "../weights/weights.ts";
 import { AdamW } from "./adamw.ts";
 
+/** How train() runs: resume, the flags given, and where its lines go. */
 export interface TrainOptions {
-  resume?: boolean; // continue config.out/config.name from its checkpoint
-  given?: (keyof Config)[]; // the settings given as flags (on resume, only some may change)
-  readEvery?: number; // steps between loss read-backs (default: 20 on a GPU, where one waits ≥ 10 ms; else 1)
+  /** continue config.out/config.name from its checkpoint */
+  resume?: boolean;
+  /** the settings given as flags (on resume, only some may change) */
+  given?: (keyof Config)[];
+  /** steps between loss read-backs (default: 20 on a GPU, where one waits ≥ 10 ms; else 1) */
+  readEvery?: number;
+  /** where the progress lines go (default console.log) */
   log?: (line: string) => void;
 }
 

@@ -4,6 +4,7 @@ import { assignWeights, findCheckpoint } from "../weights/checkpoint.ts";
 import { loadTorchModel } from "../weights/pytorch.ts";
 import { CheckpointError } from "../weights/weights.ts";
 import { type Config, DEFAULTS, newUNet } from "./config.ts";
+import type { UNet } from "../modules.ts";
 
 /** What a run keeps between sessions, beside the weights. */
 export interface RunState {
@@ -29,8 +30,18 @@ export async function readState(runDir: string, required = ["state.json", "model
   }
 }
 
+/** A trained U-Net, the config it was trained with, and its class names (one per label). */
+export interface Trained {
+  /** The U-Net (the caller disposes it). */
+  model: UNet;
+  /** The run's settings (a PyTorch file: the tutorial's). */
+  config: Config;
+  /** Class names, by label; [] or one for an unconditional model. */
+  classes: string[];
+}
+
 /** The model of a run's newest checkpoint (its EMA copy with `ema`), with the run's config and classes. */
-export async function loadRun(runDir: string, ema = false) {
+export async function loadRun(runDir: string, ema = false): Promise<Trained> {
   const file = ema ? "ema.bin" : "model.bin";
   if (ema && !(await readState(runDir)).config.emaBeta) {
     throw new CheckpointError(`${runDir} was trained without EMA (--ema-beta 0)`);
@@ -47,7 +58,7 @@ export async function loadRun(runDir: string, ema = false) {
 }
 
 /** The model of a PyTorch file of the tutorial's U-Net, with the tutorial's settings (64 px, T = 1000, linear). */
-export function loadFile(path: string, imageSize = 64) {
+export function loadFile(path: string, imageSize = 64): Trained {
   const model = loadTorchModel(path);
   const classes = Array.from({ length: model.numClasses }, (_, i) => String(i));
   return { model, config: { ...DEFAULTS, imageSize, conditional: model.numClasses > 0 }, classes };

@@ -1,5 +1,6 @@
 // Checkpoints: weights files with their SHA-256, and checkpoint folders written so that a crash never loses one.
 import * as tf from "@tensorflow/tfjs";
+import type { Tensor, Variable } from "../kernels/backend.ts";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
@@ -8,7 +9,7 @@ import { assignTensors, CheckpointError, parseWeights, serializeWeights, type Te
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
 /** Writes a weights file (weights.ts); returns its SHA-256. */
-export async function saveWeights(path: string, weights: Map<string, tf.Tensor>): Promise<string> {
+export async function saveWeights(path: string, weights: Map<string, Tensor>): Promise<string> {
   const bytes = await serializeWeights(weights);
   const file = await Deno.open(path, { write: true, create: true, truncate: true });
   try {
@@ -43,14 +44,14 @@ function recordedSha256(path: string): string | undefined {
 }
 
 /** Assigns the weights of a file to variables, refusing any mismatch of names or shapes. */
-export const assignWeights = (path: string, variables: Map<string, tf.Variable>) =>
+export const assignWeights = (path: string, variables: Map<string, Variable>) =>
   assignTensors(path, variables, loadWeights(path));
 
 /**
  * Writes a checkpoint folder atomically: everything goes to `dir.tmp`, then `dir` becomes `dir.old`,
  * `dir.tmp` becomes `dir`, and `dir.old` is removed. A crash at any moment leaves `dir` or `dir.old` whole.
  */
-export async function saveCheckpoint(dir: string, files: Map<string, Map<string, tf.Tensor>>, state: object) {
+export async function saveCheckpoint(dir: string, files: Map<string, Map<string, Tensor>>, state: object) {
   const tmp = `${dir}.tmp`, old = `${dir}.old`;
   try {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});

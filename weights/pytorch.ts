@@ -1,5 +1,6 @@
 // The tutorial's PyTorch weights in and out, .pt/.pth (torch.save) and .safetensors files of its UNet's state_dict.
 import * as tf from "@tensorflow/tfjs";
+import type { Tensor } from "../kernels/backend.ts";
 import { CheckpointError, type Tensors } from "./weights.ts";
 import { UNet, type UNetOptions } from "../modules.ts";
 import { notFloat32, readPt, writePt } from "./torchsave.ts";
@@ -45,7 +46,7 @@ const torchAxes = (name: string, rank: number) =>
 const inverse = (axes: number[]) => axes.map((_, i) => axes.indexOf(i));
 
 /** A model's weights as the tutorial's state_dict: its names, PyTorch's layouts. */
-export async function torchStateDict(weights: Map<string, tf.Tensor>): Promise<Tensors> {
+export async function torchStateDict(weights: Map<string, Tensor>): Promise<Tensors> {
   const out: Tensors = new Map();
   for (const [name, w] of weights) {
     const axes = torchAxes(name, w.rank), t = axes ? tf.transpose(w, axes) : w.clone();

@@ -2,6 +2,7 @@
 // assigned to a model. No file system here: the run's page (page.ts) reads checkpoints with it in the browser;
 // checkpoint.ts writes and reads the files.
 import * as tf from "@tensorflow/tfjs";
+import type { Tensor, Variable } from "../kernels/backend.ts";
 
 export class CheckpointError extends Error {}
 
@@ -9,7 +10,7 @@ export class CheckpointError extends Error {}
 export type Tensors = Map<string, { shape: number[]; values: Float32Array }>;
 
 /** The bytes of a weights file. */
-export async function serializeWeights(weights: Map<string, tf.Tensor>): Promise<Uint8Array> {
+export async function serializeWeights(weights: Map<string, Tensor>): Promise<Uint8Array> {
   const header: Record<string, [number[], number]> = {};
   let offset = 0;
   for (const [name, w] of weights) {
@@ -68,7 +69,7 @@ const OLD_NAMES: [RegExp, string | ((...m: string[]) => string)][] = [
 ];
 
 /** Assigns saved weights (read from `path`) to variables, refusing any mismatch of names or shapes. */
-export function assignTensors(path: string, variables: Map<string, tf.Variable>, saved: Tensors) {
+export function assignTensors(path: string, variables: Map<string, Variable>, saved: Tensors) {
   for (const [name, v] of variables) {
     const s = saved.get(name);
     if (!s) throw new CheckpointError(`${path} has no weight ${name}: saved from another model`);
