@@ -70,7 +70,7 @@ export const cosineF = (t: number, T: number, s = 0.008) => Math.cos((t / T + s)
  *  x_0) for training, and sampling (Algorithm 2, or DDIM).
  * @example Noise a batch, as Algorithm 1 does
  * ```ts
- * import * as tf from "npm:@tensorflow/tfjs";
+ * import * as tf from "npm:@tensorflow/tfjs@4.22.0";
  * import { Diffusion } from "@ddpm/ddpm";
  *
  * const diffusion = new Diffusion({ noiseSteps: 1000, imgSize: 16 });

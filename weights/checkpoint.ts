@@ -1,5 +1,4 @@
 // Checkpoints: weights files with their SHA-256, and checkpoint folders written so that a crash never loses one.
-import * as tf from "@tensorflow/tfjs";
 import type { Tensor, Variable } from "../kernels/backend.ts";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
