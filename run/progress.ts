@@ -60,3 +60,59 @@ export function stepProgress(total: number, label: string, log: (l: string) => v
   let done = 0;
   return { step: () => p.show(++done, `${label} ${done}/${total} steps`), done: () => p.done() };
 }
+
+/**
+ * Projects a long wait from its first units and calls `onSlow(seconds left)` once if that is over `limit` seconds.
+ * The first unit is warm-up (kernels compile): the rate is measured from it on, over `units` more or `seconds`.
+ */
+export class SlowCheck {
+  private start: { done: number; t: number } | null = null;
+  private judged = false;
+  constructor(
+    readonly total: number,
+    readonly limit: number,
+    readonly onSlow: (secondsLeft: number) => void,
+    readonly units = 5,
+    readonly seconds = 20,
+    readonly now: () => number = () => performance.now(),
+  ) {}
+  /** `done` of `total` units are finished. */
+  seen(done: number): void {
+    const t = this.now();
+    if (!this.start) this.start = { done, t };
+    const units = done - this.start.done, elapsed = (t - this.start.t) / 1000;
+    if (this.judged || units < 1 || (units < this.units && elapsed < this.seconds)) return;
+    this.judged = true;
+    const left = elapsed / units * (this.total - done);
+    if (left > this.limit) this.onSlow(left);
+  }
+}
+
+/** A day: a training run projected to take longer gets slowRunHint. */
+export const SLOW_RUN_SECONDS = 86400;
+
+/** The line for a training run that would take more than a day on `backend`, with the ways to a shorter one. */
+export function slowRunHint(secondsLeft: number, backend: string): string {
+  const gpu = backend === "webgpu" || backend === "tensorflow";
+  const ways = gpu
+    ? "a smaller --image-size or --width, or fewer --epochs"
+    : "a GPU backend (--backend webgpu, or tensorflow: deno task gpu), deno task demo (minutes on a CPU), " +
+      "or a smaller --image-size or --width";
+  return `note: at this rate the run takes about ${
+    duration(secondsLeft)
+  } more on ${backend}; for a shorter one: ${ways}`;
+}
+
+/** Two minutes: a sample grid projected to take longer gets slowGridHint. */
+export const SLOW_GRID_SECONDS = 120;
+
+/** The line for a sample grid that takes minutes: its estimate, and what DDIM over 50 steps would take. */
+export function slowGridHint(secondsLeft: number, steps: number, sampler: string): string {
+  const ddim = secondsLeft * Math.min(1, 50 / steps);
+  const cheaper = sampler === "ddim" && steps <= 50
+    ? "fewer --sample-steps or --n-samples"
+    : `--sampler ddim --sample-steps 50 (about ${duration(ddim)})`;
+  return `note: this sample grid takes about ${
+    duration(secondsLeft)
+  } more (${steps} ${sampler} steps); cheaper: ${cheaper}`;
+}

@@ -5,7 +5,7 @@ import { readState } from "./trained.ts";
 import { type Config } from "./config.ts";
 import type { Diffusion } from "../diffusion.ts";
 import type { UNet } from "../modules.ts";
-import { Progress, stepProgress } from "./progress.ts";
+import { Progress, SLOW_GRID_SECONDS, SlowCheck, slowGridHint, stepProgress } from "./progress.ts";
 import { lossSvg, savePlot } from "./plot.ts";
 import { type Dataset, saveGrid } from "../utils.ts";
 
@@ -55,6 +55,11 @@ export async function sampleGrids(
     setSeed(config.seed + 1);
     const t0 = performance.now(), steps = diffusion.stepCount(config.sampler, config.sampleSteps);
     const progress = stepProgress(steps, `sampling${suffix}`, log);
+    const slow = new SlowCheck(steps, SLOW_GRID_SECONDS, (left) => {
+      progress.done();
+      log(slowGridHint(left, steps, config.sampler));
+    });
+    let done = 0;
     const pixels = await diffusion.sample(m, count, {
       labels,
       cfgScale: config.cfgScale,
@@ -65,6 +70,7 @@ export async function sampleGrids(
       onStep: () => {
         if (stopped()) throw new Interrupted();
         progress.step();
+        slow.seen(++done);
       },
     }).catch((e) => {
       if (e instanceof Interrupted) return null;

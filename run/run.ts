@@ -11,7 +11,7 @@ import type { Diffusion } from "../diffusion.ts";
 import { EMA } from "../ema.ts";
 import type { UNet } from "../modules.ts";
 import { loadTorchModel } from "../weights/pytorch.ts";
-import { Progress } from "./progress.ts";
+import { Progress, SLOW_RUN_SECONDS, SlowCheck, slowRunHint } from "./progress.ts";
 import { readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
 import { type Dataset } from "../utils.ts";
 import { CheckpointError } from "../weights/weights.ts";
@@ -52,6 +52,7 @@ export class Run {
   private lastCheckpoint = performance.now();
   private readonly lossFile: Deno.FsFile;
   private readonly progress: Progress;
+  private readonly slow: SlowCheck; // a run of more than a day: one line with the ways to a shorter one
   private readonly log: (line: string) => void;
 
   /** The models (new, or from --weights), optimizer and diffusion of a run on `data`. */
@@ -74,6 +75,10 @@ export class Run {
     this.totalSteps = Math.min(stepsInAll, config.maxSteps || Infinity);
     this.lossFile = Deno.openSync(join(dir, "loss.jsonl"), { append: true, create: true });
     this.progress = new Progress(this.totalSteps, config.batchSize, log);
+    this.slow = new SlowCheck(this.totalSteps, SLOW_RUN_SECONDS, (left) => {
+      this.progress.done();
+      log(slowRunHint(left, tf.getBackend()));
+    });
     this.log = log;
   }
 
@@ -187,6 +192,7 @@ export class Run {
       await this.lossFile.write(new TextEncoder().encode(JSON.stringify({ step, epoch, loss }) + "\n"));
       this.progress.update(step, epoch, this.config.epochs, loss);
     }
+    this.slow.seen(rows.at(-1)!.step); // once a read-back: its steps arrive together
   }
 
   /** RUN/checkpoint/: the weights, the optimizer's moments and the position, all or nothing (checkpoint.ts). */
