@@ -1,8 +1,7 @@
 // The diffusion process of DDPM (Ho et al. 2020): schedule, forward noising, training timesteps, sampling;
 // beyond the tutorial: DDIM sampling (Song et al. 2021) and the cosine schedule (Nichol & Dhariwal 2021).
 import * as tf from "@tensorflow/tfjs";
-import type { Tensor1D, Tensor4D } from "./kernels/backend.ts";
-import { nextSeed } from "./kernels/backend.ts";
+import { nextSeed, type Tensor1D, type Tensor4D } from "./kernels/backend.ts";
 
 /** Anything that predicts the noise ε_θ(x_t, t, y) (the U-Net). */
 export interface NoiseModel {

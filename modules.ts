@@ -1,7 +1,13 @@
 // The tutorial's U-Net, NHWC throughout: DoubleConv, Down, Up, SelfAttention, UNet, UNetConditional.
 import * as tf from "@tensorflow/tfjs";
-import type { Tensor, Tensor1D, Tensor2D, Tensor4D, Variable } from "./kernels/backend.ts";
-import { nextSeed } from "./kernels/backend.ts";
+import {
+  nextSeed,
+  type Tensor,
+  type Tensor1D,
+  type Tensor2D,
+  type Tensor4D,
+  type Variable,
+} from "./kernels/backend.ts";
 import { fusedAttention, fusedGelu, fusedNorm, hasFused } from "./kernels/fused.ts";
 
 /** @internal A batch of feature maps [b, h, w, c] (NHWC). */

@@ -1,7 +1,6 @@
 // Training: DDPM's Algorithm 1 (trainStep) and the tutorial's train() loop (`deno task train:landscape`, `demo`).
 import * as tf from "@tensorflow/tfjs";
-import type { Scalar, Tensor1D, Tensor4D } from "./kernels/backend.ts";
-import { mulberry32 } from "./kernels/backend.ts";
+import { mulberry32, type Scalar, type Tensor1D, type Tensor4D } from "./kernels/backend.ts";
 import { HELP, parseConfig, runCli } from "./run/cli.ts";
 import { type Config } from "./run/config.ts";
 import type { AdamW } from "./run/adamw.ts";

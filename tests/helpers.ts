@@ -36,6 +36,10 @@ export async function withTempDir(fn: (dir: string) => Promise<void>) {
   }
 }
 
+// WebGPU's software driver (Mesa's llvmpipe) writes two lines to stderr when XDG_RUNTIME_DIR is not set (a container,
+// a CI job): the children the tests run, whose stderr the tests read, inherit this folder.
+if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync({ prefix: "ddpm_xdg_" }));
+
 /** The repository's root, where the scripts are. */
 export const ROOT = join(import.meta.dirname!, "..");
 
