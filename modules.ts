@@ -50,10 +50,7 @@ export class Linear extends Module {
   }
 }
 
-/**
- * Normalization over the last `axes` with a per-channel affine: GroupNorm(1, c) and LayerNorm(c). `residual` is added
- * after the affine and `gelu` applied last, so that a DoubleConv's norm, residual and GELU are one fused kernel.
- */
+/** Normalization over the last `axes` with a per-channel affine: GroupNorm(1, c) and LayerNorm(c). */
 export class Norm extends Module {
   g: tf.Variable;
   b: tf.Variable;
@@ -62,17 +59,17 @@ export class Norm extends Module {
     this.g = this.param("weight", tf.ones([c]));
     this.b = this.param("bias", tf.zeros([c]));
   }
-  forward<X extends tf.Tensor>(x: X, { residual = null, gelu: withGelu = false }: NormOptions = {}): X {
-    const rowSize = this.axes.reduce((n, a) => n * x.shape.at(a)!, 1);
-    if (hasFused("norm")) return fusedNorm(x, this.g, this.b, { rowSize, residual, gelu: withGelu }) as X;
-    const rows = x.reshape([-1, rowSize]);
+  /** The length of the rows that are normalized: the product of the normalized axes. */
+  rowSize(x: tf.Tensor) {
+    return this.axes.reduce((n, a) => n * x.shape.at(a)!, 1);
+  }
+  forward<X extends tf.Tensor>(x: X): X {
+    if (hasFused("norm")) return fusedNorm(x, this.g, this.b, { rowSize: this.rowSize(x) }) as X;
+    const rows = x.reshape([-1, this.rowSize(x)]);
     const { mean, variance } = tf.moments(rows, 1, true);
-    let y = rows.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).reshape(x.shape).mul(this.g).add(this.b);
-    if (residual) y = y.add(residual);
-    return (withGelu ? gelu(y) : y) as X;
+    return rows.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).reshape(x.shape).mul(this.g).add(this.b) as X;
   }
 }
-type NormOptions = { residual?: tf.Tensor | null; gelu?: boolean };
 const groupNorm1 = (c: number) => new Norm(c, [1, 2, 3]); // GroupNorm(1, c) on NHWC
 const layerNorm = (c: number) => new Norm(c, [-1]);
 
@@ -80,7 +77,14 @@ const layerNorm = (c: number) => new Norm(c, [-1]);
 export const gelu = <X extends tf.Tensor>(x: X): X =>
   hasFused("gelu") ? fusedGelu(x) : tf.tidy(() => x.mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)).mul(0.5) as X);
 
-/** double_conv: 3x3 conv without bias, GroupNorm, GELU, conv, GroupNorm (+ residual and GELU). */
+/** GELU(norm(y)), or with a residual GELU(residual + norm(y)): one fused kernel where the backend has it. */
+export function normGelu<X extends tf.Tensor>(norm: Norm, y: X, residual: X | null = null): X {
+  if (hasFused("norm")) return fusedNorm(y, norm.g, norm.b, { rowSize: norm.rowSize(y), residual, gelu: true }) as X;
+  const normed = norm.forward(y);
+  return gelu(residual ? normed.add(residual) : normed);
+}
+
+/** double_conv: 3x3 conv without bias, GroupNorm, GELU, conv, GroupNorm; with `residual`, F.gelu(x + double_conv(x)). */
 export class DoubleConv extends Module {
   conv1: tf.Variable;
   norm1: Norm;
@@ -94,17 +98,19 @@ export class DoubleConv extends Module {
     this.norm2 = this.child("double_conv.4", groupNorm1(cout));
   }
   forward(x: T4): T4 {
-    const h = this.norm1.forward(tf.conv2d(x, this.conv1 as T4, 1, "same"), { gelu: true });
-    const y = tf.conv2d(h, this.conv2 as T4, 1, "same");
-    return this.residual ? this.norm2.forward(y, { residual: x, gelu: true }) : this.norm2.forward(y);
+    let h = tf.conv2d(x, this.conv1 as T4, 1, "same");
+    h = normGelu(this.norm1, h); // GroupNorm, GELU
+    h = tf.conv2d(h, this.conv2 as T4, 1, "same");
+    if (this.residual) return normGelu(this.norm2, h, x); // F.gelu(x + GroupNorm(h))
+    return this.norm2.forward(h);
   }
 }
 
-/** emb_layer: SiLU + Linear of the time embedding, added to every pixel of each channel. */
+/** emb_layer: SiLU + Linear of the time embedding, as [b, 1, 1, c] to add to every pixel of each channel. */
 class EmbLayer extends Linear {
-  add(x: T4, t: T2): T4 {
-    const e = this.forward(tf.mul(t, tf.sigmoid(t)));
-    return x.add(e.reshape([-1, 1, 1, x.shape[3]]));
+  override forward(t: T2): T4 {
+    const e = super.forward(tf.mul(t, tf.sigmoid(t)));
+    return e.reshape([-1, 1, 1, e.shape.at(-1)!]);
   }
 }
 
@@ -121,8 +127,12 @@ export class Down extends Module {
     this.embLayer = this.child("emb_layer.1", new EmbLayer(embDim, cout));
   }
   forward(x: T4, t: T2): T4 {
-    const [res, conv] = this.maxpoolConv;
-    return this.embLayer.add(conv.forward(res.forward(tf.maxPool(x, 2, 2, "valid"))), t);
+    const [residualConv, conv] = this.maxpoolConv;
+    x = tf.maxPool(x, 2, 2, "valid");
+    x = residualConv.forward(x);
+    x = conv.forward(x);
+    const emb = this.embLayer.forward(t);
+    return x.add(emb);
   }
 }
 
@@ -139,10 +149,14 @@ export class Up extends Module {
     this.embLayer = this.child("emb_layer.1", new EmbLayer(embDim, cout));
   }
   forward(x: T4, skip: T4, t: T2): T4 {
+    const [residualConv, conv] = this.conv;
     const [, h, w] = x.shape;
-    const up = tf.image.resizeBilinear(x, [2 * h, 2 * w], true); // align_corners=True
-    const [res, conv] = this.conv;
-    return this.embLayer.add(conv.forward(res.forward(tf.concat([skip, up], 3))), t);
+    x = tf.image.resizeBilinear(x, [2 * h, 2 * w], true); // align_corners=True
+    x = tf.concat([skip, x], 3);
+    x = residualConv.forward(x);
+    x = conv.forward(x);
+    const emb = this.embLayer.forward(t);
+    return x.add(emb);
   }
 }
 
