@@ -172,45 +172,58 @@ export class Diffusion {
    * Returns x_0, NHWC floats (the caller disposes it).
    */
   async sampleX0(model: NoiseModel, n: number, opts: SampleOptions = {}): Promise<tf.Tensor4D> {
-    const { labels = null, cfgScale = 3, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, clip = true, onStep } = opts;
+    const { labels = null, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, onStep } = opts;
     if (sampler !== "ddpm" && sampler !== "ddim") throw new RangeError(`unknown sampler ${sampler}`);
     if (!(eta >= 0)) throw new RangeError(`eta must be ≥ 0, got ${eta}`);
-    const s = this.imgSize;
-    const tau = sampler === "ddim"
-      ? this.ddimTimesteps(sampleSteps)
-      : Array.from({ length: this.noiseSteps }, (_, i) => i);
+    const tau = sampler === "ddim" ? this.ddimTimesteps(sampleSteps) : [...this.alpha.keys()]; // the indices i
     const y = labels ? tf.tensor1d(labels, "int32") : null;
-    let x = xT ? xT.clone() : tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D;
-    for (let k = tau.length - 1; k >= 0; k--) {
-      const i = tau[k];
-      const [next, x0] = tf.tidy(() => {
-        const t = tf.fill([n], i, "int32") as tf.Tensor1D;
-        const eps = this.predictNoise(model, x, t, y, cfgScale);
-        const { mean, sigma, x0 } = sampler === "ddim"
-          ? this.ddimStep(x, eps, i, k ? tau[k - 1] : -1, { eta, clip })
-          : this.ddpmStep(x, eps, i, { clip });
-        if (sigma === 0) return [mean, x0];
-        return [mean.add(tf.randomNormal(x.shape, 0, sigma, "float32", nextSeed())) as tf.Tensor4D, x0];
-      });
-      x.dispose();
-      x = next;
-      try {
-        await onStep?.(k, x, x0);
-      } catch (e) { // given up (a stopped run): free what the loop holds
-        tf.dispose(y ? [x, y] : x);
-        throw e;
-      } finally {
-        x0.dispose();
+    const s = this.imgSize;
+    let x = xT ? xT.clone() : tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D; // x_T
+    try {
+      for (let k = tau.length - 1; k >= 0; k--) { // t = T, …, 1 (DDIM: the sub-sequence τ, backwards)
+        const [next, x0] = tf.tidy(() => this.reverseStep(model, x, tau[k], tau[k - 1] ?? -1, y, opts));
+        x.dispose();
+        x = next;
+        await afterStep(k, x, x0, onStep);
       }
-      if (k % 50 === 0) await x.data(); // let the backend drain its queue (WebGPU)
+      return x;
+    } catch (e) { // given up (a stopped run): free what the loop holds
+      x.dispose();
+      throw e;
+    } finally {
+      y?.dispose();
     }
-    y?.dispose();
-    return x;
+  }
+
+  /** Algorithm 2, lines 3-4 (or DDIM) from index i to prev: x_prev = mean + σ·z, z ~ N(0, I); and its x̂_0. */
+  private reverseStep(model: NoiseModel, x: tf.Tensor4D, i: number, prev: number, y: tf.Tensor1D | null, {
+    cfgScale = 3,
+    sampler = "ddpm",
+    eta = 0,
+    clip = true,
+  }: SampleOptions): [tf.Tensor4D, tf.Tensor4D] {
+    const t = tf.fill([x.shape[0]], i, "int32") as tf.Tensor1D;
+    const eps = this.predictNoise(model, x, t, y, cfgScale);
+    const { mean, sigma, x0 } = sampler === "ddim"
+      ? this.ddimStep(x, eps, i, prev, { eta, clip })
+      : this.ddpmStep(x, eps, i, { clip });
+    if (sigma === 0) return [mean, x0]; // z = 0 at the last step
+    return [mean.add(tf.randomNormal(x.shape, 0, sigma, "float32", nextSeed())) as tf.Tensor4D, x0];
   }
 
   dispose() {
     tf.dispose([this.sqrtAlphaHat, this.sqrtOneMinusAlphaHat]);
   }
+}
+
+/** After a reverse step: the caller's onStep (x̂_0 freed after it), and every 50 steps a wait for the backend's queue. */
+async function afterStep(k: number, x: tf.Tensor4D, x0: tf.Tensor4D, onStep: SampleOptions["onStep"]) {
+  try {
+    await onStep?.(k, x, x0);
+  } finally {
+    x0.dispose();
+  }
+  if (k % 50 === 0) await x.data(); // (WebGPU would otherwise queue every step before running one)
 }
 
 /** [-1, 1] floats to [0, 255] bytes; disposes x. */
