@@ -35,14 +35,23 @@ export class Module {
 const uniform = (shape: number[], fanIn: number) =>
   tf.randomUniform(shape, -1 / Math.sqrt(fanIn), 1 / Math.sqrt(fanIn), "float32", nextSeed());
 
+/** PyTorch's xavier_uniform_: U(-a, a), a = √(6/(fanIn + fanOut)). */
+const xavierUniform = (cin: number, cout: number) =>
+  tf.randomUniform([cin, cout], -Math.sqrt(6 / (cin + cout)), Math.sqrt(6 / (cin + cout)), "float32", nextSeed());
+
 /** y = x·W + b, W stored [in, out] (PyTorch's nn.Linear stores [out, in]: the files convert). */
 export class Linear extends Module {
   w: tf.Variable;
   b: tf.Variable;
-  constructor(cin: number, cout: number, [wName, bName] = ["weight", "bias"]) {
+  constructor(
+    cin: number,
+    cout: number,
+    [wName, bName] = ["weight", "bias"],
+    init = { w: uniform([cin, cout], cin), b: uniform([cout], cin) }, // nn.Linear's
+  ) {
     super();
-    this.w = this.param(wName, uniform([cin, cout], cin));
-    this.b = this.param(bName, uniform([cout], cin));
+    this.w = this.param(wName, init.w);
+    this.b = this.param(bName, init.b);
   }
   forward(x: tf.Tensor): tf.Tensor {
     const flat = x.reshape([-1, x.shape.at(-1)!]) as T2;
@@ -182,8 +191,11 @@ export class SelfAttention extends Module {
   ff2: Linear; // ff_self.3
   constructor(readonly c: number, readonly heads = 4) {
     super();
-    this.inProj = this.child("mha", new Linear(c, 3 * c, ["in_proj_weight", "in_proj_bias"]));
-    this.outProj = this.child("mha.out_proj", new Linear(c, c));
+    // nn.MultiheadAttention's own init: Xavier-uniform in_proj_weight, zero in_proj_bias and out_proj.bias
+    const inInit = { w: xavierUniform(c, 3 * c), b: tf.zeros([3 * c]) };
+    this.inProj = this.child("mha", new Linear(c, 3 * c, ["in_proj_weight", "in_proj_bias"], inInit));
+    const outInit = { w: uniform([c, c], c), b: tf.zeros([c]) };
+    this.outProj = this.child("mha.out_proj", new Linear(c, c, ["weight", "bias"], outInit));
     this.ln = this.child("ln", layerNorm(c));
     this.ffNorm = this.child("ff_self.0", layerNorm(c));
     this.ff1 = this.child("ff_self.1", new Linear(c, c));
