@@ -118,12 +118,10 @@ export class Diffusion {
    * the posterior mean μ̃_t(x_t, x̂_0) of Eq. 7 with x̂_0 clipped, which without clipping is the same number.
    */
   ddpmStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, { clip = true }: ClipOption = {}): Step {
-    const [alpha, alphaHat, beta, alphaHatPrev] = [
-      this.alpha[i],
-      this.alphaHat[i],
-      this.beta[i],
-      this.alphaHatAt(i - 1),
-    ];
+    const alpha = this.alpha[i];
+    const alphaHat = this.alphaHat[i];
+    const beta = this.beta[i];
+    const alphaHatPrev = this.alphaHatAt(i - 1);
     const sigma = i === 0 ? 0 : Math.sqrt(beta);
     const x0 = this.predictX0(x, eps, i, { clip });
     if (clip) { // Eq. 7: μ̃_t = √ᾱ_{t-1}·β_t/(1-ᾱ_t)·x̂_0 + √α_t·(1-ᾱ_{t-1})/(1-ᾱ_t)·x_t
@@ -138,7 +136,8 @@ export class Diffusion {
 
   /** DDIM (Song et al. Eq. 12) from index i to index prev < i (-1: to x_0), with σ_t(η) of Eq. 16. */
   ddimStep(x: tf.Tensor4D, eps: tf.Tensor4D, i: number, prev: number, { eta = 0, clip = true } = {}): Step {
-    const [aT, aPrev] = [this.alphaHatAt(i), this.alphaHatAt(prev)];
+    const aT = this.alphaHatAt(i);
+    const aPrev = this.alphaHatAt(prev);
     // Eq. 16: σ_t(η) = η·√((1-ᾱ_{t-1})/(1-ᾱ_t))·√(1-ᾱ_t/ᾱ_{t-1})
     const sigma = eta * Math.sqrt((1 - aPrev) / (1 - aT)) * Math.sqrt(1 - aT / aPrev);
     // Eq. 12: x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t; x_{t-1} = √ᾱ_{t-1}·x̂_0 + √(1-ᾱ_{t-1}-σ_t²)·ε_θ + σ_t·z
