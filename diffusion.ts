@@ -159,12 +159,10 @@ export class Diffusion {
    * the posterior mean μ̃_t(x_t, x̂_0) of Eq. 7 with x̂_0 clipped, which without clipping is the same number.
    */
   ddpmStep(x: Tensor4D, eps: Tensor4D, i: number, { clip = true }: ClipOption = {}): Step {
-    const [alpha, alphaHat, beta, alphaHatPrev] = [
-      this.alpha[i],
-      this.alphaHat[i],
-      this.beta[i],
-      this.alphaHatAt(i - 1),
-    ];
+    const alpha = this.alpha[i];
+    const alphaHat = this.alphaHat[i];
+    const beta = this.beta[i];
+    const alphaHatPrev = this.alphaHatAt(i - 1);
     const sigma = i === 0 ? 0 : Math.sqrt(beta);
     const x0 = this.predictX0(x, eps, i, { clip });
     if (clip) { // Eq. 7: μ̃_t = √ᾱ_{t-1}·β_t/(1-ᾱ_t)·x̂_0 + √α_t·(1-ᾱ_{t-1})/(1-ᾱ_t)·x_t
@@ -179,7 +177,8 @@ export class Diffusion {
 
   /** DDIM (Song et al. Eq. 12) from index i to index prev < i (-1: to x_0), with σ_t(η) of Eq. 16. */
   ddimStep(x: Tensor4D, eps: Tensor4D, i: number, prev: number, { eta = 0, clip = true } = {}): Step {
-    const [aT, aPrev] = [this.alphaHatAt(i), this.alphaHatAt(prev)];
+    const aT = this.alphaHatAt(i);
+    const aPrev = this.alphaHatAt(prev);
     // Eq. 16: σ_t(η) = η·√((1-ᾱ_{t-1})/(1-ᾱ_t))·√(1-ᾱ_t/ᾱ_{t-1})
     const sigma = eta * Math.sqrt((1 - aPrev) / (1 - aT)) * Math.sqrt(1 - aT / aPrev);
     // Eq. 12: x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t; x_{t-1} = √ᾱ_{t-1}·x̂_0 + √(1-ᾱ_{t-1}-σ_t²)·ε_θ + σ_t·z
@@ -213,46 +212,59 @@ export class Diffusion {
    * Returns x_0, NHWC floats (the caller disposes it).
    */
   async sampleX0(model: NoiseModel, n: number, opts: SampleOptions = {}): Promise<Tensor4D> {
-    const { labels = null, cfgScale = 3, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, clip = true, onStep } = opts;
+    const { labels = null, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, onStep } = opts;
     if (sampler !== "ddpm" && sampler !== "ddim") throw new RangeError(`unknown sampler ${sampler}`);
     if (!(eta >= 0)) throw new RangeError(`eta must be ≥ 0, got ${eta}`);
-    const s = this.imgSize;
-    const tau = sampler === "ddim"
-      ? this.ddimTimesteps(sampleSteps)
-      : Array.from({ length: this.noiseSteps }, (_, i) => i);
+    const tau = sampler === "ddim" ? this.ddimTimesteps(sampleSteps) : [...this.alpha.keys()]; // the indices i
     const y = labels ? tf.tensor1d(labels, "int32") : null;
-    let x = xT ? xT.clone() : tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D;
-    for (let k = tau.length - 1; k >= 0; k--) {
-      const i = tau[k];
-      const [next, x0] = tf.tidy(() => {
-        const t = tf.fill([n], i, "int32") as tf.Tensor1D;
-        const eps = this.predictNoise(model, x, t, y, cfgScale);
-        const { mean, sigma, x0 } = sampler === "ddim"
-          ? this.ddimStep(x, eps, i, k ? tau[k - 1] : -1, { eta, clip })
-          : this.ddpmStep(x, eps, i, { clip });
-        if (sigma === 0) return [mean, x0];
-        return [mean.add(tf.randomNormal(x.shape, 0, sigma, "float32", nextSeed())) as tf.Tensor4D, x0];
-      });
-      x.dispose();
-      x = next;
-      try {
-        await onStep?.(k, x, x0);
-      } catch (e) { // given up (a stopped run): free what the loop holds
-        tf.dispose(y ? [x, y] : x);
-        throw e;
-      } finally {
-        x0.dispose();
+    const s = this.imgSize;
+    let x = xT ? xT.clone() : tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D; // x_T
+    try {
+      for (let k = tau.length - 1; k >= 0; k--) { // t = T, …, 1 (DDIM: the sub-sequence τ, backwards)
+        const [next, x0] = tf.tidy(() => this.reverseStep(model, x, tau[k], tau[k - 1] ?? -1, y, opts));
+        x.dispose();
+        x = next;
+        await afterStep(k, x, x0, onStep);
       }
-      if (k % 50 === 0) await x.data(); // let the backend drain its queue (WebGPU)
+      return x;
+    } catch (e) { // given up (a stopped run): free what the loop holds
+      x.dispose();
+      throw e;
+    } finally {
+      y?.dispose();
     }
-    y?.dispose();
-    return x;
+  }
+
+  /** Algorithm 2, lines 3-4 (or DDIM) from index i to prev: x_prev = mean + σ·z, z ~ N(0, I); and its x̂_0. */
+  private reverseStep(model: NoiseModel, x: Tensor4D, i: number, prev: number, y: Tensor1D | null, {
+    cfgScale = 3,
+    sampler = "ddpm",
+    eta = 0,
+    clip = true,
+  }: SampleOptions): [Tensor4D, Tensor4D] {
+    const t = tf.fill([x.shape[0]], i, "int32") as tf.Tensor1D;
+    const eps = this.predictNoise(model, x, t, y, cfgScale);
+    const { mean, sigma, x0 } = sampler === "ddim"
+      ? this.ddimStep(x, eps, i, prev, { eta, clip })
+      : this.ddpmStep(x, eps, i, { clip });
+    if (sigma === 0) return [mean, x0]; // z = 0 at the last step
+    return [mean.add(tf.randomNormal(x.shape, 0, sigma, "float32", nextSeed())) as tf.Tensor4D, x0];
   }
 
   /** Frees the schedule's tensors. */
   dispose() {
     tf.dispose([this.sqrtAlphaHat, this.sqrtOneMinusAlphaHat]);
   }
+}
+
+/** After a reverse step: the caller's onStep (x̂_0 freed after it), and every 50 steps a wait for the backend's queue. */
+async function afterStep(k: number, x: Tensor4D, x0: Tensor4D, onStep: SampleOptions["onStep"]) {
+  try {
+    await onStep?.(k, x, x0);
+  } finally {
+    x0.dispose();
+  }
+  if (k % 50 === 0) await x.data(); // (WebGPU would otherwise queue every step before running one)
 }
 
 /** [-1, 1] floats to [0, 255] bytes; disposes x. */

@@ -46,7 +46,6 @@ export {
   Linear,
   Module,
   Norm,
-  type NormOptions,
   SelfAttention,
   UNet,
   UNetConditional,

@@ -46,8 +46,12 @@ export class Module {
 }
 
 /** PyTorch's default init for Conv2d and Linear: U(-1/sqrt(fanIn), 1/sqrt(fanIn)). */
-const uniform = (shape: number[], fanIn: number) =>
+const uniform = (shape: number[], fanIn: number): Tensor =>
   tf.randomUniform(shape, -1 / Math.sqrt(fanIn), 1 / Math.sqrt(fanIn), "float32", nextSeed());
+
+/** PyTorch's xavier_uniform_: U(-a, a), a = √(6/(fanIn + fanOut)). */
+const xavierUniform = (cin: number, cout: number): Tensor =>
+  tf.randomUniform([cin, cout], -Math.sqrt(6 / (cin + cout)), Math.sqrt(6 / (cin + cout)), "float32", nextSeed());
 
 /** y = x·W + b, W stored [in, out] (PyTorch's nn.Linear stores [out, in]: the files convert). */
 export class Linear extends Module {
@@ -55,11 +59,16 @@ export class Linear extends Module {
   w: Variable;
   /** b, [out]. */
   b: Variable;
-  /** A layer from `cin` to `cout` features, with the state_dict names of W and b. */
-  constructor(cin: number, cout: number, [wName, bName] = ["weight", "bias"]) {
+  /** A layer from `cin` to `cout` features, with the state_dict names of W and b, and their initial values. */
+  constructor(
+    cin: number,
+    cout: number,
+    [wName, bName] = ["weight", "bias"],
+    init: { w: Tensor; b: Tensor } = { w: uniform([cin, cout], cin), b: uniform([cout], cin) }, // nn.Linear's
+  ) {
     super();
-    this.w = this.param(wName, uniform([cin, cout], cin));
-    this.b = this.param(bName, uniform([cout], cin));
+    this.w = this.param(wName, init.w);
+    this.b = this.param(bName, init.b);
   }
   /** x·W + b over the last axis of x. */
   forward(x: Tensor): Tensor {
@@ -68,10 +77,7 @@ export class Linear extends Module {
   }
 }
 
-/**
- * Normalization over the last `axes` with a per-channel affine: GroupNorm(1, c) and LayerNorm(c). `residual` is added
- * after the affine and `gelu` applied last, so that a DoubleConv's norm, residual and GELU are one fused kernel.
- */
+/** Normalization over the last `axes` with a per-channel affine: GroupNorm(1, c) and LayerNorm(c). */
 export class Norm extends Module {
   /** The per-channel scale γ. */
   g: Variable;
@@ -83,27 +89,33 @@ export class Norm extends Module {
     this.g = this.param("weight", tf.ones([c]));
     this.b = this.param("bias", tf.zeros([c]));
   }
-  /** (x - mean)/√(var + 1e-5)·γ + β (+ residual, then GELU). */
-  forward<X extends Tensor>(x: X, { residual = null, gelu: withGelu = false }: NormOptions = {}): X {
-    const rowSize = this.axes.reduce((n, a) => n * x.shape.at(a)!, 1);
-    if (hasFused("norm")) return fusedNorm(x, this.g, this.b, { rowSize, residual, gelu: withGelu }) as X;
-    const rows = x.reshape([-1, rowSize]);
+  /** The length of the rows that are normalized: the product of the normalized axes. */
+  rowSize(x: Tensor): number {
+    return this.axes.reduce((n, a) => n * x.shape.at(a)!, 1);
+  }
+  /** (x - mean)/√(var + 1e-5)·γ + β over the normalized axes. */
+  forward<X extends Tensor>(x: X): X {
+    if (hasFused("norm")) return fusedNorm(x, this.g, this.b, { rowSize: this.rowSize(x) }) as X;
+    const rows = x.reshape([-1, this.rowSize(x)]);
     const { mean, variance } = tf.moments(rows, 1, true);
-    let y = rows.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).reshape(x.shape).mul(this.g).add(this.b);
-    if (residual) y = y.add(residual);
-    return (withGelu ? gelu(y) : y) as X;
+    return rows.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).reshape(x.shape).mul(this.g).add(this.b) as X;
   }
 }
-/** What a Norm adds after its affine: a residual, then GELU. */
-export type NormOptions = { residual?: Tensor | null; gelu?: boolean };
 const groupNorm1 = (c: number) => new Norm(c, [1, 2, 3]); // GroupNorm(1, c) on NHWC
 const layerNorm = (c: number) => new Norm(c, [-1]);
 
 /** Exact GELU: x·Φ(x), Φ(x) = (1 + erf(x/√2))/2. */
-export const gelu = <X extends tf.Tensor>(x: X): X =>
+export const gelu = <X extends Tensor>(x: X): X =>
   hasFused("gelu") ? fusedGelu(x) : tf.tidy(() => x.mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)).mul(0.5) as X);
 
-/** double_conv: 3x3 conv without bias, GroupNorm, GELU, conv, GroupNorm (+ residual and GELU). */
+/** GELU(norm(y)), or with a residual GELU(residual + norm(y)): one fused kernel where the backend has it. */
+export function normGelu<X extends Tensor>(norm: Norm, y: X, residual: X | null = null): X {
+  if (hasFused("norm")) return fusedNorm(y, norm.g, norm.b, { rowSize: norm.rowSize(y), residual, gelu: true }) as X;
+  const normed = norm.forward(y);
+  return gelu(residual ? normed.add(residual) : normed);
+}
+
+/** double_conv: 3x3 conv without bias, GroupNorm, GELU, conv, GroupNorm; with `residual`, F.gelu(x + double_conv(x)). */
 export class DoubleConv extends Module {
   /** The first 3x3 conv, [3, 3, cin, cmid]. */
   conv1: Variable;
@@ -123,18 +135,20 @@ export class DoubleConv extends Module {
   }
   /** The block on x (NHWC). */
   forward(x: T4): T4 {
-    const h = this.norm1.forward(tf.conv2d(x, this.conv1 as T4, 1, "same"), { gelu: true });
-    const y = tf.conv2d(h, this.conv2 as T4, 1, "same");
-    return this.residual ? this.norm2.forward(y, { residual: x, gelu: true }) : this.norm2.forward(y);
+    let h = tf.conv2d(x, this.conv1 as T4, 1, "same");
+    h = normGelu(this.norm1, h); // GroupNorm, GELU
+    h = tf.conv2d(h, this.conv2 as T4, 1, "same");
+    if (this.residual) return normGelu(this.norm2, h, x); // F.gelu(x + GroupNorm(h))
+    return this.norm2.forward(h);
   }
 }
 
-/** emb_layer: SiLU + Linear of the time embedding, added to every pixel of each channel. */
+/** emb_layer: SiLU + Linear of the time embedding, as [b, 1, 1, c] to add to every pixel of each channel. */
 export class EmbLayer extends Linear {
-  /** x + Linear(SiLU(t)), broadcast over the pixels. */
-  add(x: T4, t: T2): T4 {
-    const e = this.forward(tf.mul(t, tf.sigmoid(t)));
-    return x.add(e.reshape([-1, 1, 1, x.shape[3]]));
+  /** Linear(SiLU(t)) as [b, 1, 1, c]. */
+  override forward(t: T2): T4 {
+    const e = super.forward(tf.mul(t, tf.sigmoid(t)));
+    return e.reshape([-1, 1, 1, e.shape.at(-1)!]);
   }
 }
 
@@ -155,8 +169,12 @@ export class Down extends Module {
   }
   /** The block on x, with the time embedding t. */
   forward(x: T4, t: T2): T4 {
-    const [res, conv] = this.maxpoolConv;
-    return this.embLayer.add(conv.forward(res.forward(tf.maxPool(x, 2, 2, "valid"))), t);
+    const [residualConv, conv] = this.maxpoolConv;
+    x = tf.maxPool(x, 2, 2, "valid");
+    x = residualConv.forward(x);
+    x = conv.forward(x);
+    const emb = this.embLayer.forward(t);
+    return x.add(emb);
   }
 }
 
@@ -177,10 +195,14 @@ export class Up extends Module {
   }
   /** The block on x, with the skip connection of the same size after upsampling, and t. */
   forward(x: T4, skip: T4, t: T2): T4 {
+    const [residualConv, conv] = this.conv;
     const [, h, w] = x.shape;
-    const up = tf.image.resizeBilinear(x, [2 * h, 2 * w], true); // align_corners=True
-    const [res, conv] = this.conv;
-    return this.embLayer.add(conv.forward(res.forward(tf.concat([skip, up], 3))), t);
+    x = tf.image.resizeBilinear(x, [2 * h, 2 * w], true); // align_corners=True
+    x = tf.concat([skip, x], 3);
+    x = residualConv.forward(x);
+    x = conv.forward(x);
+    const emb = this.embLayer.forward(t);
+    return x.add(emb);
   }
 }
 
@@ -213,8 +235,11 @@ export class SelfAttention extends Module {
   /** Attention over the pixels of a feature map with `c` channels. */
   constructor(readonly c: number, readonly heads = 4) {
     super();
-    this.inProj = this.child("mha", new Linear(c, 3 * c, ["in_proj_weight", "in_proj_bias"]));
-    this.outProj = this.child("mha.out_proj", new Linear(c, c));
+    // nn.MultiheadAttention's own init: Xavier-uniform in_proj_weight, zero in_proj_bias and out_proj.bias
+    const inInit = { w: xavierUniform(c, 3 * c), b: tf.zeros([3 * c]) };
+    this.inProj = this.child("mha", new Linear(c, 3 * c, ["in_proj_weight", "in_proj_bias"], inInit));
+    const outInit = { w: uniform([c, c], c), b: tf.zeros([c]) };
+    this.outProj = this.child("mha.out_proj", new Linear(c, c, ["weight", "bias"], outInit));
     this.ln = this.child("ln", layerNorm(c));
     this.ffNorm = this.child("ff_self.0", layerNorm(c));
     this.ff1 = this.child("ff_self.1", new Linear(c, c));

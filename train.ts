@@ -1,11 +1,12 @@
 // Training: DDPM's Algorithm 1 (trainStep) and the tutorial's train() loop (`deno task train:landscape`, `demo`).
 import * as tf from "@tensorflow/tfjs";
-import { mulberry32, type Scalar, type Tensor1D, type Tensor4D } from "./kernels/backend.ts";
+import type { Scalar, Tensor1D, Tensor4D } from "./kernels/backend.ts";
+import { Diffusion } from "./diffusion.ts";
+import { EMA } from "./ema.ts";
+import { UNet } from "./modules.ts";
+import { AdamW } from "./run/adamw.ts";
 import { HELP, parseConfig, runCli } from "./run/cli.ts";
-import { type Config } from "./run/config.ts";
-import type { AdamW } from "./run/adamw.ts";
-import type { Diffusion } from "./diffusion.ts";
-import type { UNet } from "./modules.ts";
+import type { Config } from "./run/config.ts";
 import { Run, type TrainOptions } from "./run/run.ts";
 
 /** Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖². */
@@ -30,38 +31,41 @@ export function trainStep(
 }
 
 /**
- * The tutorial's train(): epochs of trainStep over the data (a share of the batches without labels, for
- * classifier-free guidance), the EMA after each step, sample grids every few epochs. The run's folder, resume,
- * checkpoints and Ctrl-C are in run.ts.
+ * The tutorial's train(): the model, its optimizer, the diffusion and the EMA copy of the model; then epochs of
+ * trainStep over the data (a share of the batches without labels, for classifier-free guidance), the EMA after each
+ * step, sample grids every few epochs. The run's folder, resume, checkpoints and Ctrl-C are in run/run.ts.
  */
 export async function train(
   config: Config,
   options: TrainOptions = {},
 ): Promise<{ runDir: string; step: number; losses: number[] }> {
-  const run = await Run.start(config, options);
-  const { model, emaModel, ema, opt, diffusion, data } = run, { imageSize, batchSize } = run.config;
-  const numClasses = run.config.conditional ? data.classes.length : 0;
+  const run = await Run.start(config, options); // the run's folder and data; on resume, its saved config
+  const { imageSize, width, removeDeepConv, lr, noiseSteps, schedule, emaBeta, emaStart } = run.config;
+  const numClasses = run.config.conditional ? run.data.classes.length : 0;
+  const model = run.pretrained ?? new UNet({ width, numClasses, removeDeepConv }); // (--weights: the file's model)
+  const emaModel = emaBeta > 0 ? new UNet({ width, numClasses, removeDeepConv }) : null;
+  const opt = new AdamW(model, { lr });
+  const diffusion = new Diffusion({ noiseSteps, imgSize: imageSize, schedule });
+  const ema = new EMA(emaBeta);
   try {
+    if (emaModel) ema.resetParameters(emaModel, model); // ema_model = copy.deepcopy(model)
+    await run.restore({ model, emaModel, opt, ema, diffusion }); // resume: all of them from the checkpoint
     while (run.going) {
-      const rand = mulberry32(run.config.seed * 7919 + run.epoch); // the epoch's shuffle and label drops
-      let i = 0;
-      for (const batch of data.batches(batchSize, rand)) {
-        const dropLabels = rand() < run.config.labelDrop; // (drawn for skipped batches too: the same stream)
-        if (i++ < run.stepInEpoch) continue; // resumed in the middle of this epoch
+      for (const batch of run.batches()) { // this epoch's shuffled batches; on resume, the ones left
         const loss = tf.tidy(() => {
           const x0 = tf.tensor4d(batch.x, [batch.n, imageSize, imageSize, 3]);
-          const labels = numClasses && !dropLabels ? tf.tensor1d(batch.labels, "int32") : null;
+          const labels = batch.labels ? tf.tensor1d(batch.labels, "int32") : null; // null: a step without labels
           return trainStep(model, diffusion, opt, x0, labels);
         });
-        if (emaModel) ema.stepEma(emaModel, model, run.config.emaStart);
+        if (emaModel) ema.stepEma(emaModel, model, emaStart);
         await run.stepDone(loss);
-        if (!run.going) break;
       }
-      await run.epochDone();
+      await run.epochDone(); // a checkpoint; sample grids every sampleEvery epochs
     }
     await run.finish();
   } finally {
     run.close();
+    for (const d of [model, emaModel, opt, diffusion]) d?.dispose();
   }
   return { runDir: run.dir, step: run.step, losses: run.losses };
 }

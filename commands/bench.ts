@@ -1,47 +1,38 @@
 // `deno task bench`. Times one training step (forward + backward + AdamW [+ EMA]) or one sampling forward pass of the
 // U-Net, and counts what a training step costs the backend: tfjs kernels run, and on WebGPU the compute dispatches, GPU
 // buffers created, uniform uploads (writeBuffer), buffer copies and queue submits (counted by wrapping the WebGPU
-// classes' methods: tf.profile would submit once per kernel). Same flags and JSON line as torch/torch_ref.py,
-// so the two can be run side by side:   deno task bench --image-size 32 --batch 4 --width 64 --steps 5 --mode train
-// [--by-kernel]
+// classes' methods: tf.profile would submit once per kernel). Same flags and JSON line as torch/torch_ref.py, so the
+// two can be run side by side.
 import * as tf from "@tensorflow/tfjs";
-import { parseArgs } from "node:util";
-import { type BackendName, BACKENDS, setBackend, setSeed } from "../kernels/backend.ts";
+import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
+import { defaultNotes, helpText, readFlags, runCli } from "../run/cli.ts";
 import { Diffusion } from "../diffusion.ts";
 import { EMA } from "../ema.ts";
 import { UNet } from "../modules.ts";
 import { AdamW } from "../run/adamw.ts";
 import { trainStep } from "../train.ts";
 
-const { values: a } = parseArgs({
-  args: Deno.args,
-  options: {
-    "image-size": { type: "string", default: "32" },
-    batch: { type: "string", default: "4" },
-    width: { type: "string", default: "64" },
-    steps: { type: "string", default: "5" },
-    warmup: { type: "string", default: "1" },
-    mode: { type: "string", default: "train" },
-    backend: { type: "string", default: "auto" },
-    classes: { type: "string", default: "0" },
-    ema: { type: "boolean", default: false }, // the EMA update too, as in training
-    "by-kernel": { type: "boolean", default: false }, // print the counts of each kernel (and its dispatches)
-    "gpu-time": { type: "boolean", default: false }, // WebGPU: the GPU time of each kernel (timestamp queries)
-    "count-only": { type: "boolean", default: false }, // WebGPU: record the steps but never run them: counts, no times
-  },
-});
-const [imageSize, batch, width, steps, warmup, classes] = [
-  a["image-size"],
-  a.batch,
-  a.width,
-  a.steps,
-  a.warmup,
-  a.classes,
-].map(Number);
-if (a.mode !== "train" && a.mode !== "sample") throw new Error(`--mode must be train or sample, not ${a.mode}`);
-if (!BACKENDS.includes(a.backend as BackendName)) throw new Error(`--backend must be one of ${BACKENDS.join(", ")}`);
+/** The defaults: the step torch/torch_ref.py times by default. */
+const SETTINGS = {
+  "image-size": 32,
+  batch: 4,
+  width: 64,
+  steps: 5,
+  warmup: 1,
+  mode: "train",
+  backend: "auto",
+  classes: 0,
+};
+const HELP = helpText(
+  "bench",
+  `Time one training step (forward, backward, AdamW [+ EMA]) or one sampling forward pass of the U-Net, and count what
+it costs the backend. Prints one JSON line, as torch/torch_ref.py does with the same flags:
 
-// ------------------------------------------------------------------ counting
+  deno task bench --image-size 32 --batch 4 --width 64 --steps 5 --mode train [--by-kernel]`,
+  defaultNotes(SETTINGS),
+);
+let countOnly = false; // --count-only: the work is recorded, counted and dropped, never run
+
 const counts: Record<string, number> = {}; // GPU calls, by method
 interface PerKernel {
   runs: number;
@@ -63,7 +54,7 @@ function count<T extends object>(proto: T | undefined, method: string, label: st
     counts[label] = (counts[label] ?? 0) + 1;
     if (label === "dispatches") current().dispatches++;
     if (label === "buffers_created") current().created++;
-    if (label === "submits" && a["count-only"]) return; // --count-only: the work is recorded, counted and dropped
+    if (label === "submits" && countOnly) return;
     return f.apply(this, args);
   };
 }
@@ -88,7 +79,8 @@ engine.runKernelFunc = function (p) {
 // --gpu-time: every dispatch in a compute pass of its own (a submit each: slower) with timestamps at its start and
 // end, so that the GPU time of each kernel can be summed.
 const timing = { querySet: null as GPUQuerySet | null, passes: [] as PerKernel[] };
-if (a["gpu-time"] && g.GPUCommandEncoder) {
+function timePasses() {
+  if (!g.GPUCommandEncoder) return;
   const proto = g.GPUCommandEncoder.prototype as GPUCommandEncoder;
   const begin = proto.beginComputePass;
   proto.beginComputePass = function (this: GPUCommandEncoder, desc: GPUComputePassDescriptor = {}) {
@@ -129,79 +121,88 @@ function peakRssMb(): number {
   return Math.round(Deno.memoryUsage().rss / 2 ** 20);
 }
 
-const backend = await setBackend(a.backend as BackendName, (s) => console.error(s));
-setSeed(0);
-const model = new UNet({ width, numClasses: classes });
-const emaModel = a.ema ? new UNet({ width, numClasses: classes }) : null;
-const ema = new EMA();
-const diffusion = new Diffusion({ imgSize: imageSize });
-const opt = new AdamW(model, { lr: 3e-4 });
-const x0 = tf.randomUniform([batch, imageSize, imageSize, 3], -1, 1) as tf.Tensor4D;
-const labels = classes > 0 ? tf.randomUniformInt([batch], 0, classes) as tf.Tensor1D : null;
-const tSample = tf.fill([batch], 500, "int32") as tf.Tensor1D;
+async function main() {
+  const a = readFlags("bench", Deno.args, SETTINGS);
+  if (a.help) return console.log(HELP);
+  const { "image-size": imageSize, batch, width, steps, warmup, classes } = a as typeof SETTINGS;
+  countOnly = !!a["count-only"];
+  if (a["gpu-time"]) timePasses();
+  const backend = await setBackend(a.backend as BackendName, (s) => console.error(s));
+  setSeed(0);
+  const model = new UNet({ width, numClasses: classes });
+  const emaModel = a.ema ? new UNet({ width, numClasses: classes }) : null;
+  const ema = new EMA();
+  const diffusion = new Diffusion({ imgSize: imageSize });
+  const opt = new AdamW(model, { lr: 3e-4 });
+  const x0 = tf.randomUniform([batch, imageSize, imageSize, 3], -1, 1) as tf.Tensor4D;
+  const labels = classes > 0 ? tf.randomUniformInt([batch], 0, classes) as tf.Tensor1D : null;
+  const tSample = tf.fill([batch], 500, "int32") as tf.Tensor1D;
 
-async function step() {
-  const out = a.mode === "train"
-    ? trainStep(model, diffusion, opt, x0, labels)
-    : tf.tidy(() => model.forward(x0, tSample, labels));
-  if (emaModel) ema.stepEma(emaModel, model, 0);
-  if (!a["count-only"]) await out.data(); // sync: the step is done when its result can be read
-  out.dispose();
-}
-
-const device = backend === "webgpu" ? (tf.backend() as unknown as { device: GPUDevice }).device : null;
-if (device && a["gpu-time"]) tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", 1);
-const times: number[] = [];
-for (let i = 0; i < warmup + steps; i++) {
-  for (const k in counts) delete counts[k];
-  kernels.clear();
-  const last = i === warmup + steps - 1;
-  if (last && a["gpu-time"] && device?.features.has("timestamp-query")) {
-    timing.querySet = device.createQuerySet({ type: "timestamp", count: 4096 });
+  async function step() {
+    const out = a.mode === "train"
+      ? trainStep(model, diffusion, opt, x0, labels)
+      : tf.tidy(() => model.forward(x0, tSample, labels));
+    if (emaModel) ema.stepEma(emaModel, model, 0);
+    if (!countOnly) await out.data(); // sync: the step is done when its result can be read
+    out.dispose();
   }
-  const t0 = performance.now();
-  await step();
-  if (i >= warmup) times.push(performance.now() - t0);
-}
-if (timing.querySet) await readGpuTimes(device!);
-times.sort((x, y) => x - y);
-const mid = times.length >> 1;
-const med = times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
-const run = (k: string) => !k.startsWith("(") && !["Reshape", "Identity"].includes(k); // not a computation
-console.log(JSON.stringify({
-  mode: a.mode,
-  backend,
-  image_size: imageSize,
-  batch,
-  width,
-  params: model.parameterCount,
-  step_ms_median: a["count-only"] ? null : Math.round(med * 10) / 10,
-  images_per_s: a["count-only"] ? null : Math.round(batch / med * 1e6) / 1e3,
-  peak_rss_mb: peakRssMb(),
-  num_tensors: tf.memory().numTensors,
-  ema: !!emaModel,
-  // per step (the last one): kernels that compute (not Reshape or Identity, which only relabel data), and GPU calls
-  kernels: [...kernels].filter(([k]) => run(k)).reduce((n, [, k]) => n + k.runs, 0),
-  ...(backend === "webgpu" ? counts : {}),
-}));
-if (a["by-kernel"] || a["gpu-time"]) {
-  const total = [...kernels.values()].reduce((t, k) => t + k.gpuMs, 0);
-  const sorted = [...kernels].sort(([, p], [, q]) =>
-    q.gpuMs - p.gpuMs || q.dispatches - p.dispatches || q.runs - p.runs
-  );
-  for (const [name, k] of sorted) {
-    const gpu = timing.passes.length
-      ? ` ${k.gpuMs.toFixed(1).padStart(8)} ms GPU (${(100 * k.gpuMs / total).toFixed(1)} %)`
-      : "";
-    const n = (v: number) => String(v).padStart(5);
-    console.log(
-      `${name.padEnd(24)} ${n(k.runs)} runs ${n(k.dispatches)} dispatches ${n(k.created)} buffers created${gpu}`,
+
+  const device = backend === "webgpu" ? (tf.backend() as unknown as { device: GPUDevice }).device : null;
+  if (device && a["gpu-time"]) tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", 1);
+  const times: number[] = [];
+  for (let i = 0; i < warmup + steps; i++) {
+    for (const k in counts) delete counts[k];
+    kernels.clear();
+    const last = i === warmup + steps - 1;
+    if (last && a["gpu-time"] && device?.features.has("timestamp-query")) {
+      timing.querySet = device.createQuerySet({ type: "timestamp", count: 4096 });
+    }
+    const t0 = performance.now();
+    await step();
+    if (i >= warmup) times.push(performance.now() - t0);
+  }
+  if (timing.querySet) await readGpuTimes(device!);
+  times.sort((x, y) => x - y);
+  const mid = times.length >> 1;
+  const med = times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
+  const run = (k: string) => !k.startsWith("(") && !["Reshape", "Identity"].includes(k); // not a computation
+  console.log(JSON.stringify({
+    mode: a.mode,
+    backend,
+    image_size: imageSize,
+    batch,
+    width,
+    params: model.parameterCount,
+    step_ms_median: countOnly ? null : Math.round(med * 10) / 10,
+    images_per_s: countOnly ? null : Math.round(batch / med * 1e6) / 1e3,
+    peak_rss_mb: peakRssMb(),
+    num_tensors: tf.memory().numTensors,
+    ema: !!emaModel,
+    // per step (the last one): kernels that compute (not Reshape or Identity, which only relabel data), and GPU calls
+    kernels: [...kernels].filter(([k]) => run(k)).reduce((n, [, k]) => n + k.runs, 0),
+    ...(backend === "webgpu" ? counts : {}),
+  }));
+  if (a["by-kernel"] || a["gpu-time"]) {
+    const total = [...kernels.values()].reduce((t, k) => t + k.gpuMs, 0);
+    const sorted = [...kernels].sort(([, p], [, q]) =>
+      q.gpuMs - p.gpuMs || q.dispatches - p.dispatches || q.runs - p.runs
     );
+    for (const [name, k] of sorted) {
+      const gpu = timing.passes.length
+        ? ` ${k.gpuMs.toFixed(1).padStart(8)} ms GPU (${(100 * k.gpuMs / total).toFixed(1)} %)`
+        : "";
+      const n = (v: number) => String(v).padStart(5);
+      console.log(
+        `${name.padEnd(24)} ${n(k.runs)} runs ${n(k.dispatches)} dispatches ${n(k.created)} buffers created${gpu}`,
+      );
+    }
   }
+  tf.dispose([x0, tSample, ...(labels ? [labels] : [])]);
+  opt.dispose();
+  model.dispose();
+  emaModel?.dispose();
+  diffusion.dispose();
+  if (countOnly) Deno.exit(0); // without waiting for the GPU to finish what was issued
 }
-tf.dispose([x0, tSample, ...(labels ? [labels] : [])]);
-opt.dispose();
-model.dispose();
-emaModel?.dispose();
-diffusion.dispose();
-if (a["count-only"]) Deno.exit(0); // without waiting for the GPU to finish what was issued
+
+if (import.meta.main) await runCli(main);

@@ -1,10 +1,9 @@
-// `deno task bench:decode`, the image folder bench, a generated folder of large JPEGs and PNGs, decoded with 1 worker
-// and with one per core (first start, no cache), then a start that writes the cache and one that reads it. `deno task
-// bench:decode [--n 500] [--width 2000] [--height 1500] [--size 64] [--dir DIR]`
+// `deno task bench:decode`, the image folder bench: a generated folder of large JPEGs and PNGs, decoded with 1 worker
+// and with one per core (first start, no cache), then a start that writes the cache and one that reads it.
 import { Image } from "imagescript";
 import { join } from "node:path";
 import process from "node:process";
-import { numberFlag, parseFlags, runCli } from "../run/cli.ts";
+import { defaultNotes, helpText, readFlags, runCli } from "../run/cli.ts";
 import { mulberry32 } from "../kernels/backend.ts";
 import { loadDataset } from "../utils.ts";
 
@@ -47,16 +46,21 @@ async function timeLoad(dir: string, size: number, workers: number, cacheDir: st
   return { seconds, cores: (cpu.user + cpu.system) / 1e6 / seconds };
 }
 
+const SIZES = { n: 500, width: 2000, height: 1500, size: 64 }; // the defaults
+
+const HELP = helpText(
+  "bench:decode",
+  `Time the decoding of an image folder: a generated folder of large JPEGs and PNGs, decoded with 1 worker and with
+one per core (no cache), then a start that writes the cache and one that reads it.
+
+  deno task bench:decode [--n 500] [--width 2000] [--height 1500] [--size 64] [--dir DIR]`,
+  defaultNotes(SIZES),
+);
+
 async function main() {
-  const v = parseFlags(Deno.args, {
-    n: { type: "string" },
-    width: { type: "string" },
-    height: { type: "string" },
-    size: { type: "string" },
-    dir: { type: "string" },
-  });
-  const n = numberFlag("n", v.n, 1, 1e6) ?? 500, size = numberFlag("size", v.size, 8, 4096) ?? 64;
-  const w = numberFlag("width", v.width, 1, 20000) ?? 2000, h = numberFlag("height", v.height, 1, 20000) ?? 1500;
+  const v = readFlags("bench:decode", Deno.args, SIZES);
+  if (v.help) return console.log(HELP);
+  const { n, size, width: w, height: h } = v as typeof SIZES;
   const root = (v.dir as string | undefined) ?? await Deno.makeTempDir({ prefix: "ddpm_bench_decode_" });
   const dir = join(root, "images"), cache = join(root, "cache"), all = navigator.hardwareConcurrency;
   try {

@@ -1,28 +1,21 @@
 // Weights to PyTorch, `deno task export (--run RUN [--ema] | --weights FILE) --out FILE.safetensors` (or .pt).
 import { setBackend } from "../kernels/backend.ts";
 import { loadFile, loadRun } from "../run/trained.ts";
-import { parseFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
+import { helpText, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { torchStateDict, writeTorchFile } from "../weights/pytorch.ts";
 
-const HELP = `Write a model's weights as the tutorial's state_dict, for PyTorch:
+const HELP = helpText(
+  "export",
+  `Write a model's weights as the tutorial's state_dict, for PyTorch:
 model.load_state_dict(safetensors.torch.load_file(FILE)) or model.load_state_dict(torch.load(FILE)),
 with model = UNet() or UNet_conditional(num_classes=K) of the tutorial's modules.py (width 64).
 
   deno task export --run RUN [--ema] --out FILE.safetensors
-  deno task export --weights FILE.pt --out FILE.safetensors      (one format to the other)
-
-  --run RUN        run folder (or its name under runs/)    --ema   its EMA weights
-  --weights FILE   a PyTorch file of the tutorial's UNet (.pt, .pth, .safetensors)
-  --out FILE       .safetensors, or .pt / .pth (torch.save's format)`;
+  deno task export --weights FILE.pt --out FILE.safetensors      (one format to the other)`,
+);
 
 async function main() {
-  const v = parseFlags(Deno.args, {
-    run: { type: "string" },
-    ema: { type: "boolean" },
-    weights: { type: "string" },
-    out: { type: "string" },
-    help: { type: "boolean", short: "h" },
-  });
+  const v = readFlags("export", Deno.args);
   if (v.help) return console.log(HELP);
   if (!v.run === !v.weights) throw new UsageError("give --run RUN or --weights FILE (see --help)");
   const out = v.out as string | undefined;

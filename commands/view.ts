@@ -2,7 +2,7 @@
 // with tfjs's .wasm files, rewrites RUN/index.html, and serves the folder on localhost.
 import { extname, join, normalize } from "node:path";
 import { readState } from "../run/trained.ts";
-import { numberFlag, parseFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
+import { defaultNotes, helpText, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { writeReport } from "../run/report.ts";
 
 const ROOT = join(import.meta.dirname!, "..");
@@ -56,27 +56,25 @@ export function serveRun(runDir: string, port: number, onListen: (url: string) =
   }
 }
 
-const HELP = `Serve a run's page: the forward and reverse processes live in the browser, the config, loss and samples.
+const PORT = { port: 8000 }; // the default
 
-  deno task view --run RUN [--port 8000]
+const HELP = helpText(
+  "view",
+  `Serve a run's page: the forward and reverse processes live in the browser, the config, loss and samples.
 
-  --run RUN    run folder (or its name under runs/)
-  --port N     port on 127.0.0.1 (default 8000; 0 = any free port)
-
-The folder then works from any static server too (e.g. python3 -m http.server -d RUN).
-In the page, ?backend=webgpu|webgl|wasm|cpu picks the tfjs backend (default: the first that starts, in that order).`;
+  deno task view --run RUN [--port 8000]`,
+  defaultNotes(PORT),
+  `The folder then works from any static server too (e.g. python3 -m http.server -d RUN).
+In the page, ?backend=webgpu|webgl|wasm|cpu picks the tfjs backend (default: the first that starts, in that order).`,
+);
 
 async function main() {
-  const v = parseFlags(Deno.args, {
-    run: { type: "string" },
-    port: { type: "string" },
-    help: { type: "boolean", short: "h" },
-  });
+  const v = readFlags("view", Deno.args, PORT);
   if (v.help) return console.log(HELP);
   if (!v.run) throw new UsageError("--run RUN is required (a run folder, e.g. runs/demo)");
   const runDir = runFolder(v.run as string);
   await buildPage(runDir);
-  const server = serveRun(runDir, numberFlag("port", v.port, 0, 65535) ?? 8000, (url) => {
+  const server = serveRun(runDir, v.port as number, (url) => {
     console.log(`serving ${runDir} at ${url} (Ctrl-C to stop)`);
   });
   await server.finished;

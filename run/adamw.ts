@@ -37,19 +37,27 @@ export class AdamW {
     readonly model: Module,
     { lr = 3e-4, betas = [0.9, 0.999], eps = 1e-8, weightDecay = 0.01 }: AdamWOptions = {},
   ) {
-    [this.lr, this.betas, this.eps, this.weightDecay] = [lr, betas, eps, weightDecay];
+    this.lr = lr;
+    this.betas = betas;
+    this.eps = eps;
+    this.weightDecay = weightDecay;
     const zeros = (w: Tensor) => tf.tidy(() => tf.variable(tf.zerosLike(w), false));
-    for (const [name, w] of model.weights) this.m.set(name, zeros(w)), this.v.set(name, zeros(w));
+    for (const [name, w] of model.weights) {
+      this.m.set(name, zeros(w));
+      this.v.set(name, zeros(w));
+    }
   }
 
   /** One update from gradients keyed by weight name: one fused kernel for many weights where the backend has it. */
   update(grads: Map<string, Tensor>): void {
     this.step += 1;
     const [beta1, beta2] = this.betas;
-    const c1 = 1 - beta1 ** this.step, c2 = 1 - beta2 ** this.step; // bias corrections of m and v
-    const params = [...this.model.weights].filter(([name]) => grads.get(name)) // a weight unused this step (the label
-      .map(([name, w]) => ({ w, m: this.m.get(name)!, v: this.v.get(name)!, g: grads.get(name)! })); // embedding
-    const { lr, eps, weightDecay } = this; //                                 on an unconditional step) stays, as in PyTorch
+    const c1 = 1 - beta1 ** this.step; // bias corrections of m and v
+    const c2 = 1 - beta2 ** this.step;
+    // A weight without a gradient this step (the label embedding on an unconditional step) stays, as in PyTorch.
+    const params = [...this.model.weights].filter(([name]) => grads.get(name))
+      .map(([name, w]) => ({ w, m: this.m.get(name)!, v: this.v.get(name)!, g: grads.get(name)! }));
+    const { lr, eps, weightDecay } = this;
     if (hasFused("adamw")) return fusedAdamW(params, { lr, beta1, beta2, eps, weightDecay, c1, c2 });
     for (const { w, m, v, g } of params) {
       tf.tidy(() => {

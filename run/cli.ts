@@ -15,15 +15,15 @@ export class UsageError extends Error {}
 /** The run cannot go on (a non-finite loss): exit code 1. */
 export class TrainingError extends Error {}
 
-// ------------------------------------------------------------------ the flags of train, sample and eval
+// ------------------------------------------------------------------ the flags of every command
 
-export type Script = "train" | "sample" | "eval";
+export type Script = "train" | "sample" | "eval" | "export" | "view" | "bench" | "bench:decode";
 type Kind = "int" | "number" | "choice" | "string" | "boolean";
 type Takes = [min: number, max: number] | readonly string[] | string | null; // a range, the choices, or the arg's name
 /** A flag: its name, the scripts that take it, its kind, what it takes, train's Config key, and its line in --help. */
 type Flag = [name: string, scripts: string, kind: Kind, takes: Takes, key: keyof Config | null, help: string];
 
-const ALL = "train sample eval", RUN = "sample eval";
+const ALL = "train sample eval", RUN = "sample eval export";
 
 /** Every flag, in the order of --help; where scripts share a flag, its range and choices are the same in each. */
 const FLAGS: Flag[] = [
@@ -32,14 +32,22 @@ const FLAGS: Flag[] = [
   ["out", "train", "string", "DIR", "out", "runs folder; the run is OUT/NAME"],
   ["name", "train", "string", "NAME", "name", "run name"],
   ["resume", "train", "string", "RUN", null, "continue a run folder from its last checkpoint"],
-  ["run", RUN, "string", "RUN", null, "run folder, or its name under runs/"],
-  ["weights", ALL, "string", "FILE", "weights", "a PyTorch file of the tutorial's UNet: .pt, .pth or .safetensors"],
+  ["run", `${RUN} view`, "string", "RUN", null, "run folder, or its name under runs/"],
+  [
+    "weights",
+    `${ALL} export`,
+    "string",
+    "FILE",
+    "weights",
+    "a PyTorch file of the tutorial's UNet: .pt, .pth or .safetensors",
+  ],
   ["ema", RUN, "boolean", null, null, "the run's EMA weights"],
   ["epochs", "train", "int", [1, 1e9], "epochs", "passes over the data"],
   ["max-steps", "train", "int", [0, 1e12], "maxSteps", "stop after N steps in all; 0: no limit"],
   ["batch-size", "train", "int", [1, 4096], "batchSize", "images a step"],
-  ["image-size", "train sample", "int", [8, 4096], "imageSize", "image side in px, divisible by 8"],
-  ["width", "train", "int", [4, 4096], "width", "U-Net base width, divisible by 4"],
+  ["batch", "bench", "int", [1, 4096], null, "images a step"],
+  ["image-size", "train sample bench", "int", [8, 4096], "imageSize", "image side in px, divisible by 8"],
+  ["width", "train bench", "int", [4, 4096], "width", "U-Net base width, divisible by 4"],
   ["lr", "train", "number", [0, 10], "lr", "AdamW learning rate"],
   ["noise-steps", "train", "int", [1, 100000], "noiseSteps", "T, the diffusion steps"],
   ["schedule", "train", "choice", ["linear", "cosine"], "schedule", "the tutorial's β_t, or Nichol & Dhariwal's"],
@@ -63,9 +71,24 @@ const FLAGS: Flag[] = [
   ["eta", ALL, "number", [0, 1], "eta", "DDIM's η; 0: deterministic"],
   ["no-clip", "train sample", "boolean", null, "clip", "do not clip x̂_0 to [-1, 1] while sampling, as in the tutorial"],
   ["seed", ALL, "int", [0, 2 ** 31 - 1], "seed", "makes the run or the samples repeatable on the same backend"],
-  ["backend", ALL, "choice", BACKENDS, "backend", ""],
+  ["backend", `${ALL} bench`, "choice", BACKENDS, "backend", ""],
   ["out", "sample", "string", "PATH", null, "output PNG, or a folder for it"],
   ["raw", "sample", "string", "FILE", null, 'also save x_0 as floats: NHWC, tensor "samples" in the checkpoint format'],
+  ["out", "export", "string", "FILE", null, ".safetensors, or .pt / .pth (torch.save's format)"],
+  ["port", "view", "int", [0, 65535], null, "port on 127.0.0.1; 0: any free port"],
+  ["mode", "bench", "choice", ["train", "sample"], null, "a training step, or one sampling forward pass"],
+  ["steps", "bench", "int", [1, 1e6], null, "timed steps (the median is printed)"],
+  ["warmup", "bench", "int", [0, 1e6], null, "untimed steps before them"],
+  ["classes", "bench", "int", [0, 1e6], null, "label classes of a conditional U-Net; 0: unconditional"],
+  ["ema", "bench", "boolean", null, null, "time the EMA update too, as in training"],
+  ["by-kernel", "bench", "boolean", null, null, "the counts of each kernel (and its dispatches)"],
+  ["gpu-time", "bench", "boolean", null, null, "WebGPU: the GPU time of each kernel (timestamp queries)"],
+  ["count-only", "bench", "boolean", null, null, "WebGPU: record the steps but never run them: counts, no times"],
+  ["n", "bench:decode", "int", [1, 1e6], null, "images to generate, half JPEG, half PNG"],
+  ["width", "bench:decode", "int", [1, 20000], null, "their width in px"],
+  ["height", "bench:decode", "int", [1, 20000], null, "their height in px"],
+  ["size", "bench:decode", "int", [8, 4096], null, "the training image size they are decoded for"],
+  ["dir", "bench:decode", "string", "DIR", null, "where to write them (default: a temporary folder, removed after)"],
 ];
 
 const flagsOf = (script: Script) => FLAGS.filter(([, scripts]) => scripts.split(" ").includes(script));
@@ -83,8 +106,15 @@ export function helpText(script: Script, intro: string, notes: Record<string, st
   return [intro, "", ...lines, `  ${"--help, -h".padEnd(19)} this text`, ...(outro ? ["", outro] : [])].join("\n");
 }
 
-/** A script's flags: numbers in range (as numbers), choices checked; a bad one is a UsageError naming it. */
-export function readFlags(script: Script, args: string[]): Record<string, Value> {
+/** The --help notes of a script's own defaults (those of readFlags' `defaults`). */
+export const defaultNotes = (defaults: Record<string, Value>) =>
+  Object.fromEntries(Object.entries(defaults).map(([name, value]) => [name, `default ${value}`]));
+
+/**
+ * A script's flags: numbers in range (as numbers), choices checked; a bad one is a UsageError naming it. A flag not
+ * given takes its value from `defaults`, if there.
+ */
+export function readFlags(script: Script, args: string[], defaults: Record<string, Value> = {}): Record<string, Value> {
   const flags = flagsOf(script);
   const types = flags.map(([name, , kind]) => [name, { type: kind === "boolean" ? "boolean" : "string" } as const]);
   const values: Record<string, Value> = parseFlags(args, { ...Object.fromEntries(types), help: HELP_FLAG });
@@ -92,6 +122,7 @@ export function readFlags(script: Script, args: string[]): Record<string, Value>
     const range = takes as [number, number];
     if (kind === "int" || kind === "number") values[name] = numberFlag(name, values[name], ...range, kind === "int");
     if (kind === "choice") choiceFlag(name, values[name], takes as string[]);
+    values[name] ??= defaults[name];
   }
   return values;
 }

@@ -1,21 +1,21 @@
-// A training run's folder around train()'s loop: setup and resume, the loss log (read back every few steps),
-// checkpoints, sample grids at epoch ends, and Ctrl-C.
+// A training run's folder around train()'s loop: the backend, seed and data, resume, the loss log (read back every few
+// steps), checkpoints, sample grids at epoch ends, and Ctrl-C.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
-import { getSeedState, setBackend, setSeed } from "../kernels/backend.ts";
+import { getSeedState, mulberry32, setBackend, setSeed } from "../kernels/backend.ts";
 import { assignWeights, saveCheckpoint } from "../weights/checkpoint.ts";
-import { type Config, DEFAULTS, loadRunData, newDiffusion, newUNet } from "./config.ts";
+import { type Config, DEFAULTS, loadRunData } from "./config.ts";
 import { readState, type RunState } from "./trained.ts";
 import { flagOf, TrainingError, UsageError } from "./cli.ts";
 import type { Diffusion } from "../diffusion.ts";
-import { EMA } from "../ema.ts";
+import type { EMA } from "../ema.ts";
 import type { UNet } from "../modules.ts";
 import { loadTorchModel } from "../weights/pytorch.ts";
 import { Progress, SLOW_RUN_SECONDS, SlowCheck, slowRunHint } from "./progress.ts";
 import { readLossRows, sampleGrids, saveDataImages, writeReport } from "./report.ts";
 import { type Dataset } from "../utils.ts";
 import { CheckpointError } from "../weights/weights.ts";
-import { AdamW } from "./adamw.ts";
+import type { AdamW } from "./adamw.ts";
 
 /** How train() runs: resume, the flags given, and where its lines go. */
 export interface TrainOptions {
@@ -34,20 +34,31 @@ const CHECKPOINT_MINUTES = 10;
 
 type Pending = { loss: tf.Scalar; step: number; epoch: number };
 
-/** The state of a training run: its models, optimizer, data and position, and its folder. */
+/** What train() builds and the run keeps: checkpointed, restored on resume, sampled at epoch ends. */
+export interface RunParts {
+  model: UNet;
+  emaModel: UNet | null;
+  opt: AdamW;
+  ema: EMA;
+  diffusion: Diffusion;
+}
+
+/** A batch of train()'s loop: images NHWC in [-1, 1], and their labels (null: unconditional, or dropped for CFG). */
+export interface TrainBatch {
+  x: Float32Array;
+  n: number;
+  labels: Int32Array | null;
+}
+
+/** A training run: its folder, data and position; the parts train() gives it are checkpointed and restored. */
 export class Run {
   step = 0;
   epoch = 0;
   stepInEpoch = 0;
   losses: number[] = [];
   stopRequested = false; // a Ctrl-C: stop after this step
-  readonly config: Config;
-  readonly model: UNet;
-  readonly emaModel: UNet | null;
-  readonly ema: EMA;
-  readonly opt: AdamW;
-  readonly diffusion: Diffusion;
   readonly totalSteps: number;
+  private parts: RunParts | null = null;
   private pending: Pending[] = [];
   private lastCheckpoint = performance.now();
   private readonly lossFile: Deno.FsFile;
@@ -55,22 +66,16 @@ export class Run {
   private readonly slow: SlowCheck; // a run of more than a day: one line with the ways to a shorter one
   private readonly log: (line: string) => void;
 
-  /** The models (new, or from --weights), optimizer and diffusion of a run on `data`. */
   private constructor(
-    config: Config,
+    readonly config: Config,
     readonly dir: string,
     readonly data: Dataset,
+    readonly pretrained: UNet | null, // the model of --weights, for a new run
+    private readonly state: RunState | null, // the checkpoint to resume from
+    private readonly backend: string,
     private readonly readEvery: number,
-    { resume = false, given = [], log = console.log }: TrainOptions,
+    log: (line: string) => void,
   ) {
-    const numClasses = config.conditional ? data.classes.length : 0;
-    this.model = config.weights && !resume ? fromWeights(config, numClasses, given) : newUNet(config, numClasses);
-    const { width, removeDeepConv } = this.model; // (from --weights)
-    this.config = config = { ...config, width, removeDeepConv: removeDeepConv || config.removeDeepConv };
-    this.emaModel = config.emaBeta > 0 ? newUNet(config, numClasses) : null;
-    this.ema = new EMA(config.emaBeta);
-    this.opt = new AdamW(this.model, { lr: config.lr });
-    this.diffusion = newDiffusion(config);
     const stepsInAll = config.epochs * Math.ceil(data.length / config.batchSize);
     this.totalSteps = Math.min(stepsInAll, config.maxSteps || Infinity);
     this.lossFile = Deno.openSync(join(dir, "loss.jsonl"), { append: true, create: true });
@@ -82,7 +87,7 @@ export class Run {
     this.log = log;
   }
 
-  /** A new run in config.out/config.name, or (resume) that run from its checkpoint. */
+  /** A new run in config.out/config.name, or (resume) that run's saved config; the backend, the seed and the data. */
   static async start(config: Config, options: TrainOptions) {
     const { resume = false, given = [], log = console.log } = options, dir = join(config.out, config.name);
     const state = resume ? await readState(dir, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]) : null;
@@ -92,37 +97,58 @@ export class Run {
     setSeed(config.seed);
     const data = await loadRunData(config, log);
     await saveDataImages(dir, data, config.seed);
+    const numClasses = config.conditional ? data.classes.length : 0;
+    const pretrained = config.weights && !state ? fromWeights(config, numClasses, given) : null;
+    if (pretrained) config = { ...config, width: pretrained.width, removeDeepConv: pretrained.removeDeepConv };
     const gpu = backend === "webgpu" || backend === "tensorflow"; // a read-back waits for the GPU's queue
-    const run = new Run(config, dir, data, options.readEvery ?? (gpu ? 20 : 1), options);
+    const readEvery = options.readEvery ?? (gpu ? 20 : 1);
+    const run = new Run(config, dir, data, pretrained, state, backend, readEvery, log);
     Deno.addSignalListener("SIGINT", run.onSigint);
-    try {
-      if (state) await run.restore(state);
-      else if (run.emaModel) run.ema.resetParameters(run.emaModel, run.model);
-    } catch (e) { // a checkpoint that does not fit: free what the run holds
-      run.close();
-      throw e;
-    }
-    log(`backend ${backend} | ${run.describe()}`);
     return run;
   }
 
-  private async restore(state: RunState) {
-    const ckpt = state.dir!;
-    assignWeights(join(ckpt, "model.bin"), this.model.weights);
-    if (this.emaModel) assignWeights(join(ckpt, "ema.bin"), this.emaModel.weights);
-    assignWeights(join(ckpt, "adam_m.bin"), this.opt.m);
-    assignWeights(join(ckpt, "adam_v.bin"), this.opt.v);
-    ({ step: this.step, epoch: this.epoch, stepInEpoch: this.stepInEpoch } = state);
-    [this.opt.step, this.ema.step] = [state.adamStep, state.emaStep];
-    setSeed(state.seedState);
-    this.losses = await readLosses(this.dir, state.step);
-    this.log(`resuming ${this.dir} at step ${this.step} (epoch ${this.epoch + 1})`);
+  /** Takes train()'s parts; on resume, their weights, moments and steps and the run's position from the checkpoint. */
+  async restore(parts: RunParts) {
+    this.parts = parts;
+    const state = this.state;
+    if (state) {
+      const ckpt = state.dir!;
+      assignWeights(join(ckpt, "model.bin"), parts.model.weights);
+      if (parts.emaModel) assignWeights(join(ckpt, "ema.bin"), parts.emaModel.weights);
+      assignWeights(join(ckpt, "adam_m.bin"), parts.opt.m);
+      assignWeights(join(ckpt, "adam_v.bin"), parts.opt.v);
+      this.step = state.step;
+      this.epoch = state.epoch;
+      this.stepInEpoch = state.stepInEpoch;
+      parts.opt.step = state.adamStep;
+      parts.ema.step = state.emaStep;
+      setSeed(state.seedState);
+      this.losses = await readLosses(this.dir, state.step);
+      this.log(`resuming ${this.dir} at step ${this.step} (epoch ${this.epoch + 1})`);
+    }
+    this.log(`backend ${this.backend} | ${this.describe()}`);
+  }
+
+  /**
+   * This epoch's shuffled batches, with the labels dropped on a share of them (for CFG); after a resume in the middle
+   * of an epoch, the ones left. Stops early when the run is to stop.
+   */
+  *batches(): Generator<TrainBatch> {
+    const { seed, batchSize, labelDrop, conditional } = this.config;
+    const rand = mulberry32(seed * 7919 + this.epoch); // the epoch's shuffle and label drops, the same on resume
+    let i = 0;
+    for (const { x, n, labels } of this.data.batches(batchSize, rand)) {
+      const dropLabels = rand() < labelDrop; // (drawn for skipped batches too: the same stream)
+      if (i++ < this.stepInEpoch) continue;
+      yield { x, n, labels: conditional && !dropLabels ? labels : null };
+      if (!this.going) return;
+    }
   }
 
   private describe() {
-    const { config: c, data, model } = this;
+    const { config: c, data, parts } = this;
     return `${c.conditional ? "conditional " : ""}U-Net width ${c.width}: ` +
-      `${model.parameterCount.toLocaleString("en")} parameters | data ${data.name}: ${data.length} images` +
+      `${parts!.model.parameterCount.toLocaleString("en")} parameters | data ${data.name}: ${data.length} images` +
       `${data.skipped ? ` (${data.skipped} skipped)` : ""}, ${data.classes.length} class(es), ${c.imageSize} px | ` +
       `${this.totalSteps} steps of batch ${c.batchSize} | run folder ${this.dir}`;
   }
@@ -141,7 +167,8 @@ export class Run {
 
   /** After a step: its loss is logged (every readEvery steps), and a checkpoint written every few minutes. */
   async stepDone(loss: tf.Scalar) {
-    this.step++, this.stepInEpoch++;
+    this.step++;
+    this.stepInEpoch++;
     this.pending.push({ loss, step: this.step, epoch: this.epoch + 1 });
     if (this.pending.length >= this.readEvery) await this.readBack();
     if (!this.going) return;
@@ -151,7 +178,10 @@ export class Run {
   /** At an epoch's end (or the run's): a checkpoint, then the sample grids and the report when due. */
   async epochDone() {
     const { config } = this;
-    if (this.stepInEpoch >= Math.ceil(this.data.length / config.batchSize)) this.epoch++, this.stepInEpoch = 0;
+    if (this.stepInEpoch >= Math.ceil(this.data.length / config.batchSize)) { // (not when stopped mid-epoch)
+      this.epoch++;
+      this.stepInEpoch = 0;
+    }
     if (this.stopRequested) return;
     await this.checkpoint();
     const last = this.step >= this.totalSteps || this.epoch >= config.epochs;
@@ -159,7 +189,8 @@ export class Run {
       const label = this.stepInEpoch
         ? `step_${String(this.step).padStart(7, "0")}`
         : `epoch_${String(this.epoch).padStart(4, "0")}`;
-      const { model, emaModel, diffusion, dir: runDir, log } = this, classes = this.data.classes;
+      const { model, emaModel, diffusion } = this.parts!;
+      const { dir: runDir, log } = this, classes = this.data.classes;
       const stopped = () => this.stopRequested;
       await sampleGrids({ config, diffusion, model, emaModel, classes, runDir, label, log, stopped });
       await writeReport(this.dir);
@@ -198,7 +229,7 @@ export class Run {
   /** RUN/checkpoint/: the weights, the optimizer's moments and the position, all or nothing (checkpoint.ts). */
   private async checkpoint() {
     if (this.pending.length) await this.readBack();
-    const { model, emaModel, opt, ema } = this;
+    const { model, emaModel, opt, ema } = this.parts!;
     const files = new Map<string, Map<string, tf.Tensor>>([
       ["model.bin", model.weights],
       ["adam_m.bin", opt.m],
@@ -220,12 +251,11 @@ export class Run {
     this.lastCheckpoint = performance.now();
   }
 
-  /** Frees what the run holds (also after an error). */
+  /** Frees what the run holds (also after an error); train() frees the parts. */
   close() {
     Deno.removeSignalListener("SIGINT", this.onSigint);
     this.lossFile.close();
     tf.dispose(this.pending.map((r) => r.loss));
-    for (const d of [this.model, this.emaModel, this.opt, this.diffusion]) d?.dispose();
   }
 }
 

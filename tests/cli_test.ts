@@ -1,4 +1,4 @@
-// The flags of train, sample and eval: one table (cli.ts) for parsing, ranges, choices and --help.
+// The flags of every command: one table (run/cli.ts) for parsing, ranges, choices and --help.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { parseConfig, UsageError } from "../run/cli.ts";
@@ -154,4 +154,29 @@ Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 
   const full = parseEvalArgs(["--run", "shapes", "--full", "--seconds", "30"]).opts;
   assert.deepEqual([full.full, full.seconds, full.sampler, full.n], [true, 30, undefined, undefined]);
   assertOneLine(await runScript("commands/eval.ts", "--run", "x", "--n", "abc"), 2, "--n abc");
+});
+
+Deno.test("export, view, bench and bench:decode: --help from the same table; a bad flag is one line, exit 2", async () => {
+  const accepts: Record<string, string> = {
+    export: "run weights ema out help",
+    view: "run port help",
+    bench: "batch image-size width backend mode steps warmup classes ema by-kernel gpu-time count-only help",
+    "bench:decode": "n width height size dir help",
+  };
+  const scripts: Record<string, string> = {
+    export: "commands/export.ts",
+    view: "commands/view.ts",
+    bench: "commands/bench.ts",
+    "bench:decode": "commands/bench_decode.ts",
+  };
+  for (const [task, flags] of Object.entries(accepts)) {
+    const help = await taskHelp(task);
+    assert.equal(help.code, 0, help.stderr);
+    const listed = [...help.stdout.matchAll(/^ {2}--([a-z-]+)/gm)].map((m) => m[1]);
+    assert.deepEqual(listed.sort(), flags.split(" ").sort(), `${task} --help`);
+    assertOneLine(await runScript(scripts[task], "--bogus"), 2, "--bogus");
+  }
+  assertOneLine(await runScript("commands/bench.ts", "--mode", "x"), 2, "--mode x: use one of train, sample");
+  assertOneLine(await runScript("commands/view.ts", "--port", "70000"), 2, "--port 70000");
+  assertOneLine(await runScript("commands/bench_decode.ts", "--n", "0"), 2, "--n 0");
 });

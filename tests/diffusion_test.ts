@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { setBackend, setSeed } from "../kernels/backend.ts";
+import { nextSeed, setBackend, setSeed } from "../kernels/backend.ts";
 import { Diffusion, type NoiseModel } from "../diffusion.ts";
 
 await setBackend("cpu");
@@ -77,7 +77,7 @@ Deno.test("classifier-free guidance: lerp from the unconditional to the conditio
   d.dispose();
 });
 
-Deno.test("Algorithm 2 step: x_{t-1} mean matches the formula; sampling is repeatable with a seed", async () => {
+Deno.test("Algorithm 2 at t = 1 (T = 1, no noise) by hand; sampling is repeatable with a seed", async () => {
   // With ε_θ = 0 the chain is x_{t-1} = x_t/√α_t + √β_t·z: the final image depends only on the seed.
   const zero: NoiseModel = { forward: (x) => tf.zerosLike(x) };
   const d = new Diffusion({ imgSize: 8, noiseSteps: 5 });
@@ -97,12 +97,36 @@ Deno.test("Algorithm 2 step: x_{t-1} mean matches the formula; sampling is repea
   setSeed(7);
   const out = await one.sample(half, 1, { cfgScale: 0 });
   setSeed(7);
-  const xT = tf.randomNormal([1, 8, 8, 3], 0, 1, "float32", (await import("../kernels/backend.ts")).nextSeed());
+  const xT = tf.randomNormal([1, 8, 8, 3], 0, 1, "float32", nextSeed());
   const k = (1 - 0.02 / Math.sqrt(0.02) * 0.5) / Math.sqrt(0.98);
   const expected = await xT.mul(k).clipByValue(-1, 1).add(1).mul(127.5).round().data();
   assert.deepEqual(Array.from(out), Array.from(expected));
   tf.dispose(xT);
   for (const x of [d, one]) x.dispose();
+});
+
+Deno.test("Algorithm 2 at t > 1: x_{t-1} = (x_t - (1-α_t)/√(1-ᾱ_t)·ε_θ)/√α_t + σ_t·z, σ_t = √β_t", async () => {
+  const d = new Diffusion({ imgSize: 8, noiseSteps: 5 });
+  const half: NoiseModel = { forward: (x) => x.mul(0.5) }; // ε_θ(x_t, t) = x_t/2
+  const steps: Float32Array[] = [];
+  setSeed(11);
+  const onStep = async (_k: number, x: tf.Tensor4D) => void steps.push(await x.data() as Float32Array);
+  (await d.sampleX0(half, 2, { cfgScale: 0, clip: false, onStep })).dispose();
+  setSeed(11); // by hand, from the same draws: x_T, then z at each step but the last
+  let x = tf.randomNormal([2, 8, 8, 3], 0, 1, "float32", nextSeed());
+  for (let i = 4; i >= 0; i--) {
+    const [alpha, alphaHat, beta] = [d.alpha[i], d.alphaHat[i], d.beta[i]];
+    const mean = x.sub(x.mul(0.5).mul((1 - alpha) / Math.sqrt(1 - alphaHat))).div(Math.sqrt(alpha));
+    const z = i > 0 ? tf.randomNormal(x.shape, 0, 1, "float32", nextSeed()) : tf.zerosLike(x);
+    const next = mean.add(z.mul(Math.sqrt(beta)));
+    const got = steps[4 - i], want = await next.data();
+    const diff = Math.max(...want.map((v, j) => Math.abs(v - got[j])));
+    assert.ok(diff < 1e-5, `step t = ${i + 1}: max |diff| ${diff}`);
+    tf.dispose([x, mean, z]);
+    x = next;
+  }
+  x.dispose();
+  d.dispose();
 });
 
 // ------------------------------------------------------------ beyond the tutorial: cosine schedule, DDIM

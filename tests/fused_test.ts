@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { setBackend } from "../kernels/backend.ts";
 import { EMA } from "../ema.ts";
 import { attentionLimits } from "../kernels/fused_wasm.ts";
-import { attention, gelu, Module, Norm } from "../modules.ts";
+import { attention, gelu, Module, Norm, normGelu } from "../modules.ts";
 import { AdamW } from "../run/adamw.ts";
 
 const hasWebgpu = !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter());
@@ -63,7 +63,7 @@ for (const backend of BACKENDS) {
           norm.g.assign(rand([c], 11).add(1));
           norm.b.assign(rand([c], 12));
           const xs = [rand(shape, 13).mul(3).add(0.5), norm.g, norm.b, ...(residual ? [rand(shape, 14)] : [])];
-          const out = withGrads((x, _g, _b, r) => norm.forward(x, { residual: r ?? null, gelu: withGelu }), xs);
+          const out = withGrads((x, _g, _b, r) => withGelu ? normGelu(norm, x, r ?? null) : norm.forward(x), xs);
           norm.dispose();
           return out;
         });

@@ -54,3 +54,22 @@ Deno.test("the label changes the conditional prediction; labels = null is the un
   tf.dispose([x, t, a, b, u]);
   m.dispose();
 });
+
+Deno.test("init as PyTorch's: Linear and Conv2d U(±1/√fan_in); MultiheadAttention Xavier-uniform, zero biases", async () => {
+  setSeed(0);
+  const model = new UNet({ width: 16 });
+  const range = async (name: string) => {
+    const w = model.weights.get(name)!;
+    const [min, max] = await Promise.all([w.min().data(), w.max().data()]);
+    return [min[0], max[0]];
+  };
+  const near = ([min, max]: number[], bound: number) => min >= -bound && max <= bound && max > 0.95 * bound;
+  const c = 32; // sa1 runs at 2 × width
+  assert.ok(near(await range("sa1.mha.in_proj_weight"), Math.sqrt(6 / (c + 3 * c))), "Xavier-uniform in_proj_weight");
+  assert.deepEqual(await range("sa1.mha.in_proj_bias"), [0, 0]);
+  assert.deepEqual(await range("sa1.mha.out_proj.bias"), [0, 0]);
+  assert.ok(near(await range("sa1.mha.out_proj.weight"), 1 / Math.sqrt(c)), "out_proj.weight: nn.Linear's");
+  assert.ok(near(await range("sa1.ff_self.1.weight"), 1 / Math.sqrt(c)), "ff_self.1: nn.Linear's");
+  assert.ok(near(await range("inc.double_conv.0.weight"), 1 / Math.sqrt(9 * 3)), "Conv2d's");
+  model.dispose();
+});

@@ -8,23 +8,51 @@ import { trainStep } from "../train.ts";
 
 await setBackend("wasm");
 
-Deno.test("overfit: a tiny model on a fixed batch halves its loss quickly", async () => {
+Deno.test("trainStep is Algorithm 1: the MSE of ε at the drawn t, then one AdamW step on its gradient", async () => {
+  setSeed(0);
+  const model = new UNet({ width: 8 });
+  const lr = 1e-3, weightDecay = 0.01;
+  const opt = new AdamW(model, { lr, weightDecay });
+  const diffusion = new Diffusion({ imgSize: 16 });
+  const x0 = tf.randomUniform([3, 16, 16, 3], -1, 1, "float32", 1) as tf.Tensor4D;
+  setSeed(5); // by hand: t ~ U{0..T-1}, ε ~ N(0, I), x_t (Eq. 4), ‖ε - ε_θ(x_t, t)‖² and its gradient
+  const t = diffusion.sampleTimesteps(3);
+  const [xt, eps] = diffusion.noiseImages(x0, t);
+  const { value, grads } = tf.variableGrads(() => tf.losses.meanSquaredError(eps, model.forward(xt, t)) as tf.Scalar);
+  const before = new Map([...model.weights].map(([n, w]) => [n, w.clone()]));
+  setSeed(5); // trainStep draws the same t and ε
+  const loss = trainStep(model, diffusion, opt, x0);
+  assert.ok(Math.abs((await loss.data())[0] - (await value.data())[0]) < 1e-6);
+  // AdamW's first step: m̂ = g, v̂ = g², so w ← w·(1 - lr·λ) - lr·g/(|g| + ε) ≈ w·(1 - lr·λ) - lr·sign(g)
+  for (const [name, w] of model.weights) {
+    const g = grads[w.name], w0 = before.get(name)!;
+    const expected = tf.tidy(() => w0.mul(1 - lr * weightDecay).sub(g.div(g.abs().add(1e-8)).mul(lr)));
+    const diff = tf.tidy(() => expected.sub(w).abs().max().dataSync()[0]);
+    assert.ok(diff < 1e-6, `${name}: max |diff| ${diff}`);
+    expected.dispose();
+  }
+  tf.dispose([x0, t, xt, eps, value, loss, ...Object.values(grads), ...before.values()]);
+  model.dispose();
+  opt.dispose();
+  diffusion.dispose();
+});
+
+Deno.test("overfit: trainStep on a fixed batch of a tiny model lowers its loss", async () => {
   setSeed(0);
   const model = new UNet({ width: 8 });
   const opt = new AdamW(model, { lr: 2e-3 });
-  const diffusion = new Diffusion({ imgSize: 16 });
+  const diffusion = new Diffusion({ imgSize: 16, noiseSteps: 100 });
   const x0 = tf.randomUniform([4, 16, 16, 3], -1, 1, "float32", 1) as tf.Tensor4D;
-  const t = tf.tensor1d([100, 300, 600, 900], "int32");
-  const [xt, eps] = diffusion.noiseImages(x0, t);
   const losses: number[] = [];
   for (let i = 0; i < 60; i++) {
-    const { value, grads } = tf.variableGrads(() => tf.losses.meanSquaredError(eps, model.forward(xt, t)) as tf.Scalar);
-    opt.update(new Map([...model.weights].map(([n, w]) => [n, grads[w.name]])));
-    losses.push((await value.data())[0]);
-    tf.dispose([value, ...Object.values(grads)]);
+    const loss = trainStep(model, diffusion, opt, x0); // fresh t and ε each step
+    losses.push((await loss.data())[0]);
+    loss.dispose();
   }
-  assert.ok(losses.at(-1)! < losses[0] / 2, `loss ${losses[0]} -> ${losses.at(-1)}`);
-  tf.dispose([x0, t, xt, eps]);
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b) / xs.length;
+  const first = mean(losses.slice(0, 10)), last = mean(losses.slice(-10));
+  assert.ok(last < 0.85 * first, `mean loss of the first 10 steps ${first}, of the last 10 ${last}`);
+  x0.dispose();
   model.dispose();
   opt.dispose();
   diffusion.dispose();
