@@ -7,6 +7,7 @@ import type { AdamW } from "./run/adamw.ts";
 import type { Diffusion } from "./diffusion.ts";
 import type { UNet } from "./modules.ts";
 import { Run, type TrainOptions } from "./run/run.ts";
+import { lossGradients, type Threads } from "./run/threads.ts";
 
 /** Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖². */
 export function trainStep(
@@ -15,17 +16,15 @@ export function trainStep(
   opt: AdamW,
   x0: tf.Tensor4D,
   labels: tf.Tensor1D | null = null,
+  threads: Threads | null = null, // share the batch among the CPU's threads (threads.ts)
 ): tf.Scalar {
   const t = diffusion.sampleTimesteps(x0.shape[0]);
   const [xt, noise] = diffusion.noiseImages(x0, t);
-  const weights = [...model.weights.values()];
-  const { value, grads } = tf.variableGrads(
-    () => tf.losses.meanSquaredError(noise, model.forward(xt, t, labels)) as tf.Scalar,
-    weights,
-  );
-  const byName = new Map([...model.weights].map(([name, w]) => [name, grads[w.name]]));
-  opt.update(byName);
-  tf.dispose([t, xt, noise, ...Object.values(grads)]);
+  const { value, grads } = threads
+    ? threads.lossGradients(model, xt, t, noise, labels)
+    : lossGradients(model, xt, t, noise, labels);
+  opt.update(grads);
+  tf.dispose([t, xt, noise, ...grads.values()]);
   return value;
 }
 
@@ -48,7 +47,7 @@ export async function train(config: Config, options: TrainOptions = {}) {
         const loss = tf.tidy(() => {
           const x0 = tf.tensor4d(batch.x, [batch.n, imageSize, imageSize, 3]);
           const labels = numClasses && !dropLabels ? tf.tensor1d(batch.labels, "int32") : null;
-          return trainStep(model, diffusion, opt, x0, labels);
+          return trainStep(model, diffusion, opt, x0, labels, run.threads);
         });
         if (emaModel) ema.stepEma(emaModel, model, run.config.emaStart);
         await run.stepDone(loss);

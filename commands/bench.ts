@@ -12,6 +12,7 @@ import { EMA } from "../ema.ts";
 import { UNet } from "../modules.ts";
 import { AdamW } from "../run/adamw.ts";
 import { trainStep } from "../train.ts";
+import { threadCount, Threads } from "../run/threads.ts";
 
 const { values: a } = parseArgs({
   args: Deno.args,
@@ -23,6 +24,7 @@ const { values: a } = parseArgs({
     warmup: { type: "string", default: "1" },
     mode: { type: "string", default: "train" },
     backend: { type: "string", default: "auto" },
+    threads: { type: "string", default: "0" }, // wasm: CPU threads sharing the batch (0: every core)
     classes: { type: "string", default: "0" },
     ema: { type: "boolean", default: false }, // the EMA update too, as in training
     "by-kernel": { type: "boolean", default: false }, // print the counts of each kernel (and its dispatches)
@@ -139,11 +141,13 @@ const opt = new AdamW(model, { lr: 3e-4 });
 const x0 = tf.randomUniform([batch, imageSize, imageSize, 3], -1, 1) as tf.Tensor4D;
 const labels = classes > 0 ? tf.randomUniformInt([batch], 0, classes) as tf.Tensor1D : null;
 const tSample = tf.fill([batch], 500, "int32") as tf.Tensor1D;
+const threadsUsed = threadCount(backend, Number(a.threads));
+const threads = threadsUsed > 1 ? await Threads.start(threadsUsed, model) : null;
 
 async function step() {
   const out = a.mode === "train"
-    ? trainStep(model, diffusion, opt, x0, labels)
-    : tf.tidy(() => model.forward(x0, tSample, labels));
+    ? trainStep(model, diffusion, opt, x0, labels, threads)
+    : tf.tidy(() => threads ? threads.forward(model, x0, tSample, labels) : model.forward(x0, tSample, labels));
   if (emaModel) ema.stepEma(emaModel, model, 0);
   if (!a["count-only"]) await out.data(); // sync: the step is done when its result can be read
   out.dispose();
@@ -171,6 +175,7 @@ const run = (k: string) => !k.startsWith("(") && !["Reshape", "Identity"].includ
 console.log(JSON.stringify({
   mode: a.mode,
   backend,
+  threads: threadsUsed,
   image_size: imageSize,
   batch,
   width,
@@ -204,4 +209,5 @@ opt.dispose();
 model.dispose();
 emaModel?.dispose();
 diffusion.dispose();
+threads?.close();
 if (a["count-only"]) Deno.exit(0); // without waiting for the GPU to finish what was issued

@@ -18,6 +18,7 @@ export interface Config {
   noiseSteps: number;
   schedule: Schedule; // linear (the tutorial's) or cosine
   backend: BackendName;
+  threads: number; // CPU threads on the wasm backend (0 = every core)
   seed: number;
   sampleEvery: number; // epochs between sample grids
   nSamples: number;
@@ -84,6 +85,7 @@ export const DEFAULTS: Config = {
   noiseSteps: 1000,
   schedule: "linear",
   backend: "auto",
+  threads: 0,
   seed: 0,
   sampleEvery: 10,
   nSamples: 16,

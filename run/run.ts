@@ -16,6 +16,7 @@ import { readLossRows, sampleGrids, saveDataImages, writeReport } from "./report
 import { type Dataset } from "../utils.ts";
 import { CheckpointError } from "../weights/weights.ts";
 import { AdamW } from "./adamw.ts";
+import { describeThreads, threadCount, Threads } from "./threads.ts";
 
 export interface TrainOptions {
   resume?: boolean; // continue config.out/config.name from its checkpoint
@@ -43,6 +44,7 @@ export class Run {
   readonly opt: AdamW;
   readonly diffusion: Diffusion;
   readonly totalSteps: number;
+  threads: Threads | null = null; // the CPU threads that share each batch (wasm, more than one)
   private pending: Pending[] = [];
   private lastCheckpoint = performance.now();
   private readonly lossFile: Deno.FsFile;
@@ -85,14 +87,16 @@ export class Run {
     const gpu = backend === "webgpu" || backend === "tensorflow"; // a read-back waits for the GPU's queue
     const run = new Run(config, dir, data, options.readEvery ?? (gpu ? 20 : 1), options);
     Deno.addSignalListener("SIGINT", run.onSigint);
+    const threads = threadCount(backend, config.threads);
     try {
+      if (threads > 1) run.threads = await Threads.start(threads, run.model);
       if (state) await run.restore(state);
       else if (run.emaModel) run.ema.resetParameters(run.emaModel, run.model);
     } catch (e) { // a checkpoint that does not fit: free what the run holds
       run.close();
       throw e;
     }
-    log(`backend ${backend} | ${run.describe()}`);
+    log(`${describeThreads(backend, threads)} | ${run.describe()}`);
     return run;
   }
 
@@ -149,9 +153,9 @@ export class Run {
       const label = this.stepInEpoch
         ? `step_${String(this.step).padStart(7, "0")}`
         : `epoch_${String(this.epoch).padStart(4, "0")}`;
-      const { model, emaModel, diffusion, dir: runDir, log } = this, classes = this.data.classes;
+      const { model, emaModel, diffusion, dir: runDir, log, threads } = this, classes = this.data.classes;
       const stopped = () => this.stopRequested;
-      await sampleGrids({ config, diffusion, model, emaModel, classes, runDir, label, log, stopped });
+      await sampleGrids({ config, diffusion, model, emaModel, classes, runDir, label, log, stopped, threads });
       await writeReport(this.dir);
     }
   }
@@ -215,6 +219,7 @@ export class Run {
     this.lossFile.close();
     tf.dispose(this.pending.map((r) => r.loss));
     for (const d of [this.model, this.emaModel, this.opt, this.diffusion]) d?.dispose();
+    this.threads?.close();
   }
 }
 
@@ -239,6 +244,7 @@ const CHANGEABLE: (keyof Config)[] = [
   "epochs",
   "maxSteps",
   "backend",
+  "threads",
   "sampleEvery",
   "nSamples",
   "cfgScale",
