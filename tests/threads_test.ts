@@ -62,7 +62,7 @@ Deno.test("2 threads: the loss and every gradient of the 1-thread step, with and
 Deno.test("2 threads: two training steps (AdamW included) track the 1-thread ones", async () => {
   const losses: number[][] = [];
   for (const count of [1, 2]) {
-    const { model, xt, noise, t, labels, dispose } = setup();
+    const { model, xt, noise, labels, dispose } = setup();
     noise.dispose(); // (trainStep draws its own)
     const threads = count > 1 ? await Threads.start(count, model) : null;
     const opt = new AdamW(model, { lr: 1e-3 }), diffusion = new Diffusion({ imgSize: 16, noiseSteps: 1000 });
