@@ -10,8 +10,10 @@ import { assertOneLine, ROOT, runScript } from "./helpers.ts";
 const ACCEPTS = { // what each script's README and users rely on
   train: "preset data out name resume weights epochs max-steps batch-size image-size width lr noise-steps schedule " +
     "conditional label-drop ema-beta ema-start count cache-dir no-cache sample-every n-samples cfg-scale sampler " +
-    "sample-steps eta no-clip seed backend help",
-  sample: "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend out raw help",
+    "sample-steps eta no-clip seed backend threads help",
+  sample:
+    "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend threads out raw " +
+    "help",
   eval: "run weights ema n seconds full sampler sample-steps eta seed backend help",
 };
 const PARSE = { // each script's parser, on flags that are otherwise complete
