@@ -23,8 +23,9 @@ export function lossGradients(
     const loss = tf.losses.meanSquaredError(noise, model.forward(xt, t, labels)) as tf.Scalar;
     return share === 1 ? loss : loss.mul(share);
   }, weights);
-  const byName = new Map([...model.weights].map(([name, w]) => [name, grads[w.name]]));
-  return { value, grads: byName };
+  // (a weight the step did not use has none: the label embedding on an unconditional step)
+  const used = [...model.weights].filter(([, w]) => grads[w.name]);
+  return { value, grads: new Map(used.map(([name, w]) => [name, grads[w.name]])) };
 }
 
 /** The threads a backend runs on: on wasm, `requested` (0: every core); the others have their own. */
@@ -42,17 +43,37 @@ const scope = self as unknown as {
   postMessage(message: string): void;
   close(): void;
 };
-// the slots of a worker's control array (Int32), then a Float32 view on the same buffer for the two numbers
-const [REQUEST, DONE, COMMAND, ROWS, SIZE, HAS_LABELS, NEW_WEIGHTS, ERROR_BYTES] = [0, 1, 2, 3, 4, 5, 6, 7];
-const [SHARE, LOSS] = [8, 9];
-const CONTROL_BYTES = 64, ERROR_AT = 64, ERROR_MAX = 960;
-const [FORWARD, GRADIENTS, QUIT] = [1, 2, 3];
+
+/** A worker's control slots: Int32 indices into its control buffer (then an error message, from byte 64). */
+const SLOT = { request: 0, done: 1, command: 2, rows: 3, size: 4, hasLabels: 5, newWeights: 6, errorBytes: 7 };
+/** Its two numbers: Float32 indices into the same buffer. */
+const NUMBER = { share: 8, loss: 9 };
+const ERROR_AT = 64;
+const ERROR_MAX = 960;
+const FORWARD = 1;
+const GRADIENTS = 2;
+const QUIT = 3;
 
 /** What the main thread and one worker share: the control slots, the rows in and out, the gradients. */
 interface Link {
-  control: SharedArrayBuffer; // CONTROL_BYTES of slots, then an error message
-  io: SharedArrayBuffer; // growable: x [, ε], t, labels [, the output]
-  grads: SharedArrayBuffer; // every weight's gradient, in model.weights' order
+  control: SharedArrayBuffer;
+  io: SharedArrayBuffer; // growable: see ioLayout
+  grads: SharedArrayBuffer; // every weight's gradient, flat (see flatWeights)
+}
+
+/** Where r rows lie in a worker's io buffer (floats): `images` batches of r images (x, or x_t and ε), t, labels, ε_θ. */
+function ioLayout(r: number, pixels: number, images: number) {
+  const t = images * r * pixels;
+  return { t, labels: t + r, out: t + 2 * r, end: t + 2 * r + (images === 1 ? r * pixels : 0) };
+}
+
+/** Each weight of a model with its offset in one flat array of them all, in model.weights' order. */
+function* flatWeights(model: UNet) {
+  let at = 0;
+  for (const [name, w] of model.weights) {
+    yield { name, w, at };
+    at += w.size;
+  }
 }
 
 /** The rows of a batch of n that each of `count` threads takes: [start, end), none empty. */
@@ -61,29 +82,32 @@ export function shares(n: number, count: number): [number, number][] {
   return Array.from({ length: k }, (_, i) => [Math.floor(i * n / k), Math.floor((i + 1) * n / k)]);
 }
 
-/** A pool of threads for one U-Net shape: this thread, and count - 1 workers. */
+/** Rows [start, end) of a batch. */
+const rows = <X extends tf.Tensor>(x: X, [start, end]: [number, number]): X => x.slice(start, end - start) as X;
+
+/** A pool of threads for U-Nets of one shape: this thread and count - 1 workers. */
 export class Threads {
   private synced: UNet | null = null; // the model whose weights the workers hold
   private constructor(
     readonly count: number,
     private readonly workers: Worker[],
     private readonly links: Link[],
-    private readonly weights: SharedArrayBuffer, // every weight, in model.weights' order
+    private readonly weights: SharedArrayBuffer, // every weight, flat
   ) {}
 
   /** `count` threads in all (count - 1 workers, each loading the wasm backend) for models shaped like `model`. */
   static async start(count: number, model: UNet): Promise<Threads> {
     const { width, timeDim, numClasses, removeDeepConv } = model;
+    const shape: UNetOptions = { width, timeDim, numClasses, removeDeepConv };
     const bytes = 4 * model.parameterCount;
     const weights = new SharedArrayBuffer(bytes);
     const links = Array.from({ length: count - 1 }, () => ({
-      control: new SharedArrayBuffer(CONTROL_BYTES + ERROR_MAX),
+      control: new SharedArrayBuffer(ERROR_AT + ERROR_MAX),
       io: new SharedArrayBuffer(0, { maxByteLength: 2 ** 31 }),
       grads: new SharedArrayBuffer(bytes),
     }));
     const workers = links.map(() => new Worker(import.meta.url, { type: "module", name: NAME }));
-    const shape: UNetOptions = { width, timeDim, numClasses, removeDeepConv };
-    await Promise.all(workers.map((w, i) =>
+    const ready = workers.map((w, i) =>
       new Promise<void>((resolve, reject) => {
         w.onmessage = (e) => e.data === "ready" ? resolve() : reject(new Error(`thread ${i + 1}: ${e.data}`));
         w.onerror = (e) => {
@@ -92,25 +116,30 @@ export class Threads {
         };
         w.postMessage({ shape, link: links[i], weights });
       })
-    )).catch((e) => {
+    );
+    await Promise.all(ready).catch((e) => {
       workers.forEach((w) => w.terminate());
       throw e;
     });
     return new Threads(count, workers, links, weights);
   }
 
-  /** ε_θ(x, t, y), the rows shared among the threads. The workers reload `model`'s weights when it is another. */
+  /** ε_θ(x, t, y), the rows shared among the threads. The workers load `model`'s weights when they hold another's. */
   forward(model: UNet, x: tf.Tensor4D, t: tf.Tensor1D, labels: tf.Tensor1D | null): tf.Tensor4D {
     const parts = shares(x.shape[0], this.count);
     if (parts.length === 1) return model.forward(x, t, labels);
     const newWeights = this.synced !== model;
     if (newWeights) this.writeWeights(model);
-    const outputs = this.send(FORWARD, parts, [x], t, labels, newWeights, () => {
-      const [start, end] = parts[0];
-      return tf.tidy(() => model.forward(rows(x, start, end), rows(t, start, end), labels && rows(labels, start, end)));
+    const busy = this.post(FORWARD, parts, [x], t, labels, newWeights);
+    const mine = tf.tidy(() => model.forward(rows(x, parts[0]), rows(t, parts[0]), labels && rows(labels, parts[0])));
+    this.wait(busy);
+    const [, h, w, c] = x.shape;
+    const theirs = busy.map((link, i) => {
+      const r = parts[i + 1][1] - parts[i + 1][0], { out } = ioLayout(r, h * w * c, 1);
+      return tf.tensor4d(new Float32Array(link.io, 4 * out, r * h * w * c), [r, h, w, c]);
     });
-    const all = tf.concat(outputs, 0) as tf.Tensor4D;
-    tf.dispose(outputs);
+    const all = tf.concat([mine, ...theirs], 0) as tf.Tensor4D;
+    tf.dispose([mine, ...theirs]);
     return all;
   }
 
@@ -119,36 +148,26 @@ export class Threads {
     return { forward: (x, t, labels) => this.forward(model, x, t, labels ?? null) };
   }
 
-  /** lossGradients over the whole batch: each thread's share, summed here. The workers load `model`'s weights. */
+  /** lossGradients of the whole batch: each thread's share, the gradients summed. The workers load the weights. */
   lossGradients(model: UNet, xt: tf.Tensor4D, t: tf.Tensor1D, noise: tf.Tensor4D, labels: tf.Tensor1D | null) {
-    const n = xt.shape[0], parts = shares(n, this.count);
+    const n = xt.shape[0], parts = shares(n, this.count), [start, end] = parts[0];
     if (parts.length === 1) return lossGradients(model, xt, t, noise, labels);
     this.writeWeights(model);
     this.synced = null; // the optimizer is about to change them
-    let mine!: ReturnType<typeof lossGradients>;
-    this.send(GRADIENTS, parts, [xt, noise], t, labels, true, () => {
-      const [start, end] = parts[0];
-      const mineRows = [xt, t, noise, labels].map((x) => x && rows(x, start, end));
-      const [x, tRows, eps, y] = mineRows as [tf.Tensor4D, tf.Tensor1D, tf.Tensor4D, tf.Tensor1D | null];
-      mine = lossGradients(model, x, tRows, eps, y, (end - start) / n);
-      tf.dispose(mineRows.filter((r) => r !== null));
-      return null;
-    });
-    let { value } = mine;
-    const { grads } = mine;
-    for (const link of this.links.slice(0, parts.length - 1)) {
-      value = replace(value, value.add(new Float32Array(link.control)[LOSS]));
-      const all = new Float32Array(link.grads);
-      let offset = 0;
-      for (const [name, w] of model.weights) {
-        const g = grads.get(name);
-        if (g) {
-          grads.set(
-            name,
-            replace(g, tf.tidy(() => g.add(tf.tensor(all.subarray(offset, offset + w.size), w.shape)))),
-          );
-        }
-        offset += w.size;
+    const busy = this.post(GRADIENTS, parts, [xt, noise], t, labels, true);
+    const mineRows = [rows(xt, parts[0]), rows(t, parts[0]), rows(noise, parts[0]), labels && rows(labels, parts[0])];
+    const [x, tRows, eps, y] = mineRows as [tf.Tensor4D, tf.Tensor1D, tf.Tensor4D, tf.Tensor1D | null];
+    const mine = lossGradients(model, x, tRows, eps, y, (end - start) / n), grads = mine.grads;
+    let value = mine.value;
+    tf.dispose(mineRows.filter((r) => r !== null));
+    this.wait(busy);
+    const offsets = new Map([...flatWeights(model)].map(({ name, at }) => [name, at]));
+    for (const link of busy) {
+      value = replace(value, value.add(new Float32Array(link.control)[NUMBER.loss]));
+      const theirs = new Float32Array(link.grads);
+      for (const [name, g] of grads) {
+        const at = offsets.get(name)!;
+        grads.set(name, replace(g, tf.tidy(() => g.add(tf.tensor(theirs.subarray(at, at + g.size), g.shape)))));
       }
     }
     return { value, grads };
@@ -156,61 +175,59 @@ export class Threads {
 
   /** Ends the workers. */
   close() {
-    for (const link of this.links) command(link, QUIT);
+    for (const link of this.links) notify(link, QUIT);
     this.workers.forEach((w) => w.terminate());
   }
 
   private writeWeights(model: UNet) {
     const all = new Float32Array(this.weights);
-    let offset = 0;
-    for (const w of model.weights.values()) {
-      all.set(w.dataSync() as Float32Array, offset);
-      offset += w.size;
-    }
+    for (const { w, at } of flatWeights(model)) all.set(w.dataSync() as Float32Array, at);
     this.synced = model;
   }
 
-  /**
-   * Sends each worker its rows of `inputs`, t and labels, runs `here` (this thread's rows) meanwhile, then waits for
-   * them; returns this thread's output and each worker's (FORWARD), as tensors.
-   */
-  private send(
+  /** Sends each worker but this thread's first share its rows of `images`, t and labels; returns the links used. */
+  private post(
     what: number,
     parts: [number, number][],
-    inputs: tf.Tensor4D[],
+    images: tf.Tensor4D[],
     t: tf.Tensor1D,
     labels: tf.Tensor1D | null,
     newWeights: boolean,
-    here: () => tf.Tensor4D | null,
-  ): tf.Tensor4D[] {
-    const [, h, w, c] = inputs[0].shape, pixels = h * w * c, n = inputs[0].shape[0];
-    const data = inputs.map((x) => x.dataSync() as Float32Array);
+  ): Link[] {
+    const [n, h, w, c] = images[0].shape, pixels = h * w * c; // (square images: h = w)
+    const data = images.map((x) => x.dataSync() as Float32Array);
     const tData = t.dataSync(), labelData = labels?.dataSync();
     const busy = this.links.slice(0, parts.length - 1);
     busy.forEach((link, i) => {
-      const [start, end] = parts[i + 1], r = end - start;
-      const floats = r * pixels * (inputs.length + (what === FORWARD ? 1 : 0)) + 2 * r;
-      if (link.io.byteLength < 4 * floats) link.io.grow(4 * floats);
+      const [start, end] = parts[i + 1], r = end - start, at = ioLayout(r, pixels, images.length);
+      if (link.io.byteLength < 4 * at.end) link.io.grow(4 * at.end);
       const io = new Float32Array(link.io);
       data.forEach((d, j) => io.set(d.subarray(start * pixels, end * pixels), j * r * pixels));
-      io.set(tData.subarray(start, end), inputs.length * r * pixels);
-      if (labelData) io.set(labelData.subarray(start, end), inputs.length * r * pixels + r);
+      io.set(tData.subarray(start, end), at.t);
+      if (labelData) io.set(labelData.subarray(start, end), at.labels);
       const slots = new Int32Array(link.control);
-      [slots[ROWS], slots[SIZE], slots[HAS_LABELS], slots[NEW_WEIGHTS]] = [r, h, labels ? 1 : 0, newWeights ? 1 : 0];
-      new Float32Array(link.control)[SHARE] = r / n;
-      command(link, what, false);
+      slots[SLOT.rows] = r;
+      slots[SLOT.size] = h;
+      slots[SLOT.hasLabels] = labels ? 1 : 0;
+      slots[SLOT.newWeights] = newWeights ? 1 : 0;
+      new Float32Array(link.control)[NUMBER.share] = r / n;
+      notify(link, what);
     });
-    const mine = here();
-    busy.forEach((link, i) => awaitDone(link, i + 1));
-    if (what !== FORWARD) return [];
-    return [
-      mine!,
-      ...busy.map((link, i) => {
-        const [start, end] = parts[i + 1], r = end - start;
-        const out = new Float32Array(link.io, 4 * (r * pixels + 2 * r), r * pixels);
-        return tf.tensor4d(out, [r, h, w, c]);
-      }),
-    ];
+    return busy;
+  }
+
+  /** Blocks until each worker has done its request; throws a worker's error. */
+  private wait(busy: Link[]) {
+    busy.forEach((link, i) => {
+      const slots = new Int32Array(link.control);
+      for (let d = Atomics.load(slots, SLOT.done); d !== Atomics.load(slots, SLOT.request); d = slots[SLOT.done]) {
+        Atomics.wait(slots, SLOT.done, d);
+      }
+      if (!slots[SLOT.errorBytes]) return;
+      const message = new TextDecoder().decode(new Uint8Array(link.control, ERROR_AT, slots[SLOT.errorBytes]).slice());
+      slots[SLOT.errorBytes] = 0;
+      throw new Error(`thread ${i + 2}: ${message}`);
+    });
   }
 }
 
@@ -220,29 +237,12 @@ function replace<X extends tf.Tensor>(old: tf.Tensor, next: X): X {
   return next;
 }
 
-/** Rows [start, end) of a batch. */
-const rows = <X extends tf.Tensor>(x: X, start: number, end: number): X => x.slice(start, end - start) as X;
-
-/** Posts a command to a worker (and by default waits until it is done). */
-function command(link: Link, what: number, wait = true) {
+/** Wakes a worker with a command. */
+function notify(link: Link, what: number) {
   const slots = new Int32Array(link.control);
-  slots[COMMAND] = what;
-  Atomics.add(slots, REQUEST, 1);
-  Atomics.notify(slots, REQUEST);
-  if (wait && what !== QUIT) awaitDone(link, 0);
-}
-
-/** Blocks until the worker has done its last request; throws its error, if any. */
-function awaitDone(link: Link, thread: number) {
-  const slots = new Int32Array(link.control);
-  for (let done = Atomics.load(slots, DONE); done !== Atomics.load(slots, REQUEST); done = Atomics.load(slots, DONE)) {
-    Atomics.wait(slots, DONE, done);
-  }
-  if (slots[ERROR_BYTES]) {
-    const bytes = new Uint8Array(link.control, ERROR_AT, slots[ERROR_BYTES]).slice();
-    slots[ERROR_BYTES] = 0;
-    throw new Error(`thread ${thread}: ${new TextDecoder().decode(bytes)}`);
-  }
+  slots[SLOT.command] = what;
+  Atomics.add(slots, SLOT.request, 1);
+  Atomics.notify(slots, SLOT.request);
 }
 
 // ------------------------------------------------------------------ a worker
@@ -252,52 +252,47 @@ async function serve({ shape, link, weights }: { shape: UNetOptions; link: Link;
   await setBackend("wasm", () => {});
   const model = new UNet(shape);
   scope.postMessage("ready");
-  const slots = new Int32Array(link.control), numbers = new Float32Array(link.control);
+  const slots = new Int32Array(link.control);
   for (let seen = 0;;) {
-    Atomics.wait(slots, REQUEST, seen);
-    seen = Atomics.load(slots, REQUEST);
-    if (slots[COMMAND] === QUIT) break;
+    Atomics.wait(slots, SLOT.request, seen);
+    seen = Atomics.load(slots, SLOT.request);
+    if (slots[SLOT.command] === QUIT) break;
     try {
-      if (slots[NEW_WEIGHTS]) readWeights(model, weights);
-      const r = slots[ROWS], s = slots[SIZE], pixels = s * s * 3, io = new Float32Array(link.io);
-      const image = (j: number) => tf.tensor4d(io.subarray(j * r * pixels, (j + 1) * r * pixels), [r, s, s, 3]);
-      const count = slots[COMMAND] === FORWARD ? 1 : 2, at = count * r * pixels;
-      tf.tidy(() => {
-        const t = tf.tensor1d(Int32Array.from(io.subarray(at, at + r)), "int32");
-        const labels = slots[HAS_LABELS]
-          ? tf.tensor1d(Int32Array.from(io.subarray(at + r, at + 2 * r)), "int32")
-          : null;
-        if (slots[COMMAND] === FORWARD) {
-          io.set(model.forward(image(0), t, labels).dataSync(), at + 2 * r);
-          return;
-        }
-        const { value, grads } = lossGradients(model, image(0), t, image(1), labels, numbers[SHARE]);
-        numbers[LOSS] = value.dataSync()[0];
-        const all = new Float32Array(link.grads);
-        let offset = 0;
-        for (const [name, w] of model.weights) {
-          const g = grads.get(name);
-          if (g) all.set(g.dataSync() as Float32Array, offset);
-          offset += w.size;
-        }
-      });
+      if (slots[SLOT.newWeights]) readWeights(model, weights);
+      tf.tidy(() => work(model, link));
     } catch (e) {
       const bytes = new TextEncoder().encode(e instanceof Error ? e.message : String(e)).slice(0, ERROR_MAX);
       new Uint8Array(link.control, ERROR_AT).set(bytes);
-      slots[ERROR_BYTES] = bytes.length;
+      slots[SLOT.errorBytes] = bytes.length;
     }
-    Atomics.store(slots, DONE, seen);
-    Atomics.notify(slots, DONE);
+    Atomics.store(slots, SLOT.done, seen);
+    Atomics.notify(slots, SLOT.done);
   }
   scope.close();
 }
 
+/** A worker's command: ε_θ of its rows (FORWARD), or their loss and gradients (GRADIENTS), written to the link. */
+function work(model: UNet, link: Link) {
+  const slots = new Int32Array(link.control), numbers = new Float32Array(link.control);
+  const r = slots[SLOT.rows], s = slots[SLOT.size], pixels = s * s * 3, io = new Float32Array(link.io);
+  const forward = slots[SLOT.command] === FORWARD, at = ioLayout(r, pixels, forward ? 1 : 2);
+  const image = (j: number) => tf.tensor4d(io.subarray(j * r * pixels, (j + 1) * r * pixels), [r, s, s, 3]);
+  const ints = (from: number) => tf.tensor1d(Int32Array.from(io.subarray(from, from + r)), "int32");
+  const t = ints(at.t), labels = slots[SLOT.hasLabels] ? ints(at.labels) : null;
+  if (forward) return io.set(model.forward(image(0), t, labels).dataSync(), at.out);
+  const { value, grads } = lossGradients(model, image(0), t, image(1), labels, numbers[NUMBER.share]);
+  numbers[NUMBER.loss] = value.dataSync()[0];
+  const all = new Float32Array(link.grads);
+  for (const { name, at } of flatWeights(model)) {
+    const g = grads.get(name);
+    if (g) all.set(g.dataSync() as Float32Array, at);
+  }
+}
+
 function readWeights(model: UNet, weights: SharedArrayBuffer) {
   const all = new Float32Array(weights);
-  let offset = 0;
-  for (const w of model.weights.values()) {
-    tf.tidy(() => w.assign(tf.tensor(all.subarray(offset, offset + w.size), w.shape)));
-    offset += w.size;
+  for (const { w, at } of flatWeights(model)) {
+    tf.tidy(() => w.assign(tf.tensor(all.subarray(at, at + w.size), w.shape)));
   }
 }
 
