@@ -122,6 +122,16 @@ async function readGpuTimes(device: GPUDevice) {
   [resolved, read].forEach((b) => b.destroy());
 }
 
+/** The CPU time of this process (all its threads) in ms (Linux: /proc/self/stat), else NaN. */
+function cpuMs(): number {
+  try {
+    const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10; // utime + stime, in clock ticks of 10 ms
+  } catch {
+    return NaN;
+  }
+}
+
 /** Peak resident set size in MiB (Linux: VmHWM), else the current RSS. */
 function peakRssMb(): number {
   try {
@@ -156,6 +166,7 @@ async function step() {
 const device = backend === "webgpu" ? (tf.backend() as unknown as { device: GPUDevice }).device : null;
 if (device && a["gpu-time"]) tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", 1);
 const times: number[] = [];
+const cpuTimes: number[] = [];
 for (let i = 0; i < warmup + steps; i++) {
   for (const k in counts) delete counts[k];
   kernels.clear();
@@ -163,14 +174,17 @@ for (let i = 0; i < warmup + steps; i++) {
   if (last && a["gpu-time"] && device?.features.has("timestamp-query")) {
     timing.querySet = device.createQuerySet({ type: "timestamp", count: 4096 });
   }
-  const t0 = performance.now();
+  const t0 = performance.now(), cpu0 = cpuMs();
   await step();
   if (i >= warmup) times.push(performance.now() - t0);
+  if (i >= warmup) cpuTimes.push(cpuMs() - cpu0);
 }
 if (timing.querySet) await readGpuTimes(device!);
-times.sort((x, y) => x - y);
-const mid = times.length >> 1;
-const med = times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
+const median = (xs: number[]) => {
+  const sorted = [...xs].sort((x, y) => x - y), mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+};
+const med = median(times);
 const run = (k: string) => !k.startsWith("(") && !["Reshape", "Identity"].includes(k); // not a computation
 console.log(JSON.stringify({
   mode: a.mode,
@@ -182,6 +196,7 @@ console.log(JSON.stringify({
   params: model.parameterCount,
   step_ms_median: a["count-only"] ? null : Math.round(med * 10) / 10,
   images_per_s: a["count-only"] ? null : Math.round(batch / med * 1e6) / 1e3,
+  cpu_ms_median: a["count-only"] ? null : Math.round(median(cpuTimes)), // all threads: the work, whatever the load
   peak_rss_mb: peakRssMb(),
   num_tensors: tf.memory().numTensors,
   ema: !!emaModel,
