@@ -165,9 +165,9 @@ export class Threads {
     for (const link of busy) {
       value = replace(value, value.add(new Float32Array(link.control)[NUMBER.loss]));
       const theirs = new Float32Array(link.grads);
-      for (const [name, g] of grads) {
-        const at = offsets.get(name)!;
-        grads.set(name, replace(g, tf.tidy(() => g.add(tf.tensor(theirs.subarray(at, at + g.size), g.shape)))));
+      for (const [name, g] of grads) { // added in place: a step's gradients are its own tensors
+        const mineG = heapOf(g), at = offsets.get(name)!;
+        for (let i = 0; i < mineG.length; i++) mineG[i] += theirs[at + i];
       }
     }
     return { value, grads };
@@ -181,7 +181,7 @@ export class Threads {
 
   private writeWeights(model: UNet) {
     const all = new Float32Array(this.weights);
-    for (const { w, at } of flatWeights(model)) all.set(w.dataSync() as Float32Array, at);
+    for (const { w, at } of flatWeights(model)) all.set(heapOf(w), at);
     this.synced = model;
   }
 
@@ -230,6 +230,10 @@ export class Threads {
     });
   }
 }
+
+/** A tensor's floats where the wasm backend holds them (no copy; valid until the next allocation). */
+const heapOf = (x: tf.Tensor) =>
+  (tf.backend() as unknown as { typedArrayFromHeap(x: tf.Tensor): Float32Array }).typedArrayFromHeap(x);
 
 /** `next`, after disposing `old`. */
 function replace<X extends tf.Tensor>(old: tf.Tensor, next: X): X {
@@ -285,7 +289,7 @@ function work(model: UNet, link: Link) {
   const all = new Float32Array(link.grads);
   for (const { name, at } of flatWeights(model)) {
     const g = grads.get(name);
-    if (g) all.set(g.dataSync() as Float32Array, at);
+    if (g) all.set(heapOf(g), at);
   }
 }
 
