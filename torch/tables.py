@@ -76,7 +76,7 @@ def cpu(rounds, only):
     print(f"\n{cpu_name()}, {n} cores; PyTorch and ours on {n} threads; rounds " +
           " / ".join(str(i + 1) for i in range(rounds)) + "\n")
     print(f"| step (image, batch, width) | PyTorch | ours, 1 thread | ours, {n} threads | ours ({n}) / PyTorch "
-          f"| {n} threads / 1 |")
+          f"| speed-up, 1 → {n} threads |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for what, _, _, results in rows:
         torch, one, alln = zip(*results)
