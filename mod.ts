@@ -55,6 +55,7 @@ export {
 export { EMA } from "./ema.ts";
 export { AdamW, type AdamWOptions } from "./run/adamw.ts";
 export { train, trainStep } from "./train.ts";
+export { type LossGradients, Threads } from "./run/threads.ts";
 export type { TrainOptions } from "./run/run.ts";
 export { type Config, DEFAULTS, PRESETS } from "./run/config.ts";
 export { loadFile, loadRun, type Trained } from "./run/trained.ts";

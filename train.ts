@@ -8,6 +8,7 @@ import { AdamW } from "./run/adamw.ts";
 import { HELP, parseConfig, runCli } from "./run/cli.ts";
 import type { Config } from "./run/config.ts";
 import { Run, type TrainOptions } from "./run/run.ts";
+import { lossGradients, type Threads } from "./run/threads.ts";
 
 /** Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖². */
 export function trainStep(
@@ -16,17 +17,15 @@ export function trainStep(
   opt: AdamW,
   x0: Tensor4D,
   labels: Tensor1D | null = null,
+  threads: Threads | null = null, // share the batch among the CPU's threads (run/threads.ts)
 ): Scalar {
   const t = diffusion.sampleTimesteps(x0.shape[0]);
   const [xt, noise] = diffusion.noiseImages(x0, t);
-  const weights = [...model.weights.values()];
-  const { value, grads } = tf.variableGrads(
-    () => tf.losses.meanSquaredError(noise, model.forward(xt, t, labels)) as tf.Scalar,
-    weights,
-  );
-  const byName = new Map([...model.weights].map(([name, w]) => [name, grads[w.name]]));
-  opt.update(byName);
-  tf.dispose([t, xt, noise, ...Object.values(grads)]);
+  const { value, grads } = threads
+    ? threads.lossGradients(model, xt, t, noise, labels)
+    : lossGradients(model, xt, t, noise, labels);
+  opt.update(grads);
+  tf.dispose([t, xt, noise, ...grads.values()]);
   return value;
 }
 
@@ -55,7 +54,7 @@ export async function train(
         const loss = tf.tidy(() => {
           const x0 = tf.tensor4d(batch.x, [batch.n, imageSize, imageSize, 3]);
           const labels = batch.labels ? tf.tensor1d(batch.labels, "int32") : null; // null: a step without labels
-          return trainStep(model, diffusion, opt, x0, labels);
+          return trainStep(model, diffusion, opt, x0, labels, run.threads);
         });
         if (emaModel) ema.stepEma(emaModel, model, emaStart);
         await run.stepDone(loss);

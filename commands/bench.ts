@@ -11,9 +11,11 @@ import { EMA } from "../ema.ts";
 import { UNet } from "../modules.ts";
 import { AdamW } from "../run/adamw.ts";
 import { trainStep } from "../train.ts";
+import { threadCount, Threads } from "../run/threads.ts";
 
 /** The defaults: the step torch/torch_ref.py times by default. */
 const SETTINGS = {
+  threads: 0,
   "image-size": 32,
   batch: 4,
   width: 64,
@@ -112,6 +114,23 @@ async function readGpuTimes(device: GPUDevice) {
   [resolved, read].forEach((b) => b.destroy());
 }
 
+/** The CPU time of this process (all its threads) in ms (Linux: /proc/self/stat), else NaN. */
+function cpuMs(): number {
+  try {
+    const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10; // utime + stime, in clock ticks of 10 ms
+  } catch {
+    return NaN;
+  }
+}
+
+/** The median of a list of numbers. */
+function median(xs: number[]) {
+  const sorted = [...xs].sort((x, y) => x - y);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
 /** Peak resident set size in MiB (Linux: VmHWM), else the current RSS. */
 function peakRssMb(): number {
   try {
@@ -137,11 +156,13 @@ async function main() {
   const x0 = tf.randomUniform([batch, imageSize, imageSize, 3], -1, 1) as tf.Tensor4D;
   const labels = classes > 0 ? tf.randomUniformInt([batch], 0, classes) as tf.Tensor1D : null;
   const tSample = tf.fill([batch], 500, "int32") as tf.Tensor1D;
+  const threadsUsed = threadCount(backend, a.threads as number);
+  const threads = threadsUsed > 1 ? await Threads.start(threadsUsed, model) : null;
 
   async function step() {
     const out = a.mode === "train"
-      ? trainStep(model, diffusion, opt, x0, labels)
-      : tf.tidy(() => model.forward(x0, tSample, labels));
+      ? trainStep(model, diffusion, opt, x0, labels, threads)
+      : tf.tidy(() => threads ? threads.forward(model, x0, tSample, labels) : model.forward(x0, tSample, labels));
     if (emaModel) ema.stepEma(emaModel, model, 0);
     if (!countOnly) await out.data(); // sync: the step is done when its result can be read
     out.dispose();
@@ -150,6 +171,7 @@ async function main() {
   const device = backend === "webgpu" ? (tf.backend() as unknown as { device: GPUDevice }).device : null;
   if (device && a["gpu-time"]) tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", 1);
   const times: number[] = [];
+  const cpuTimes: number[] = [];
   for (let i = 0; i < warmup + steps; i++) {
     for (const k in counts) delete counts[k];
     kernels.clear();
@@ -158,23 +180,25 @@ async function main() {
       timing.querySet = device.createQuerySet({ type: "timestamp", count: 4096 });
     }
     const t0 = performance.now();
+    const cpu0 = cpuMs();
     await step();
     if (i >= warmup) times.push(performance.now() - t0);
+    if (i >= warmup) cpuTimes.push(cpuMs() - cpu0);
   }
   if (timing.querySet) await readGpuTimes(device!);
-  times.sort((x, y) => x - y);
-  const mid = times.length >> 1;
-  const med = times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
+  const med = median(times);
   const run = (k: string) => !k.startsWith("(") && !["Reshape", "Identity"].includes(k); // not a computation
   console.log(JSON.stringify({
     mode: a.mode,
     backend,
+    threads: threadsUsed,
     image_size: imageSize,
     batch,
     width,
     params: model.parameterCount,
     step_ms_median: countOnly ? null : Math.round(med * 10) / 10,
     images_per_s: countOnly ? null : Math.round(batch / med * 1e6) / 1e3,
+    cpu_ms_median: countOnly ? null : Math.round(median(cpuTimes)), // all threads: the work, whatever the load
     peak_rss_mb: peakRssMb(),
     num_tensors: tf.memory().numTensors,
     ema: !!emaModel,
@@ -202,6 +226,7 @@ async function main() {
   model.dispose();
   emaModel?.dispose();
   diffusion.dispose();
+  threads?.close();
   if (countOnly) Deno.exit(0); // without waiting for the GPU to finish what was issued
 }
 

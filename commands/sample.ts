@@ -8,6 +8,7 @@ import { type Sampler, toUint8 } from "../diffusion.ts";
 import { helpText, numberFlag, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { stepProgress } from "../run/progress.ts";
 import { saveGrid } from "../utils.ts";
+import { describeThreads, threadCount, Threads } from "../run/threads.ts";
 
 const HELP = helpText(
   "sample",
@@ -52,6 +53,7 @@ export function parseSampleArgs(args: string[]) {
     clip: !v["no-clip"],
     seed: (v.seed ?? Date.now() % 2 ** 31) as number,
     backend: (v.backend ?? DEFAULTS.backend) as BackendName,
+    threads: (v.threads ?? DEFAULTS.threads) as number,
     out: v.out as string | undefined,
     raw: v.raw as string | undefined,
   };
@@ -61,7 +63,8 @@ async function main() {
   const o = parseSampleArgs(Deno.args);
   if (o.help) return console.log(HELP);
   const source = o.run ?? o.weights!;
-  console.log(`backend ${await setBackend(o.backend)}`);
+  const backend = await setBackend(o.backend), count = threadCount(backend, o.threads);
+  console.log(describeThreads(backend, count));
   const { model, config: c, classes } = o.run ? await loadRun(source, o.ema) : loadFile(source, o.imageSize);
   const config = { ...c, imageSize: o.imageSize ?? c.imageSize };
   const k = model.numClasses;
@@ -77,8 +80,9 @@ async function main() {
   const diffusion = newDiffusion(config);
   const sampleSteps = numberFlag("sample-steps", o.sampleSteps, 1, config.noiseSteps) ?? DEFAULTS.sampleSteps;
   const t0 = performance.now(), progress = stepProgress(diffusion.stepCount(o.sampler, sampleSteps), "sampling");
+  const threads = count > 1 ? await Threads.start(count, model) : null;
   setSeed(o.seed); // after the model is made: the seed alone fixes the noise (as in the run's page)
-  const x0 = await diffusion.sampleX0(model, n, {
+  const x0 = await diffusion.sampleX0(threads?.noiseModel(model) ?? model, n, {
     labels,
     cfgScale: o.cfgScale ?? config.cfgScale,
     sampler: o.sampler,
@@ -86,7 +90,7 @@ async function main() {
     eta: o.eta,
     clip: o.clip,
     onStep: progress.step,
-  });
+  }).finally(() => threads?.close());
   progress.done();
   if (o.raw) await saveWeights(o.raw, new Map([["samples", x0]]));
   const pixels = await toUint8(x0);

@@ -31,6 +31,8 @@ export interface Config {
   schedule: Schedule;
   /** where the tensors run */
   backend: BackendName;
+  /** CPU threads on the wasm backend (0 = every core) */
+  threads: number;
   /** makes the run repeatable on the same backend */
   seed: number;
   /** epochs between sample grids */
@@ -116,6 +118,7 @@ export const DEFAULTS: Config = {
   noiseSteps: 1000,
   schedule: "linear",
   backend: "auto",
+  threads: 0,
   seed: 0,
   sampleEvery: 10,
   nSamples: 16,

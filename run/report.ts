@@ -5,6 +5,7 @@ import { readState } from "./trained.ts";
 import { type Config } from "./config.ts";
 import type { Diffusion } from "../diffusion.ts";
 import type { UNet } from "../modules.ts";
+import type { Threads } from "./threads.ts";
 import { Progress, SLOW_GRID_SECONDS, SlowCheck, slowGridHint, stepProgress } from "./progress.ts";
 import { lossSvg, savePlot } from "./plot.ts";
 import { type Dataset, saveGrid } from "../utils.ts";
@@ -39,11 +40,12 @@ export interface GridOptions {
   label: string;
   log: (l: string) => void;
   stopped: () => boolean; // a Ctrl-C: give up sampling
+  threads?: Threads | null; // the CPU threads that share each forward pass
 }
 
 /** Sample grids of the model (and of the EMA model): one row per class for a conditional model. */
 export async function sampleGrids(
-  { config, diffusion, model, emaModel, classes, runDir, label, log, stopped }: GridOptions,
+  { config, diffusion, model, emaModel, classes, runDir, label, log, stopped, threads }: GridOptions,
 ) {
   const k = model.numClasses, n = config.nSamples;
   const cols = k ? Math.max(1, Math.round(n / k)) : Math.ceil(Math.sqrt(n));
@@ -60,7 +62,7 @@ export async function sampleGrids(
       log(slowGridHint(left, steps, config.sampler));
     });
     let done = 0;
-    const pixels = await diffusion.sample(m, count, {
+    const pixels = await diffusion.sample(threads?.noiseModel(m) ?? m, count, {
       labels,
       cfgScale: config.cfgScale,
       sampler: config.sampler,

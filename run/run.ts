@@ -16,6 +16,7 @@ import { readLossRows, sampleGrids, saveDataImages, writeReport } from "./report
 import { type Dataset } from "../utils.ts";
 import { CheckpointError } from "../weights/weights.ts";
 import type { AdamW } from "./adamw.ts";
+import { describeThreads, threadCount, Threads } from "./threads.ts";
 
 /** How train() runs: resume, the flags given, and where its lines go. */
 export interface TrainOptions {
@@ -59,6 +60,7 @@ export class Run {
   stopRequested = false; // a Ctrl-C: stop after this step
   readonly totalSteps: number;
   private parts: RunParts | null = null;
+  threads: Threads | null = null; // the CPU threads that share each batch (wasm, more than one)
   private pending: Pending[] = [];
   private lastCheckpoint = performance.now();
   private readonly lossFile: Deno.FsFile;
@@ -107,9 +109,14 @@ export class Run {
     return run;
   }
 
-  /** Takes train()'s parts; on resume, their weights, moments and steps and the run's position from the checkpoint. */
+  /**
+   * Takes train()'s parts and starts the CPU threads that share each batch; on resume, the parts' weights, moments and
+   * steps and the run's position from the checkpoint.
+   */
   async restore(parts: RunParts) {
     this.parts = parts;
+    const threads = threadCount(this.backend, this.config.threads);
+    if (threads > 1) this.threads = await Threads.start(threads, parts.model);
     const state = this.state;
     if (state) {
       const ckpt = state.dir!;
@@ -126,7 +133,7 @@ export class Run {
       this.losses = await readLosses(this.dir, state.step);
       this.log(`resuming ${this.dir} at step ${this.step} (epoch ${this.epoch + 1})`);
     }
-    this.log(`backend ${this.backend} | ${this.describe()}`);
+    this.log(`${describeThreads(this.backend, threads)} | ${this.describe()}`);
   }
 
   /**
@@ -190,9 +197,9 @@ export class Run {
         ? `step_${String(this.step).padStart(7, "0")}`
         : `epoch_${String(this.epoch).padStart(4, "0")}`;
       const { model, emaModel, diffusion } = this.parts!;
-      const { dir: runDir, log } = this, classes = this.data.classes;
+      const { dir: runDir, log, threads } = this, classes = this.data.classes;
       const stopped = () => this.stopRequested;
-      await sampleGrids({ config, diffusion, model, emaModel, classes, runDir, label, log, stopped });
+      await sampleGrids({ config, diffusion, model, emaModel, classes, runDir, label, log, stopped, threads });
       await writeReport(this.dir);
     }
   }
@@ -256,6 +263,7 @@ export class Run {
     Deno.removeSignalListener("SIGINT", this.onSigint);
     this.lossFile.close();
     tf.dispose(this.pending.map((r) => r.loss));
+    this.threads?.close();
   }
 }
 
@@ -280,6 +288,7 @@ const CHANGEABLE: (keyof Config)[] = [
   "epochs",
   "maxSteps",
   "backend",
+  "threads",
   "sampleEvery",
   "nSamples",
   "cfgScale",

@@ -10,8 +10,10 @@ import { assertOneLine, ROOT, runScript } from "./helpers.ts";
 const ACCEPTS = { // what each script's README and users rely on
   train: "preset data out name resume weights epochs max-steps batch-size image-size width lr noise-steps schedule " +
     "conditional label-drop ema-beta ema-start count cache-dir no-cache sample-every n-samples cfg-scale sampler " +
-    "sample-steps eta no-clip seed backend help",
-  sample: "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend out raw help",
+    "sample-steps eta no-clip seed backend threads help",
+  sample:
+    "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend threads out raw " +
+    "help",
   eval: "run weights ema n seconds full sampler sample-steps eta seed backend help",
 };
 const PARSE = { // each script's parser, on flags that are otherwise complete
@@ -160,7 +162,7 @@ Deno.test("export, view, bench and bench:decode: --help from the same table; a b
   const accepts: Record<string, string> = {
     export: "run weights ema out help",
     view: "run port help",
-    bench: "batch image-size width backend mode steps warmup classes ema by-kernel gpu-time count-only help",
+    bench: "batch image-size width backend threads mode steps warmup classes ema by-kernel gpu-time count-only help",
     "bench:decode": "n width height size dir help",
   };
   const scripts: Record<string, string> = {

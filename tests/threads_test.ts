@@ -1,0 +1,103 @@
+// Every core (run/threads.ts): a batch shared among 2 threads gives the 1-thread loss, gradients, step and forward pass.
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { setBackend, setSeed } from "../kernels/backend.ts";
+import { Diffusion } from "../diffusion.ts";
+import { UNet } from "../modules.ts";
+import { AdamW } from "../run/adamw.ts";
+import { lossGradients, shares, Threads } from "../run/threads.ts";
+import { trainStep } from "../train.ts";
+
+await setBackend("wasm", () => {});
+
+/** max |a - b| over max |a| (a and b of the same size). */
+function relDiff(a: tf.Tensor, b: tf.Tensor): number {
+  return tf.tidy(() => a.sub(b).abs().max().dataSync()[0] / Math.max(a.abs().max().dataSync()[0], 1e-12));
+}
+
+/** A small conditional U-Net (seeded), a batch of 5 (shared 2 + 3) at 16 px, timesteps and labels. */
+function setup(seed = 1) {
+  setSeed(seed);
+  const model = new UNet({ width: 8, numClasses: 3 });
+  const xt = tf.randomNormal([5, 16, 16, 3], 0, 1, "float32", seed) as tf.Tensor4D;
+  const noise = tf.randomNormal([5, 16, 16, 3], 0, 1, "float32", seed + 1) as tf.Tensor4D;
+  const t = tf.tensor1d([0, 999, 250, 17, 600], "int32");
+  const labels = tf.tensor1d([2, 0, 1, 1, 2], "int32");
+  return { model, xt, noise, t, labels, dispose: () => tf.dispose([xt, noise, t, labels, ...model.weights.values()]) };
+}
+
+Deno.test("shares: contiguous rows, none empty, all of the batch", () => {
+  assert.deepEqual(shares(5, 2), [[0, 2], [2, 5]]);
+  assert.deepEqual(shares(1, 4), [[0, 1]]);
+  assert.deepEqual(shares(12, 3), [[0, 4], [4, 8], [8, 12]]);
+});
+
+Deno.test("2 threads: the loss and every gradient of the 1-thread step, with and without labels", async () => {
+  const { model, xt, noise, t, labels, dispose } = setup();
+  const threads = await Threads.start(2, model);
+  const before = tf.memory().numTensors;
+  try {
+    for (const y of [labels, null]) {
+      const one = lossGradients(model, xt, t, noise, y);
+      const two = threads.lossGradients(model, xt, t, noise, y);
+      const again = threads.lossGradients(model, xt, t, noise, y);
+      assert.ok(relDiff(one.value, two.value) < 1e-5, `loss ${one.value.dataSync()} vs ${two.value.dataSync()}`);
+      const present = (g: Map<string, tf.Tensor>) => [...g].filter(([, v]) => v).map(([k]) => k);
+      assert.deepEqual(present(two.grads), present(one.grads)); // (no label_emb gradient without labels)
+      assert.equal(present(one.grads).includes("label_emb.weight"), y !== null);
+      for (const [name, g] of one.grads) {
+        if (!g) continue;
+        assert.ok(relDiff(g, two.grads.get(name)!) < 1e-4, `${name}: ${relDiff(g, two.grads.get(name)!)}`);
+        assert.deepEqual(again.grads.get(name)!.dataSync(), two.grads.get(name)!.dataSync(), `${name}: repeatable`);
+      }
+      tf.dispose([one, two, again].flatMap((r) => [r.value, ...[...r.grads.values()].filter((g) => g)]));
+    }
+    assert.equal(tf.memory().numTensors, before);
+  } finally {
+    threads.close();
+    dispose();
+  }
+});
+
+Deno.test("2 threads: two training steps (AdamW included) track the 1-thread ones", async () => {
+  const losses: number[][] = [];
+  for (const count of [1, 2]) {
+    const { model, xt, noise, labels, dispose } = setup();
+    noise.dispose(); // (trainStep draws its own)
+    const threads = count > 1 ? await Threads.start(count, model) : null;
+    const opt = new AdamW(model, { lr: 1e-3 }), diffusion = new Diffusion({ imgSize: 16, noiseSteps: 1000 });
+    setSeed(7); // the same t and ε for both
+    const run = [];
+    for (let i = 0; i < 3; i++) {
+      const loss = tf.tidy(() => trainStep(model, diffusion, opt, xt, labels, threads));
+      run.push(loss.dataSync()[0]);
+      loss.dispose();
+    }
+    losses.push(run);
+    threads?.close();
+    opt.dispose();
+    diffusion.dispose();
+    dispose();
+  }
+  losses[0].forEach((l, i) => assert.ok(Math.abs(l - losses[1][i]) < 1e-4 * l, `step ${i + 1}: ${losses}`));
+  assert.notEqual(losses[0][0], losses[0][2]); // (the steps did change the weights)
+});
+
+Deno.test("2 threads: the forward pass of each of two models (the workers reload the weights)", async () => {
+  const a = setup(1), b = setup(2);
+  const threads = await Threads.start(2, a.model);
+  try {
+    const local = [a, b].map(({ model }) => tf.tidy(() => model.forward(a.xt, a.t, a.labels)));
+    assert.ok(relDiff(local[0], local[1]) > 0.1); // (two models that differ)
+    for (const i of [0, 1, 0]) {
+      const two = threads.forward([a, b][i].model, a.xt, a.t, a.labels);
+      assert.ok(relDiff(local[i], two) < 1e-5, `forward of model ${i}: ${relDiff(local[i], two)}`);
+      two.dispose();
+    }
+    tf.dispose(local);
+  } finally {
+    threads.close();
+    a.dispose();
+    b.dispose();
+  }
+});
