@@ -67,7 +67,7 @@ def images_under(folder):
 
 class ImageFolder(torch.utils.data.Dataset):
     """The images with the tutorial's transforms, Resize(1.25·size) and RandomResizedCrop(size, scale=(0.8, 1)) to
-    [-1, 1], and each image's t ~ U{0..T-1} and ε ~ N(0, I) (Algorithm 1, lines 3-4), all from the image's generator."""
+    [-1, 1], and each image's t ~ U{0..T-1} and ε ~ N(0, I) (Algorithm 1, lines 3-4), all from its own generator."""
 
     def __init__(self, root, size, noise_steps, seed):
         self.classes, self.files = list_images(root)
@@ -115,7 +115,9 @@ class Diffusion:
 
     def noise_images(self, x, t, noise):
         """Eq. 4: x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε."""
-        return self.sqrt_alpha_hat[t][:, None, None, None] * x + self.sqrt_one_minus_alpha_hat[t][:, None, None, None] * noise
+        sqrt_alpha_hat = self.sqrt_alpha_hat[t][:, None, None, None]
+        sqrt_one_minus_alpha_hat = self.sqrt_one_minus_alpha_hat[t][:, None, None, None]
+        return sqrt_alpha_hat * x + sqrt_one_minus_alpha_hat * noise
 
 
 class EMA:
@@ -257,7 +259,7 @@ def train(a, data, model, rank, world):
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=a.lr)
     mse = nn.MSELoss()
     diffusion = Diffusion(a.noise_steps, schedule=a.schedule, device=device)
-    label_drops = torch.Generator().manual_seed(a.seed)  # drawn in step on every rank: all drop a step's labels
+    label_drops = torch.Generator().manual_seed(a.seed)  # the same draws on every rank: all drop the same steps
     total = len(loader) * a.epochs if not a.max_steps else min(a.max_steps, len(loader) * a.epochs)
     progress = Progress(total, world * a.batch_size) if rank == 0 else None
     if rank == 0:
@@ -266,8 +268,9 @@ def train(a, data, model, rank, world):
         width = model.inc.double_conv[0].out_channels
         processes = f"{world} process" + ("es" if world > 1 else "")
         classes = f"{len(data.classes)} class" + ("es" if len(data.classes) > 1 else "")
+        start = f" from {a.init}" if a.init else ""
         print(f"{processes}, {a.backend} on {device.type}: {len(data)} images in {classes}, {a.batch_size} a process, "
-              f"{world * a.batch_size} a step; {what} of width {width}{' from ' + a.init if a.init else ''}", flush=True)
+              f"{world * a.batch_size} a step; {what} of width {width}{start}", flush=True)
     step = 0
     dropped = 0
     for epoch in range(a.epochs):
@@ -277,10 +280,10 @@ def train(a, data, model, rank, world):
             drop_labels = torch.rand((), generator=label_drops).item() < a.label_drop
             images, t, noise = images.to(device), t.to(device), noise.to(device)
             labels = labels.to(device) if num_classes and not drop_labels else None
-            dropped += drop_labels
-            x_t = diffusion.noise_images(images, t, noise)
+            dropped += drop_labels  # the tutorial's np.random.random() < 0.1, for classifier-free guidance
+            x_t = diffusion.noise_images(images, t, noise)  # Algorithm 1, with each image's t and ε (ImageFolder)
             predicted_noise = ddp(x_t, t, labels)
-            loss = mse(noise, predicted_noise)
+            loss = mse(noise, predicted_noise)  # ‖ε - ε_θ(x_t, t)‖²; DDP averages its gradients over the ranks
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
