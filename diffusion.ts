@@ -10,6 +10,8 @@ export interface NoiseModel {
 
 export type Schedule = "linear" | "cosine";
 export type Sampler = "ddpm" | "ddim";
+/** What the network predicts: the noise ε (the tutorial's), or v = √ᾱ_t·ε - √(1-ᾱ_t)·x_0 (Salimans & Ho 2022). */
+export type Prediction = "eps" | "v";
 
 export interface DiffusionOptions {
   noiseSteps?: number;
@@ -17,6 +19,8 @@ export interface DiffusionOptions {
   betaEnd?: number;
   imgSize?: number;
   schedule?: Schedule; // linear (the tutorial's) or cosine
+  prediction?: Prediction; // eps (the tutorial's) or v
+  minSnrGamma?: number; // min-SNR-γ loss weighting (Hang et al. 2023); 0 = plain MSE (the tutorial's)
 }
 
 export interface SampleOptions {
@@ -48,6 +52,8 @@ export class Diffusion {
   readonly noiseSteps: number;
   readonly imgSize: number;
   readonly schedule: Schedule;
+  readonly prediction: Prediction;
+  readonly minSnrGamma: number;
   readonly beta: Float64Array; // β_t: linear from betaStart to betaEnd, or from the cosine ᾱ
   readonly alpha: Float64Array; // α_t = 1 - β_t
   readonly alphaHat: Float64Array; // ᾱ_t = Π_{s≤t} α_s
@@ -55,9 +61,20 @@ export class Diffusion {
   private sqrtOneMinusAlphaHat: tf.Tensor1D;
 
   constructor(
-    { noiseSteps = 1000, betaStart = 1e-4, betaEnd = 0.02, imgSize = 64, schedule = "linear" }: DiffusionOptions = {},
+    {
+      noiseSteps = 1000,
+      betaStart = 1e-4,
+      betaEnd = 0.02,
+      imgSize = 64,
+      schedule = "linear",
+      prediction = "eps",
+      minSnrGamma = 0,
+    }: DiffusionOptions = {},
   ) {
     if (schedule !== "linear" && schedule !== "cosine") throw new RangeError(`unknown schedule ${schedule}`);
+    if (prediction !== "eps" && prediction !== "v") throw new RangeError(`unknown prediction ${prediction}`);
+    this.prediction = prediction;
+    this.minSnrGamma = minSnrGamma;
     this.noiseSteps = noiseSteps;
     this.imgSize = imgSize;
     this.schedule = schedule;
@@ -92,13 +109,50 @@ export class Diffusion {
     return tf.randomUniformInt([n], 0, this.noiseSteps, nextSeed()) as tf.Tensor1D;
   }
 
-  /** The noise prediction, with classifier-free guidance: lerp(ε(x, t), ε(x, t, y), cfgScale). */
+  /**
+   * Algorithm 1, line 5: ‖target - prediction‖², the target ε (or v), each image's mean weighted by w_t (lossWeights).
+   * The one loss of training: trainStep and anything that computes its gradients call it.
+   */
+  loss(prediction: tf.Tensor4D, x0: tf.Tensor4D, noise: tf.Tensor4D, t: tf.Tensor1D): tf.Scalar {
+    return tf.tidy(() => {
+      const target = this.prediction === "v" ? this.velocity(x0, noise, t) : noise;
+      if (!this.minSnrGamma) return tf.losses.meanSquaredError(target, prediction) as tf.Scalar;
+      const perImage = target.sub(prediction).square().mean([1, 2, 3]);
+      return perImage.mul(tf.gather(tf.tensor1d(this.lossWeights()), t)).mean() as tf.Scalar;
+    });
+  }
+
+  /** Salimans & Ho 2022, section 4: v = √ᾱ_t·ε - √(1-ᾱ_t)·x_0 (their α_t·ε - σ_t·x). */
+  velocity(x0: tf.Tensor4D, noise: tf.Tensor4D, t: tf.Tensor1D): tf.Tensor4D {
+    return tf.tidy(() => {
+      const sqrtAlphaHat = tf.gather(this.sqrtAlphaHat, t).reshape([-1, 1, 1, 1]);
+      const sqrtOneMinusAlphaHat = tf.gather(this.sqrtOneMinusAlphaHat, t).reshape([-1, 1, 1, 1]);
+      return sqrtAlphaHat.mul(noise).sub(sqrtOneMinusAlphaHat.mul(x0)) as tf.Tensor4D;
+    });
+  }
+
+  /**
+   * Min-SNR-γ (Hang et al. 2023): the x_0 loss weighted by min(SNR_t, γ), SNR_t = ᾱ_t/(1-ᾱ_t), is w_t = min(SNR_t, γ)/SNR_t
+   * on the ε loss and min(SNR_t, γ)/(SNR_t + 1) on the v loss; all 1 without γ (plain MSE). One per index 0 … T-1.
+   */
+  lossWeights(): Float32Array {
+    const snr = Array.from(this.alphaHat, (a) => a / (1 - a)), gamma = this.minSnrGamma;
+    if (!gamma) return new Float32Array(this.noiseSteps).fill(1);
+    return Float32Array.from(snr, (s) => Math.min(s, gamma) / (this.prediction === "v" ? s + 1 : s));
+  }
+
+  /**
+   * The noise prediction, with classifier-free guidance: lerp(ε(x, t), ε(x, t, y), cfgScale). A v-model's output is
+   * turned into ε = √ᾱ_t·v + √(1-ᾱ_t)·x_t (from v's definition and Eq. 4), so the samplers take ε alone.
+   */
   predictNoise(model: NoiseModel, x: tf.Tensor4D, t: tf.Tensor1D, labels: tf.Tensor1D | null, cfgScale: number) {
     return tf.tidy(() => {
-      const eps = model.forward(x, t, labels);
-      if (!labels || cfgScale <= 0) return eps;
-      const uncond = model.forward(x, t, null);
-      return uncond.add(eps.sub(uncond).mul(cfgScale)) as tf.Tensor4D; // ε_u + s·(ε_c - ε_u)
+      const cond = model.forward(x, t, labels);
+      const out = !labels || cfgScale <= 0 ? cond : lerp(model.forward(x, t, null), cond, cfgScale); // ε_u + s·(ε_c - ε_u)
+      if (this.prediction === "eps") return out;
+      const sqrtAlphaHat = tf.gather(this.sqrtAlphaHat, t).reshape([-1, 1, 1, 1]);
+      const sqrtOneMinusAlphaHat = tf.gather(this.sqrtOneMinusAlphaHat, t).reshape([-1, 1, 1, 1]);
+      return sqrtAlphaHat.mul(out).add(sqrtOneMinusAlphaHat.mul(x)) as tf.Tensor4D;
     });
   }
 
@@ -212,6 +266,9 @@ export class Diffusion {
     tf.dispose([this.sqrtAlphaHat, this.sqrtOneMinusAlphaHat]);
   }
 }
+
+/** a + s·(b - a). */
+const lerp = (a: tf.Tensor4D, b: tf.Tensor4D, s: number) => a.add(b.sub(a).mul(s)) as tf.Tensor4D;
 
 /** [-1, 1] floats to [0, 255] bytes; disposes x. */
 export async function toUint8(x: tf.Tensor4D): Promise<Uint8Array> {

@@ -8,7 +8,10 @@ import type { Diffusion } from "./diffusion.ts";
 import type { UNet } from "./modules.ts";
 import { Run, type TrainOptions } from "./run/run.ts";
 
-/** Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖². */
+/**
+ * Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖² (or on the
+ * loss the Diffusion's options make of it: Diffusion.loss).
+ */
 export function trainStep(
   model: UNet,
   diffusion: Diffusion,
@@ -20,7 +23,7 @@ export function trainStep(
   const [xt, noise] = diffusion.noiseImages(x0, t);
   const weights = [...model.weights.values()];
   const { value, grads } = tf.variableGrads(
-    () => tf.losses.meanSquaredError(noise, model.forward(xt, t, labels)) as tf.Scalar,
+    () => diffusion.loss(model.forward(xt, t, labels), x0, noise, t),
     weights,
   );
   const byName = new Map([...model.weights].map(([name, w]) => [name, grads[w.name]]));

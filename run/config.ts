@@ -1,6 +1,6 @@
 // A run's settings: the Config, its DEFAULTS (the tutorial's), the PRESETS (the tutorial's two runs and a CPU demo),
 // and the objects a config describes (the U-Net, the Diffusion, the data).
-import { Diffusion, type Sampler, type Schedule } from "../diffusion.ts";
+import { Diffusion, type Prediction, type Sampler, type Schedule } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
 import { loadDataset } from "../utils.ts";
 import type { BackendName } from "../kernels/backend.ts";
@@ -15,8 +15,13 @@ export interface Config {
   imageSize: number;
   width: number;
   lr: number;
+  warmupSteps: number; // linear lr warm-up over these steps (0 = none)
+  lrDecay: "constant" | "cosine"; // after the warm-up: the tutorial's constant lr, or a cosine decay to 0 at the end
+  maxGradNorm: number; // clip the gradients' global norm to this (0 = no clipping, the tutorial's)
   noiseSteps: number;
   schedule: Schedule; // linear (the tutorial's) or cosine
+  prediction: Prediction; // what the U-Net predicts: eps (the tutorial's) or v
+  minSnrGamma: number; // min-SNR-γ loss weighting (0 = plain MSE, the tutorial's)
   backend: BackendName;
   seed: number;
   sampleEvery: number; // epochs between sample grids
@@ -81,8 +86,13 @@ export const DEFAULTS: Config = {
   imageSize: 64,
   width: 64,
   lr: 3e-4,
+  warmupSteps: 0,
+  lrDecay: "constant",
+  maxGradNorm: 0,
   noiseSteps: 1000,
   schedule: "linear",
+  prediction: "eps",
+  minSnrGamma: 0,
   backend: "auto",
   seed: 0,
   sampleEvery: 10,
@@ -103,10 +113,14 @@ export const DEFAULTS: Config = {
 export const newUNet = (config: Config, numClasses: number) =>
   new UNet({ width: config.width, numClasses, removeDeepConv: config.removeDeepConv });
 
-/** The Diffusion that a run's config describes (runs saved before the cosine schedule have none: linear). */
-export const newDiffusion = ({ noiseSteps, imageSize, schedule }: Pick<Config, "noiseSteps" | "imageSize"> & {
-  schedule?: Schedule;
-}) => new Diffusion({ noiseSteps, imgSize: imageSize, schedule: schedule ?? "linear" });
+/** The Diffusion that a run's config describes (runs saved before an option have none: the tutorial's). */
+export const newDiffusion = (
+  { noiseSteps, imageSize, schedule, prediction, minSnrGamma }: Pick<Config, "noiseSteps" | "imageSize"> & {
+    schedule?: Schedule;
+    prediction?: Prediction;
+    minSnrGamma?: number;
+  },
+) => new Diffusion({ noiseSteps, imgSize: imageSize, schedule, prediction, minSnrGamma });
 
 /** The data set of a run's config, as its training loads it. */
 export const loadRunData = (

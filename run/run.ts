@@ -63,10 +63,11 @@ export class Run {
     this.config = config = { ...config, width, removeDeepConv: removeDeepConv || config.removeDeepConv };
     this.emaModel = config.emaBeta > 0 ? newUNet(config, numClasses) : null;
     this.ema = new EMA(config.emaBeta);
-    this.opt = new AdamW(this.model, { lr: config.lr });
     this.diffusion = newDiffusion(config);
     const stepsInAll = config.epochs * Math.ceil(data.length / config.batchSize);
     this.totalSteps = Math.min(stepsInAll, config.maxSteps || Infinity);
+    const { lr, warmupSteps, maxGradNorm } = config, decaySteps = config.lrDecay === "cosine" ? this.totalSteps : 0;
+    this.opt = new AdamW(this.model, { lr, warmupSteps, decaySteps, maxGradNorm });
     this.lossFile = Deno.openSync(join(dir, "loss.jsonl"), { append: true, create: true });
     this.progress = new Progress(this.totalSteps, config.batchSize, log);
     this.log = log;
