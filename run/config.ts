@@ -74,6 +74,25 @@ export const PRESETS: Record<string, Partial<Config>> = {
     sampleSteps: 100,
     eta: 1,
   },
+  // the tutorial's second half in minutes on a CPU: class labels with label drop, CFG and EMA, on built-in shapes
+  "demo-cfg": {
+    data: "builtin:shapes",
+    name: "demo_cfg",
+    conditional: true,
+    imageSize: 16,
+    width: 16,
+    batchSize: 16,
+    epochs: 8,
+    count: 2000,
+    lr: 1e-3,
+    emaBeta: 0.995,
+    emaStart: 100,
+    sampleEvery: 8,
+    nSamples: 40,
+    sampler: "ddim",
+    sampleSteps: 100,
+    eta: 1,
+  },
 };
 
 export const DEFAULTS: Config = {

@@ -95,7 +95,7 @@ Deno.test("train flags: bad values are a usage error naming the flag; given sett
       [["--width", "30"], /--width 30: must be divisible by 4/],
       [["--lr=-1"], /--lr -1/],
       [["--schedule", "cos"], /^--schedule cos: use one of linear, cosine$/],
-      [["--preset", "big"], /^--preset big: use one of landscape, cifar, demo$/],
+      [["--preset", "big"], /^--preset big: use one of landscape, cifar, demo, demo-cfg$/],
       [["--bogus"], /bogus/],
       [["--resume", "a", "--weights", "w.pt"], /--weights starts a new run/],
     ] as [string[], RegExp][]
