@@ -1,6 +1,7 @@
 // Quality scores of a trained run, offline, `deno task eval --run RUN [--n N] [--sampler ddpm] [--full] [--ema]`. A
 // small classifier trained on the run's own data (classifier.ts) scores generated images: the share of conditional
-// samples it puts in the requested class, and a Fréchet distance on its penultimate features.
+// samples it puts in the requested class, and a Fréchet distance and k-NN precision/recall on its penultimate
+// features, each beside its real-vs-real floor.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
@@ -343,8 +344,10 @@ const HELP = helpText(
     eta: "default: the run's if it samples with DDIM, else 0",
   },
   `Prints the sample count and an estimate of the time before sampling, then a progress line.
-Writes RUN/eval.json (the settings, class accuracy at the run's cfg scale and at 0, and the ${METRIC}),
-RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/classifier/.`,
+Writes RUN/eval.json (the settings; the ${METRIC} and k-NN precision and recall, k = ${K}, beside
+their real-vs-real floor from two disjoint sets of real images of the sample count; class accuracy at cfg scale 0 and
+the run's), RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/classifier/. A conditional run
+with EMA is scored 2×2: the plain and the EMA model, each without and with CFG (and samples/eval_2x2.png).`,
 );
 
 /** Flags to EvalOptions plus the backend; any bad value is a UsageError naming the flag. */
