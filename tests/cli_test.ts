@@ -8,7 +8,8 @@ import { parseSampleArgs } from "../commands/sample.ts";
 import { assertOneLine, ROOT, runScript } from "./helpers.ts";
 
 const ACCEPTS = { // what each script's README and users rely on
-  train: "preset data out name resume weights epochs max-steps batch-size image-size width lr noise-steps schedule " +
+  train: "preset data out name resume weights epochs max-steps batch-size image-size width lr warmup-steps lr-decay " +
+    "max-grad-norm noise-steps schedule prediction min-snr-gamma " +
     "conditional label-drop ema-beta ema-start count cache-dir no-cache sample-every n-samples cfg-scale sampler " +
     "sample-steps eta no-clip seed backend help",
   sample: "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend out raw help",
