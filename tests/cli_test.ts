@@ -156,3 +156,13 @@ Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 
   assert.deepEqual([full.full, full.seconds, full.sampler, full.n], [true, 30, undefined, undefined]);
   assertOneLine(await runScript("commands/eval.ts", "--run", "x", "--n", "abc"), 2, "--n abc");
 });
+
+Deno.test("the tutorial's presets keep ε-prediction, plain MSE, a constant lr and no clipping", () => {
+  for (const preset of ["landscape", "cifar"]) {
+    const { config } = parseConfig(["--preset", preset]);
+    assert.deepEqual(
+      [config.prediction, config.minSnrGamma, config.lrDecay, config.warmupSteps, config.maxGradNorm],
+      ["eps", 0, "constant", 0, 0],
+    );
+  }
+});
