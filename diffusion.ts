@@ -1,7 +1,7 @@
 // The diffusion process of DDPM (Ho et al. 2020): schedule, forward noising, training timesteps, sampling;
 // beyond the tutorial: DDIM sampling (Song et al. 2021) and the cosine schedule (Nichol & Dhariwal 2021).
 import * as tf from "@tensorflow/tfjs";
-import { nextSeed, type Tensor1D, type Tensor4D } from "./kernels/backend.ts";
+import { nextSeed, type Scalar, type Tensor1D, type Tensor4D } from "./kernels/backend.ts";
 
 /** Anything that predicts the noise ε_θ(x_t, t, y) (the U-Net). */
 export interface NoiseModel {
@@ -13,6 +13,8 @@ export interface NoiseModel {
 export type Schedule = "linear" | "cosine";
 /** The reverse process: DDPM's Algorithm 2 over all T steps, or DDIM (Song et al. 2021) over fewer. */
 export type Sampler = "ddpm" | "ddim";
+/** What the network predicts: the noise ε (the tutorial's), or v = √ᾱ_t·ε - √(1-ᾱ_t)·x_0 (Salimans & Ho 2022). */
+export type Prediction = "eps" | "v";
 
 /** The settings of a Diffusion (the tutorial's defaults: T = 1000, β from 1e-4 to 0.02, 64 px, linear). */
 export interface DiffusionOptions {
@@ -26,6 +28,10 @@ export interface DiffusionOptions {
   imgSize?: number;
   /** linear (the tutorial's) or cosine */
   schedule?: Schedule;
+  /** what the U-Net predicts: eps (the tutorial's) or v */
+  prediction?: Prediction;
+  /** min-SNR-γ loss weighting (Hang et al. 2023); 0 = plain MSE (the tutorial's) */
+  minSnrGamma?: number;
 }
 
 /** How Diffusion.sample draws images: the sampler, its steps, labels and guidance. */
@@ -85,6 +91,10 @@ export class Diffusion {
   readonly imgSize: number;
   /** The β schedule: linear or cosine. */
   readonly schedule: Schedule;
+  /** what the U-Net predicts: ε or v */
+  readonly prediction: Prediction;
+  /** γ of min-SNR-γ; 0: plain MSE */
+  readonly minSnrGamma: number;
   /** β_t: linear from betaStart to betaEnd, or from the cosine ᾱ */
   readonly beta: Float64Array;
   /** α_t = 1 - β_t */
@@ -96,9 +106,20 @@ export class Diffusion {
 
   /** The schedule's β_t, α_t and ᾱ_t for T steps. */
   constructor(
-    { noiseSteps = 1000, betaStart = 1e-4, betaEnd = 0.02, imgSize = 64, schedule = "linear" }: DiffusionOptions = {},
+    {
+      noiseSteps = 1000,
+      betaStart = 1e-4,
+      betaEnd = 0.02,
+      imgSize = 64,
+      schedule = "linear",
+      prediction = "eps",
+      minSnrGamma = 0,
+    }: DiffusionOptions = {},
   ) {
     if (schedule !== "linear" && schedule !== "cosine") throw new RangeError(`unknown schedule ${schedule}`);
+    if (prediction !== "eps" && prediction !== "v") throw new RangeError(`unknown prediction ${prediction}`);
+    this.prediction = prediction;
+    this.minSnrGamma = minSnrGamma;
     this.noiseSteps = noiseSteps;
     this.imgSize = imgSize;
     this.schedule = schedule;
@@ -133,13 +154,53 @@ export class Diffusion {
     return tf.randomUniformInt([n], 0, this.noiseSteps, nextSeed()) as tf.Tensor1D;
   }
 
-  /** The noise prediction, with classifier-free guidance: lerp(ε(x, t), ε(x, t, y), cfgScale). */
+  /** Algorithm 1, line 5: the target the U-Net learns, ε (the tutorial's) or v (Salimans & Ho 2022). */
+  target(x0: Tensor4D, noise: Tensor4D, t: Tensor1D): Tensor4D {
+    return this.prediction === "v" ? this.velocity(x0, noise, t) : noise.clone();
+  }
+
+  /** Salimans & Ho 2022, section 4: v = √ᾱ_t·ε - √(1-ᾱ_t)·x_0 (their α_t·ε - σ_t·x). */
+  velocity(x0: Tensor4D, noise: Tensor4D, t: Tensor1D): Tensor4D {
+    return tf.tidy(() => {
+      const sqrtAlphaHat = tf.gather(this.sqrtAlphaHat, t).reshape([-1, 1, 1, 1]);
+      const sqrtOneMinusAlphaHat = tf.gather(this.sqrtOneMinusAlphaHat, t).reshape([-1, 1, 1, 1]);
+      return sqrtAlphaHat.mul(noise).sub(sqrtOneMinusAlphaHat.mul(x0)) as Tensor4D;
+    });
+  }
+
+  /**
+   * Min-SNR-γ (Hang et al. 2023): the x_0 loss weighted by min(SNR_t, γ), SNR_t = ᾱ_t/(1-ᾱ_t), is w_t = min(SNR_t, γ)/SNR_t
+   * on the ε loss and min(SNR_t, γ)/(SNR_t + 1) on the v loss; all 1 without γ (plain MSE). One per index 0 … T-1.
+   */
+  lossWeights(): Float32Array {
+    const snr = Array.from(this.alphaHat, (a) => a / (1 - a));
+    const gamma = this.minSnrGamma;
+    if (!gamma) return new Float32Array(this.noiseSteps).fill(1);
+    return Float32Array.from(snr, (s) => Math.min(s, gamma) / (this.prediction === "v" ? s + 1 : s));
+  }
+
+  /** The loss weight w_t of each image's step t; null without min-SNR (plain MSE). */
+  lossWeightsAt(t: Tensor1D): Tensor1D | null {
+    return this.minSnrGamma ? tf.tidy(() => tf.gather(tf.tensor1d(this.lossWeights()), t)) : null;
+  }
+
+  /** Algorithm 1, line 5: ‖target - prediction‖², the target ε (or v), each image's mean weighted by w_t. */
+  loss(prediction: Tensor4D, x0: Tensor4D, noise: Tensor4D, t: Tensor1D): Scalar {
+    return tf.tidy(() => weightedMse(this.target(x0, noise, t), prediction, this.lossWeightsAt(t)));
+  }
+
+  /**
+   * The noise prediction, with classifier-free guidance: lerp(ε(x, t), ε(x, t, y), cfgScale). A v-model's output is
+   * turned into ε = √ᾱ_t·v + √(1-ᾱ_t)·x_t (from v's definition and Eq. 4), so the samplers take ε alone.
+   */
   predictNoise(model: NoiseModel, x: Tensor4D, t: Tensor1D, labels: Tensor1D | null, cfgScale: number): Tensor4D {
     return tf.tidy(() => {
-      const eps = model.forward(x, t, labels);
-      if (!labels || cfgScale <= 0) return eps;
-      const uncond = model.forward(x, t, null);
-      return uncond.add(eps.sub(uncond).mul(cfgScale)) as tf.Tensor4D; // ε_u + s·(ε_c - ε_u)
+      const cond = model.forward(x, t, labels);
+      const out = !labels || cfgScale <= 0 ? cond : lerp(model.forward(x, t, null), cond, cfgScale); // ε_u + s·(ε_c - ε_u)
+      if (this.prediction === "eps") return out;
+      const sqrtAlphaHat = tf.gather(this.sqrtAlphaHat, t).reshape([-1, 1, 1, 1]);
+      const sqrtOneMinusAlphaHat = tf.gather(this.sqrtOneMinusAlphaHat, t).reshape([-1, 1, 1, 1]);
+      return sqrtAlphaHat.mul(out).add(sqrtOneMinusAlphaHat.mul(x)) as tf.Tensor4D;
     });
   }
 
@@ -265,6 +326,18 @@ async function afterStep(k: number, x: Tensor4D, x0: Tensor4D, onStep: SampleOpt
     x0.dispose();
   }
   if (k % 50 === 0) await x.data(); // (WebGPU would otherwise queue every step before running one)
+}
+
+/** a + s·(b - a). */
+const lerp = (a: Tensor4D, b: Tensor4D, s: number) => a.add(b.sub(a).mul(s)) as Tensor4D;
+
+/** ‖target - prediction‖²: the mean over each image weighted by `weights` (null: the plain mean, MSE). */
+export function weightedMse(target: Tensor4D, prediction: Tensor4D, weights: Tensor1D | null): Scalar {
+  return tf.tidy(() => {
+    if (!weights) return tf.losses.meanSquaredError(target, prediction) as Scalar;
+    const perImage = target.sub(prediction).square().mean([1, 2, 3]);
+    return perImage.mul(weights).mean() as Scalar;
+  });
 }
 
 /** [-1, 1] floats to [0, 255] bytes; disposes x. */

@@ -33,11 +33,13 @@ export {
   Diffusion,
   type DiffusionOptions,
   type NoiseModel,
+  type Prediction,
   type SampleOptions,
   type Sampler,
   type Schedule,
   type Step,
   toUint8,
+  weightedMse,
 } from "./diffusion.ts";
 export {
   DoubleConv,

@@ -10,7 +10,10 @@ import type { Config } from "./run/config.ts";
 import { Run, type TrainOptions } from "./run/run.ts";
 import { lossGradients, type Threads } from "./run/threads.ts";
 
-/** Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖². */
+/**
+ * Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖² (or on the
+ * loss the Diffusion's options make of it: Diffusion.loss).
+ */
 export function trainStep(
   model: UNet,
   diffusion: Diffusion,
@@ -21,11 +24,13 @@ export function trainStep(
 ): Scalar {
   const t = diffusion.sampleTimesteps(x0.shape[0]);
   const [xt, noise] = diffusion.noiseImages(x0, t);
+  const target = diffusion.target(x0, noise, t); // ε (the tutorial's), or v
+  const lossWeights = diffusion.lossWeightsAt(t); // min-SNR-γ's w_t; null: plain MSE (the tutorial's)
   const { value, grads } = threads
-    ? threads.lossGradients(model, xt, t, noise, labels)
-    : lossGradients(model, xt, t, noise, labels);
+    ? threads.lossGradients(model, xt, t, target, lossWeights, labels)
+    : lossGradients(model, xt, t, target, lossWeights, labels);
   opt.update(grads);
-  tf.dispose([t, xt, noise, ...grads.values()]);
+  tf.dispose([t, xt, noise, target, ...(lossWeights ? [lossWeights] : []), ...grads.values()]);
   return value;
 }
 
@@ -39,12 +44,14 @@ export async function train(
   options: TrainOptions = {},
 ): Promise<{ runDir: string; step: number; losses: number[] }> {
   const run = await Run.start(config, options); // the run's folder and data; on resume, its saved config
-  const { imageSize, width, removeDeepConv, lr, noiseSteps, schedule, emaBeta, emaStart } = run.config;
+  const { imageSize, width, removeDeepConv, emaBeta, emaStart } = run.config;
+  const { lr, warmupSteps, lrDecay, maxGradNorm, noiseSteps, schedule, prediction, minSnrGamma } = run.config;
   const numClasses = run.config.conditional ? run.data.classes.length : 0;
   const model = run.pretrained ?? new UNet({ width, numClasses, removeDeepConv }); // (--weights: the file's model)
   const emaModel = emaBeta > 0 ? new UNet({ width, numClasses, removeDeepConv }) : null;
-  const opt = new AdamW(model, { lr });
-  const diffusion = new Diffusion({ noiseSteps, imgSize: imageSize, schedule });
+  const decaySteps = lrDecay === "cosine" ? run.totalSteps : 0; // (the tutorial's lr is constant)
+  const opt = new AdamW(model, { lr, warmupSteps, decaySteps, maxGradNorm });
+  const diffusion = new Diffusion({ noiseSteps, imgSize: imageSize, schedule, prediction, minSnrGamma });
   const ema = new EMA(emaBeta);
   try {
     if (emaModel) ema.resetParameters(emaModel, model); // ema_model = copy.deepcopy(model)

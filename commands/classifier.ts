@@ -232,3 +232,57 @@ export function frechetDistance(a: Gaussian, b: Gaussian): number {
   for (let i = 0; i < d; i++) dist += (a.mu[i] - b.mu[i]) ** 2 + a.sigma[i][i] + b.sigma[i][i];
   return Math.max(0, dist);
 }
+
+// ------------------------------------------------------------------ k-NN precision and recall
+
+/** Squared Euclidean distances between the rows of a [n × d] and b [m × d], as n rows of m. */
+function squaredDistances(a: ArrayLike<number>, n: number, b: ArrayLike<number>, m: number, d: number) {
+  const out = new Float64Array(n * m);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < m; j++) {
+      let s = 0;
+      for (let c = 0; c < d; c++) s += (a[i * d + c] - b[j * d + c]) ** 2;
+      out[i * m + j] = s;
+    }
+  }
+  return out;
+}
+
+/** Each row's squared distance to its k-th nearest neighbour among the other rows of its set (itself excluded). */
+export function kthNeighbourRadii(f: ArrayLike<number>, n: number, d: number, k: number): Float64Array {
+  if (k >= n) throw new RangeError(`k = ${k} needs more than ${k} feature vectors, got ${n}`);
+  const dist = squaredDistances(f, n, f, n, d);
+  return Float64Array.from({ length: n }, (_, i) => {
+    const others = Array.from(dist.subarray(i * n, (i + 1) * n)).filter((_, j) => j !== i);
+    return others.sort((x, y) => x - y)[k - 1];
+  });
+}
+
+/**
+ * Improved precision and recall (Kynkäänniemi et al. 2019, Eq. 1–3): each set's manifold is the union of balls around
+ * its vectors reaching their k-th nearest neighbour; precision is the share of generated vectors inside the real
+ * manifold, recall the share of real vectors inside the generated one.
+ */
+export function precisionRecall(
+  real: ArrayLike<number>,
+  nReal: number,
+  fake: ArrayLike<number>,
+  nFake: number,
+  d: number,
+  k = 3,
+) {
+  const realRadii = kthNeighbourRadii(real, nReal, d, k), fakeRadii = kthNeighbourRadii(fake, nFake, d, k);
+  const dist = squaredDistances(fake, nFake, real, nReal, d); // fake i to real j at i·nReal + j
+  let inReal = 0, inFake = 0;
+  for (let i = 0; i < nFake; i++) {
+    let inside = false;
+    for (let j = 0; j < nReal && !inside; j++) inside = dist[i * nReal + j] <= realRadii[j];
+    inReal += inside ? 1 : 0;
+  }
+  for (let j = 0; j < nReal; j++) {
+    let inside = false;
+    for (let i = 0; i < nFake && !inside; i++) inside = dist[i * nReal + j] <= fakeRadii[i];
+    inFake += inside ? 1 : 0;
+  }
+  return { precision: inReal / nFake, recall: inFake / nReal };
+}

@@ -1,6 +1,7 @@
 // Quality scores of a trained run, offline, `deno task eval --run RUN [--n N] [--sampler ddpm] [--full] [--ema]`. A
 // small classifier trained on the run's own data (classifier.ts) scores generated images: the share of conditional
-// samples it puts in the requested class, and a Fréchet distance on its penultimate features.
+// samples it puts in the requested class, and a Fréchet distance and k-NN precision/recall on its penultimate
+// features, each beside its real-vs-real floor.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
@@ -14,6 +15,7 @@ import {
   featureStats,
   frechetDistance,
   type ImageSet,
+  precisionRecall,
   slice,
   type Task,
   trainClassifier,
@@ -32,6 +34,7 @@ const METRIC_NOTE = `${METRIC}: ‖μ1-μ2‖² + Tr(Σ1 + Σ2 - 2(Σ1Σ2)^½) b
 const MAX_REAL = 5000; // real images for the classifier and the reference statistics
 const HELD_OUT = 0.1; // share of them kept out of the classifier's training
 const SECONDS = 90; // default sampling time: the sample count is sized to it on this machine
+const K = 3; // the k of k-NN precision and recall, as Kynkäänniemi et al.
 const FULL_N = { conditional: 20, unconditional: 200 }; // --full: the tutorial's DDPM with these sample counts
 
 /** A run's config; runs saved before the DDIM / cosine options lack those fields. */
@@ -142,10 +145,13 @@ function classAccuracy(predicted: Int32Array, labels: number[], classes: string[
 }
 
 interface Result {
+  weights: string; // model, ema, or a file
   cfgScale: number | null; // null: an unconditional model
   n: number;
   seconds: number; // sampling time
   frechetDistance: number;
+  precision: number; // k-NN precision and recall (Kynkäänniemi et al. 2019), k = K
+  recall: number;
   classAccuracy?: ReturnType<typeof classAccuracy>;
 }
 
@@ -159,13 +165,47 @@ function fileOnRun(path: string, state: RunState) {
   return { model, config: state.config, classes: state.classes };
 }
 
+/** A strided subset of m of a set's n feature vectors (all classes alike where the set is ordered by class). */
+function strided(f: Float32Array, n: number, m: number, d: number) {
+  if (m >= n) return f;
+  const out = new Float32Array(m * d);
+  for (let i = 0; i < m; i++) out.set(f.subarray(Math.floor(i * n / m) * d, (Math.floor(i * n / m) + 1) * d), i * d);
+  return out;
+}
+
+/** Fréchet distance and k-NN precision/recall of m feature vectors against the m reference ones. */
+function scores(features: Float32Array, reference: Float32Array, m: number, d: number) {
+  const fd = frechetDistance(featureStats(features, m, d), featureStats(reference, m, d));
+  const { precision, recall } = precisionRecall(reference, m, features, m, d, K);
+  return { frechetDistance: round(fd), precision: round(precision, 3), recall: round(recall, 3) };
+}
+
+/** The tutorial's last figure: a panel per setting, plain | EMA across, without | with CFG down; a row per class. */
+async function save2x2(path: string, grids: Uint8Array[], k: number, n: number, size: number) {
+  const c = Math.min(n, 8), cols = 2 * c + 1, rows = 2 * k + 1, px = size * size * 3;
+  const tiles = new Uint8Array(rows * cols * px).fill(255); // the middle row and column stay white
+  for (let r = 0; r < rows; r++) {
+    for (let col = 0; col < cols; col++) {
+      if (r === k || col === c) continue;
+      const grid = grids[(col > c ? 2 : 0) + (r > k ? 1 : 0)], cls = r % (k + 1), j = col % (c + 1);
+      tiles.set(grid.subarray((cls * n + j) * px, (cls * n + j + 1) * px), (r * cols + col) * px);
+    }
+  }
+  await saveGrid(path, tiles, rows * cols, size, cols);
+}
+
 /** Scores a run; writes RUN/eval.json, the sample grids, and the run's index.html. Returns the report. */
 export async function evaluate(o: EvalOptions) {
-  const log = o.log ?? console.log, runDir = o.run, seed = o.seed ?? 0, ema = o.ema ?? false;
+  const log = o.log ?? console.log, runDir = o.run, seed = o.seed ?? 0;
   const started = performance.now();
   const state = await readState(runDir);
-  const { model, config: c, classes } = o.weights ? fileOnRun(o.weights, state) : await loadRun(runDir, ema);
-  const config = c as RunConfig, size = config.imageSize;
+  // A conditional run with an EMA model: the tutorial's 2×2 (plain and EMA model, without and with CFG).
+  const both = !o.weights && !o.ema && state.config.conditional && state.config.emaBeta > 0;
+  const which = both ? [false, true] : [o.ema ?? false];
+  const loaded = [];
+  for (const ema of which) loaded.push(o.weights ? fileOnRun(o.weights, state) : await loadRun(runDir, ema));
+  const { config: c, classes } = loaded[0], models = loaded.map((l) => l.model);
+  const config = c as RunConfig, size = config.imageSize, model = models[0];
   const runDdim = config.sampler === "ddim"; // DDIM by default, with the run's steps and η if it samples with DDIM
   const sampler = o.sampler ?? (o.full ? "ddpm" : "ddim");
   const sampleSteps = o.sampleSteps ?? (runDdim ? config.sampleSteps : undefined) ?? 50;
@@ -176,74 +216,91 @@ export async function evaluate(o: EvalOptions) {
   const real = collect(data, MAX_REAL, config.seed);
   const outputs = conditional ? classes.length : 4;
   const { clf, info } = await runClassifier({ runDir, config, task, classes: outputs, real, log });
-  const d = clf.featureDim, heldOut = info.heldOutImages as number;
-  const realSet = slice(real, heldOut, real.n); // the reference statistics: the classifier's training images
-  const realStats = featureStats((await classify(clf, realSet, task)).features, realSet.n, d);
-  const held = await classify(clf, slice(real, 0, heldOut), task);
-  const reference = round(frechetDistance(featureStats(held.features, heldOut, d), realStats));
+  const d = clf.featureDim;
+  const realFeatures = (await classify(clf, real, task)).features;
 
   const diffusion = newDiffusion(config);
-  const scales = conditional ? [...new Set([config.cfgScale, 0])] : [0], k = conditional ? classes.length : 1;
+  const scales = conditional ? [...new Set([0, config.cfgScale])] : [0], k = conditional ? classes.length : 1;
   const stepCount = diffusion.stepCount(sampler, sampleSteps), results: Result[] = [];
   const everyClass = conditional ? Array.from({ length: k }, (_, i) => i) : null;
   const costs: number[] = []; // seconds per image and step, per cfg scale
   for (const cfgScale of scales) costs.push(await stepCost(diffusion, model, everyClass, cfgScale));
-  const perImage = stepCount * costs.reduce((a, b) => a + b, 0) * k; // seconds per n (for all settings)
+  const perImage = stepCount * costs.reduce((a, b) => a + b, 0) * k * models.length; // seconds per n (all settings)
   const budget = o.seconds ?? SECONDS;
   const n = o.n ?? (o.full ? FULL_N[conditional ? "conditional" : "unconditional"] : sizedN(budget / perImage, k));
   const chosenBy = o.n ? "--n" : o.full ? "--full" : `sized to ${budget} s of sampling on this machine`;
   const labels = conditional ? Array.from({ length: n * k }, (_, i) => Math.floor(i / n)) : null;
   const count = labels?.length ?? n;
+  // Real vs real: two disjoint sets of m real images, m the sample count (or half the real images if fewer).
+  const m = Math.min(count, Math.floor(real.n / 2));
+  if (m <= K) throw new UsageError(`${real.n} real images and ${count} samples: k-NN scores need more than ${K} each`);
+  const referenceSet = realFeatures.subarray((real.n - m) * d), floorSet = realFeatures.subarray(0, m * d);
+  const floor = scores(floorSet, referenceSet, m, d);
   const steps = sampler === "ddim" ? `${stepCount} DDIM steps (η ${eta})` : `${config.noiseSteps} DDPM steps`;
   log(
-    `sampling ${scales.length} × ${count} images${conditional ? ` (${n} per class)` : ""}, ${steps}: ` +
+    `sampling ${models.length * scales.length} × ${count} images${conditional ? ` (${n} per class)` : ""}, ${steps}: ` +
       `about ${duration(n * perImage)} (n ${chosenBy}${
         sampler === "ddim" ? "; the tutorial's full DDPM: --full" : ""
       })`,
   );
-  const progress = stepProgress(scales.length * Math.ceil(count / 256) * stepCount, "sampling", log);
+  log(
+    `real vs real (2 × ${m} images): ${describe(floor)}${
+      conditional ? `; class accuracy ${pct(info.heldOutAccuracy)} (held out)` : ""
+    }`,
+  );
+  const progress = stepProgress(models.length * scales.length * Math.ceil(count / 256) * stepCount, "sampling", log);
+  const grids: Uint8Array[] = [];
   try {
-    for (const cfgScale of scales) {
-      setSeed(seed); // the same x_T for every setting
-      const t0 = performance.now();
-      const opts = { cfgScale, sampler, sampleSteps, eta, onStep: progress.step };
-      const pixels = await sampleChunks(diffusion, model, count, labels, opts);
-      progress.done();
-      const seconds = round((performance.now() - t0) / 1000, 3);
-      const gen: ImageSet = {
-        x: Float32Array.from(pixels, (v) => v / 127.5 - 1),
-        y: Int32Array.from(labels ?? []),
-        n: count,
-        size,
-      };
-      const scored = await classify(clf, gen, task);
-      const fd = round(frechetDistance(featureStats(scored.features, count, d), realStats));
-      const name = `eval_${sampler === "ddim" ? `ddim${stepCount}` : "ddpm"}${
-        conditional ? `_cfg${cfgScale}` : ""
-      }.png`;
-      await saveGrid(join(runDir, "samples", name), pixels, count, size, conditional ? n : undefined);
-      const result: Result = {
-        cfgScale: conditional ? cfgScale : null,
-        n: count,
-        seconds,
-        frechetDistance: fd,
-      };
-      let line = `${METRIC} ${fd} (real vs real: ${reference})`;
-      if (labels) {
-        result.classAccuracy = classAccuracy(scored.predicted, labels, classes, n);
-        line = `class accuracy ${(100 * result.classAccuracy.total).toFixed(1)} % | ${line}`;
+    for (const [w, net] of models.entries()) {
+      const weights = o.weights ?? (which[w] ? "ema" : "model");
+      for (const cfgScale of scales) {
+        setSeed(seed); // the same x_T for every setting
+        const t0 = performance.now();
+        const opts = { cfgScale, sampler, sampleSteps, eta, onStep: progress.step };
+        const pixels = await sampleChunks(diffusion, net, count, labels, opts);
+        progress.done();
+        grids.push(pixels);
+        const seconds = round((performance.now() - t0) / 1000, 3);
+        const gen: ImageSet = {
+          x: Float32Array.from(pixels, (v) => v / 127.5 - 1),
+          y: Int32Array.from(labels ?? []),
+          n: count,
+          size,
+        };
+        const scored = await classify(clf, gen, task);
+        const result: Result = {
+          weights,
+          cfgScale: conditional ? cfgScale : null,
+          n: count,
+          seconds,
+          ...scores(strided(scored.features, count, m, d), referenceSet, m, d),
+        };
+        const name = `eval_${sampler === "ddim" ? `ddim${stepCount}` : "ddpm"}${which[w] ? "_ema" : ""}${
+          conditional ? `_cfg${cfgScale}` : ""
+        }.png`;
+        await saveGrid(join(runDir, "samples", name), pixels, count, size, conditional ? n : undefined);
+        let line = describe(result);
+        if (labels) {
+          result.classAccuracy = classAccuracy(scored.predicted, labels, classes, n);
+          line = `class accuracy ${pct(result.classAccuracy.total)} | ${line}`;
+        }
+        const setting = `${models.length > 1 ? `${weights}, ` : ""}${conditional ? `cfg scale ${cfgScale}: ` : ""}`;
+        log(`${setting}${line} | ${seconds} s -> samples/${name}`);
+        results.push(result);
       }
-      log(`${conditional ? `cfg scale ${cfgScale}: ` : ""}${line} | ${seconds} s -> samples/${name}`);
-      results.push(result);
+    }
+    if (models.length === 2 && scales.length === 2) {
+      await save2x2(join(runDir, "samples", "eval_2x2.png"), grids, k, n, size);
+      log(`the 2×2 figure (plain | EMA across, without | with CFG down) -> samples/eval_2x2.png`);
     }
   } finally {
-    for (const m of [model, clf, diffusion]) m.dispose();
+    for (const m of [...models, clf, diffusion]) m.dispose();
   }
   const report = {
     metric: METRIC_NOTE,
     run: runDir,
     step: state.step,
-    weights: o.weights ?? (ema ? "ema" : "model"),
+    weights: o.weights ?? (both ? "model and ema" : o.ema ? "ema" : "model"),
     sampler,
     ...(sampler === "ddim" ? { sampleSteps: stepCount, eta } : {}),
     n: { value: n, per: conditional ? "class" : "all", chosenBy, estimatedSeconds: Math.round(n * perImage) },
@@ -252,7 +309,13 @@ export async function evaluate(o: EvalOptions) {
     seed,
     backend: tf.getBackend(),
     classifier: { ...info, key: undefined },
-    reference: { what: "held-out real images vs the real images", n: heldOut, frechetDistance: reference },
+    reference: {
+      what: `two disjoint sets of ${m} real images (the scores of samples use ${m} of them, against the same set)`,
+      n: m,
+      k: K,
+      ...floor,
+      ...(conditional ? { classAccuracy: info.heldOutAccuracy } : {}),
+    },
     results,
   };
   await Deno.writeTextFile(join(runDir, "eval.json"), JSON.stringify(report, null, 1));
@@ -261,6 +324,10 @@ export async function evaluate(o: EvalOptions) {
   log(`-> ${join(runDir, "eval.json")}, ${join(runDir, "index.html")} (${took})`);
   return report;
 }
+
+const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
+const describe = (r: { frechetDistance: number; precision: number; recall: number }) =>
+  `${METRIC} ${r.frechetDistance} | precision ${r.precision} | recall ${r.recall}`;
 
 const HELP = helpText(
   "eval",
@@ -277,8 +344,10 @@ const HELP = helpText(
     eta: "default: the run's if it samples with DDIM, else 0",
   },
   `Prints the sample count and an estimate of the time before sampling, then a progress line.
-Writes RUN/eval.json (the settings, class accuracy at the run's cfg scale and at 0, and the ${METRIC}),
-RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/classifier/.`,
+Writes RUN/eval.json (the settings; the ${METRIC} and k-NN precision and recall, k = ${K}, beside
+their real-vs-real floor from two disjoint sets of real images of the sample count; class accuracy at cfg scale 0 and
+the run's), RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/classifier/. A conditional run
+with EMA is scored 2×2: the plain and the EMA model, each without and with CFG (and samples/eval_2x2.png).`,
 );
 
 /** Flags to EvalOptions plus the backend; any bad value is a UsageError naming the flag. */

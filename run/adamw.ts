@@ -14,6 +14,12 @@ export interface AdamWOptions {
   eps?: number;
   /** The decoupled weight decay λ. */
   weightDecay?: number;
+  /** Clip the gradients to this global L2 norm first, as lucidrains' Trainer does; 0: no clipping. */
+  maxGradNorm?: number;
+  /** The lr rises linearly from lr/warmupSteps to lr over these steps (Goyal et al. 2017). */
+  warmupSteps?: number;
+  /** Then falls to 0 by this step, on a half cosine (Loshchilov & Hutter 2017); 0: constant. */
+  decaySteps?: number;
 }
 
 /** AdamW (Loshchilov & Hutter 2019), PyTorch's defaults: decoupled weight decay, then the Adam step. */
@@ -32,15 +38,32 @@ export class AdamW {
   readonly eps: number;
   /** The weight decay λ. */
   readonly weightDecay: number;
+  /** Clip the gradients to this global L2 norm first (0: no clipping). */
+  readonly maxGradNorm: number;
+  /** Steps of linear lr warm-up (0: none). */
+  readonly warmupSteps: number;
+  /** The step by which a cosine decay brings the lr to 0 (0: constant). */
+  readonly decaySteps: number;
   /** An optimizer of `model`'s weights, with zero moments. */
   constructor(
     readonly model: Module,
-    { lr = 3e-4, betas = [0.9, 0.999], eps = 1e-8, weightDecay = 0.01 }: AdamWOptions = {},
+    {
+      lr = 3e-4,
+      betas = [0.9, 0.999],
+      eps = 1e-8,
+      weightDecay = 0.01,
+      maxGradNorm = 0,
+      warmupSteps = 0,
+      decaySteps = 0,
+    }: AdamWOptions = {},
   ) {
     this.lr = lr;
     this.betas = betas;
     this.eps = eps;
     this.weightDecay = weightDecay;
+    this.maxGradNorm = maxGradNorm;
+    this.warmupSteps = warmupSteps;
+    this.decaySteps = decaySteps;
     const zeros = (w: Tensor) => tf.tidy(() => tf.variable(tf.zerosLike(w), false));
     for (const [name, w] of model.weights) {
       this.m.set(name, zeros(w));
@@ -48,16 +71,34 @@ export class AdamW {
     }
   }
 
-  /** One update from gradients keyed by weight name: one fused kernel for many weights where the backend has it. */
+  /** The learning rate of step `step` (1, 2, …): linear warm-up, then constant or a cosine decay to 0. */
+  lrAt(step: number): number {
+    const warm = this.warmupSteps ? Math.min(1, step / this.warmupSteps) : 1;
+    if (!this.decaySteps) return this.lr * warm;
+    const span = Math.max(1, this.decaySteps - this.warmupSteps);
+    const progress = Math.min(1, Math.max(0, (step - this.warmupSteps) / span));
+    return this.lr * warm * 0.5 * (1 + Math.cos(Math.PI * progress));
+  }
+
+  /** One update from gradients keyed by weight name, clipped first to maxGradNorm if it is set. */
   update(grads: Map<string, Tensor>): void {
     this.step += 1;
+    if (!this.maxGradNorm) return this.adamStep(grads);
+    const clipped = clipByGlobalNorm(grads, this.maxGradNorm);
+    this.adamStep(clipped);
+    tf.dispose([...clipped.values()]);
+  }
+
+  /** The AdamW step at this.step: one fused kernel for many weights where the backend has it. */
+  private adamStep(grads: Map<string, Tensor>): void {
     const [beta1, beta2] = this.betas;
     const c1 = 1 - beta1 ** this.step; // bias corrections of m and v
     const c2 = 1 - beta2 ** this.step;
     // A weight without a gradient this step (the label embedding on an unconditional step) stays, as in PyTorch.
     const params = [...this.model.weights].filter(([name]) => grads.get(name))
       .map(([name, w]) => ({ w, m: this.m.get(name)!, v: this.v.get(name)!, g: grads.get(name)! }));
-    const { lr, eps, weightDecay } = this;
+    const { eps, weightDecay } = this;
+    const lr = this.lrAt(this.step);
     if (hasFused("adamw")) return fusedAdamW(params, { lr, beta1, beta2, eps, weightDecay, c1, c2 });
     for (const { w, m, v, g } of params) {
       tf.tidy(() => {
@@ -73,4 +114,16 @@ export class AdamW {
   dispose() {
     tf.dispose([...this.m.values(), ...this.v.values()]);
   }
+}
+
+/** The gradients scaled by min(1, maxNorm/‖g‖), ‖g‖ the L2 norm of all of them together (torch's clip_grad_norm_). */
+export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): Map<string, tf.Tensor> {
+  const given = [...grads].filter(([, g]) => g);
+  const scale = tf.tidy(() => {
+    const norm = tf.addN(given.map(([, g]) => g.square().sum())).sqrt();
+    return tf.minimum(1, tf.div(maxNorm, norm.add(1e-6)));
+  });
+  const clipped = new Map(given.map(([name, g]) => [name, g.mul(scale)]));
+  scale.dispose();
+  return clipped;
 }

@@ -1,6 +1,6 @@
 // A run's settings: the Config, its DEFAULTS (the tutorial's), the PRESETS (the tutorial's two runs and a CPU demo),
 // and the objects a config describes (the U-Net, the Diffusion, the data).
-import { Diffusion, type Sampler, type Schedule } from "../diffusion.ts";
+import { Diffusion, type Prediction, type Sampler, type Schedule } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
 import { loadDataset } from "../utils.ts";
 import type { BackendName } from "../kernels/backend.ts";
@@ -25,10 +25,20 @@ export interface Config {
   width: number;
   /** AdamW's learning rate */
   lr: number;
+  /** linear lr warm-up over these steps (0 = none) */
+  warmupSteps: number;
+  /** after the warm-up: the tutorial's constant lr, or a cosine decay to 0 at the end */
+  lrDecay: "constant" | "cosine";
+  /** clip the gradients' global norm to this (0 = no clipping, the tutorial's) */
+  maxGradNorm: number;
   /** T, the diffusion steps */
   noiseSteps: number;
   /** linear (the tutorial's) or cosine */
   schedule: Schedule;
+  /** what the U-Net predicts: eps (the tutorial's) or v */
+  prediction: Prediction;
+  /** min-SNR-γ loss weighting (0 = plain MSE, the tutorial's) */
+  minSnrGamma: number;
   /** where the tensors run */
   backend: BackendName;
   /** CPU threads on the wasm backend (0 = every core) */
@@ -84,7 +94,8 @@ export const PRESETS: Record<string, Partial<Config>> = {
     conditional: true,
     emaBeta: 0.995,
   },
-  // minutes on a laptop CPU: small images and width, a higher lr, EMA, stochastic DDIM (η = 1) sample grids
+  // minutes on a laptop CPU: small images and width; v-prediction with min-SNR-5 weighting, a higher lr with warm-up,
+  // cosine decay and clipping; EMA; deterministic DDIM (η = 0) grids at the end (docs/experiments.md)
   demo: {
     data: "builtin:landscapes",
     name: "demo",
@@ -93,11 +104,40 @@ export const PRESETS: Record<string, Partial<Config>> = {
     batchSize: 16,
     epochs: 8,
     count: 2000,
-    lr: 1e-3,
+    lr: 2e-3,
+    warmupSteps: 100,
+    lrDecay: "cosine",
+    maxGradNorm: 1,
+    prediction: "v",
+    minSnrGamma: 5,
     emaBeta: 0.995,
     emaStart: 100,
-    sampleEvery: 4,
+    sampleEvery: 8,
     nSamples: 36,
+    sampler: "ddim",
+    sampleSteps: 100,
+    eta: 0,
+  },
+  // the tutorial's second half in minutes on a CPU: class labels with label drop, CFG and EMA, on built-in shapes
+  "demo-cfg": {
+    data: "builtin:shapes",
+    name: "demo_cfg",
+    conditional: true,
+    imageSize: 16,
+    width: 16,
+    batchSize: 16,
+    epochs: 8,
+    count: 2000,
+    lr: 2e-3,
+    warmupSteps: 100,
+    lrDecay: "cosine",
+    maxGradNorm: 1,
+    prediction: "v",
+    minSnrGamma: 5,
+    emaBeta: 0.995,
+    emaStart: 100,
+    sampleEvery: 8,
+    nSamples: 40,
     sampler: "ddim",
     sampleSteps: 100,
     eta: 1,
@@ -115,8 +155,13 @@ export const DEFAULTS: Config = {
   imageSize: 64,
   width: 64,
   lr: 3e-4,
+  warmupSteps: 0,
+  lrDecay: "constant",
+  maxGradNorm: 0,
   noiseSteps: 1000,
   schedule: "linear",
+  prediction: "eps",
+  minSnrGamma: 0,
   backend: "auto",
   threads: 0,
   seed: 0,
@@ -138,10 +183,14 @@ export const DEFAULTS: Config = {
 export const newUNet = (config: Config, numClasses: number) =>
   new UNet({ width: config.width, numClasses, removeDeepConv: config.removeDeepConv });
 
-/** The Diffusion that a run's config describes (runs saved before the cosine schedule have none: linear). */
-export const newDiffusion = ({ noiseSteps, imageSize, schedule }: Pick<Config, "noiseSteps" | "imageSize"> & {
-  schedule?: Schedule;
-}) => new Diffusion({ noiseSteps, imgSize: imageSize, schedule: schedule ?? "linear" });
+/** The Diffusion that a run's config describes (runs saved before an option have none: the tutorial's). */
+export const newDiffusion = (
+  { noiseSteps, imageSize, schedule, prediction, minSnrGamma }: Pick<Config, "noiseSteps" | "imageSize"> & {
+    schedule?: Schedule;
+    prediction?: Prediction;
+    minSnrGamma?: number;
+  },
+) => new Diffusion({ noiseSteps, imgSize: imageSize, schedule, prediction, minSnrGamma });
 
 /** The data set of a run's config, as its training loads it. */
 export const loadRunData = (

@@ -92,19 +92,27 @@ export async function sampleGrids(
 
 const esc = (s: unknown) => String(s).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
 
-/** eval.json as a table (its raw text if it is not the expected shape). */
+/** eval.json as a table, with the real-vs-real row first (its raw text if it is not the expected shape). */
 function scoresHtml(text: string): string {
   try {
-    const r = JSON.parse(text), pct = (x: number) => `${(100 * x).toFixed(1)} %`;
+    const r = JSON.parse(text), pct = (x: number) => `${(100 * x).toFixed(1)} %`, f = r.reference ?? {};
+    const cells = (x: Record<string, never>) =>
+      `<td>${x.n}</td><td>${x.frechetDistance}</td><td>${x.precision ?? "-"}</td><td>${x.recall ?? "-"}</td>`;
+    const accuracy = (x?: { total: number } | number) =>
+      x === undefined ? "-" : pct(typeof x === "number" ? x : x.total);
+    const floor = `<tr><td>real vs real</td><td>-</td>${cells({ ...f, n: f.n ?? "-" })}<td>${
+      accuracy(f.classAccuracy)
+    } (held out)</td><td>-</td></tr>`;
     const rows = r.results.map((x: Record<string, never>) =>
-      `<tr><td>${x.cfgScale ?? "-"}</td><td>${x.n}</td><td>${x.frechetDistance}</td>
-<td>${x.classAccuracy ? pct((x.classAccuracy as { total: number }).total) : "-"}</td><td>${x.seconds}</td></tr>`
+      `<tr><td>${esc(x.weights ?? r.weights)}</td><td>${x.cfgScale ?? "-"}</td>${cells(x)}
+<td>${accuracy(x.classAccuracy)}</td><td>${x.seconds}</td></tr>`
     ).join("");
-    const how = `${r.weights} weights at step ${r.step}, ${r.sampler}${
-      r.sampleSteps ? ` ${r.sampleSteps} steps η ${r.eta}` : ""
-    }`;
-    return `<p>${esc(how)}; real vs real: ${esc(r.reference?.frechetDistance)}. ${esc(r.metric)}</p>
-<table><tr><th>cfg scale</th><th>n</th><th>Fréchet distance</th><th>class accuracy</th><th>seconds</th></tr>${rows}</table>`;
+    const how = `step ${r.step}, ${r.sampler}${r.sampleSteps ? ` ${r.sampleSteps} steps η ${r.eta}` : ""}`;
+    return `<p>${esc(how)}. ${esc(r.metric)} Precision and recall: k-NN (k = ${
+      esc(f.k ?? 3)
+    }, Kynkäänniemi et al. 2019) in the same features; higher is better.</p>
+<table><tr><th>weights</th><th>cfg scale</th><th>n</th><th>Fréchet distance</th><th>precision</th><th>recall</th>
+<th>class accuracy</th><th>seconds</th></tr>${floor}${rows}</table>`;
   } catch {
     return `<pre>${esc(text)}</pre>`;
   }

@@ -6,24 +6,28 @@
 // This file is also the workers' script (new Worker(import.meta.url)).
 import * as tf from "@tensorflow/tfjs";
 import { type Scalar, setBackend, type Tensor, type Tensor1D, type Tensor4D } from "../kernels/backend.ts";
-import type { NoiseModel } from "../diffusion.ts";
+import { type NoiseModel, weightedMse } from "../diffusion.ts";
 import { UNet, type UNetOptions } from "../modules.ts";
 
 /** A step's loss and the gradients of its weights, by name. */
 export type LossGradients = { value: Scalar; grads: Map<string, Tensor> };
 
-/** The loss of Algorithm 1, ‖ε - ε_θ(x_t, t)‖² (its mean), and its gradients by weight name, times `share`. */
+/**
+ * The loss of Algorithm 1, ‖target - ε_θ(x_t, t)‖² (each image's mean, weighted by `lossWeights` if given: weightedMse),
+ * and its gradients by weight name, times `share`.
+ */
 export function lossGradients(
   model: UNet,
   xt: Tensor4D,
   t: Tensor1D,
-  noise: Tensor4D,
+  target: Tensor4D,
+  lossWeights: Tensor1D | null,
   labels: Tensor1D | null,
   share = 1, // the share of the batch these rows are: their mean loss, weighted, adds up to the batch's
 ): LossGradients {
   const weights = [...model.weights.values()];
   const { value, grads } = tf.variableGrads(() => {
-    const loss = tf.losses.meanSquaredError(noise, model.forward(xt, t, labels)) as Scalar;
+    const loss = weightedMse(target, model.forward(xt, t, labels), lossWeights);
     return share === 1 ? loss : loss.mul(share);
   }, weights);
   // (a weight the step did not use has none: the label embedding on an unconditional step)
@@ -48,7 +52,17 @@ const scope = self as unknown as {
 };
 
 /** A worker's control slots: Int32 indices into its control buffer (then an error message, from byte 64). */
-const SLOT = { request: 0, done: 1, command: 2, rows: 3, size: 4, hasLabels: 5, newWeights: 6, errorBytes: 7 };
+const SLOT = {
+  request: 0,
+  done: 1,
+  command: 2,
+  rows: 3,
+  size: 4,
+  hasLabels: 5,
+  newWeights: 6,
+  errorBytes: 7,
+  hasLossWeights: 10,
+};
 /** Its two numbers: Float32 indices into the same buffer. */
 const NUMBER = { share: 8, loss: 9 };
 const ERROR_AT = 64;
@@ -64,10 +78,13 @@ interface Link {
   grads: SharedArrayBuffer; // every weight's gradient, flat (see flatWeights)
 }
 
-/** Where r rows lie in a worker's io buffer (floats): `images` batches of r images (x, or x_t and ε), t, labels, ε_θ. */
+/**
+ * Where r rows lie in a worker's io buffer (floats): `images` batches of r images (x, or x_t and the target), t, labels,
+ * the loss weights, ε_θ.
+ */
 function ioLayout(r: number, pixels: number, images: number) {
   const t = images * r * pixels;
-  return { t, labels: t + r, out: t + 2 * r, end: t + 2 * r + (images === 1 ? r * pixels : 0) };
+  return { t, labels: t + r, lossWeights: t + 2 * r, out: t + 3 * r, end: t + 3 * r + (images === 1 ? r * pixels : 0) };
 }
 
 /** Each weight of a model with its offset in one flat array of them all, in model.weights' order. */
@@ -156,17 +173,20 @@ export class Threads {
     model: UNet,
     xt: Tensor4D,
     t: Tensor1D,
-    noise: Tensor4D,
+    target: Tensor4D,
+    lossWeights: Tensor1D | null,
     labels: Tensor1D | null,
   ): LossGradients {
     const n = xt.shape[0], parts = shares(n, this.count), [start, end] = parts[0];
-    if (parts.length === 1) return lossGradients(model, xt, t, noise, labels);
+    if (parts.length === 1) return lossGradients(model, xt, t, target, lossWeights, labels);
     this.writeWeights(model);
     this.synced = null; // the optimizer is about to change them
-    const busy = this.post(GRADIENTS, parts, [xt, noise], t, labels, true);
-    const mineRows = [rows(xt, parts[0]), rows(t, parts[0]), rows(noise, parts[0]), labels && rows(labels, parts[0])];
-    const [x, tRows, eps, y] = mineRows as [Tensor4D, Tensor1D, Tensor4D, Tensor1D | null];
-    const mine = lossGradients(model, x, tRows, eps, y, (end - start) / n), grads = mine.grads;
+    const busy = this.post(GRADIENTS, parts, [xt, target], t, labels, true, lossWeights);
+    const mine0 = parts[0];
+    const mineRows = [rows(xt, mine0), rows(t, mine0), rows(target, mine0), lossWeights && rows(lossWeights, mine0)];
+    mineRows.push(labels && rows(labels, mine0));
+    const [x, tRows, targetRows, w, y] = mineRows as [Tensor4D, Tensor1D, Tensor4D, Tensor1D | null, Tensor1D | null];
+    const mine = lossGradients(model, x, tRows, targetRows, w, y, (end - start) / n), grads = mine.grads;
     let value = mine.value;
     tf.dispose(mineRows.filter((r) => r !== null));
     this.wait(busy);
@@ -203,10 +223,11 @@ export class Threads {
     t: Tensor1D,
     labels: Tensor1D | null,
     newWeights: boolean,
+    lossWeights: Tensor1D | null = null,
   ): Link[] {
     const [n, h, w, c] = images[0].shape, pixels = h * w * c; // (square images: h = w)
     const data = images.map((x) => x.dataSync() as Float32Array);
-    const tData = t.dataSync(), labelData = labels?.dataSync();
+    const tData = t.dataSync(), labelData = labels?.dataSync(), weightData = lossWeights?.dataSync();
     const busy = this.links.slice(0, parts.length - 1);
     busy.forEach((link, i) => {
       const [start, end] = parts[i + 1], r = end - start, at = ioLayout(r, pixels, images.length);
@@ -215,10 +236,12 @@ export class Threads {
       data.forEach((d, j) => io.set(d.subarray(start * pixels, end * pixels), j * r * pixels));
       io.set(tData.subarray(start, end), at.t);
       if (labelData) io.set(labelData.subarray(start, end), at.labels);
+      if (weightData) io.set(weightData.subarray(start, end), at.lossWeights);
       const slots = new Int32Array(link.control);
       slots[SLOT.rows] = r;
       slots[SLOT.size] = h;
       slots[SLOT.hasLabels] = labels ? 1 : 0;
+      slots[SLOT.hasLossWeights] = lossWeights ? 1 : 0;
       slots[SLOT.newWeights] = newWeights ? 1 : 0;
       new Float32Array(link.control)[NUMBER.share] = r / n;
       notify(link, what);
@@ -294,7 +317,8 @@ function work(model: UNet, link: Link) {
   const ints = (from: number) => tf.tensor1d(Int32Array.from(io.subarray(from, from + r)), "int32");
   const t = ints(at.t), labels = slots[SLOT.hasLabels] ? ints(at.labels) : null;
   if (forward) return io.set(model.forward(image(0), t, labels).dataSync(), at.out);
-  const { value, grads } = lossGradients(model, image(0), t, image(1), labels, numbers[NUMBER.share]);
+  const lossWeights = slots[SLOT.hasLossWeights] ? tf.tensor1d(io.slice(at.lossWeights, at.lossWeights + r)) : null;
+  const { value, grads } = lossGradients(model, image(0), t, image(1), lossWeights, labels, numbers[NUMBER.share]);
   numbers[NUMBER.loss] = value.dataSync()[0];
   const all = new Float32Array(link.grads);
   for (const { name, at } of flatWeights(model)) {

@@ -8,7 +8,8 @@ import { parseSampleArgs } from "../commands/sample.ts";
 import { assertOneLine, ROOT, runScript } from "./helpers.ts";
 
 const ACCEPTS = { // what each script's README and users rely on
-  train: "preset data out name resume weights epochs max-steps batch-size image-size width lr noise-steps schedule " +
+  train: "preset data out name resume weights epochs max-steps batch-size image-size width lr warmup-steps lr-decay " +
+    "max-grad-norm noise-steps schedule prediction min-snr-gamma " +
     "conditional label-drop ema-beta ema-start count cache-dir no-cache sample-every n-samples cfg-scale sampler " +
     "sample-steps eta no-clip seed backend threads help",
   sample:
@@ -97,7 +98,7 @@ Deno.test("train flags: bad values are a usage error naming the flag; given sett
       [["--width", "30"], /--width 30: must be divisible by 4/],
       [["--lr=-1"], /--lr -1/],
       [["--schedule", "cos"], /^--schedule cos: use one of linear, cosine$/],
-      [["--preset", "big"], /^--preset big: use one of landscape, cifar, demo$/],
+      [["--preset", "big"], /^--preset big: use one of landscape, cifar, demo, demo-cfg$/],
       [["--bogus"], /bogus/],
       [["--resume", "a", "--weights", "w.pt"], /--weights starts a new run/],
     ] as [string[], RegExp][]
@@ -181,4 +182,14 @@ Deno.test("export, view, bench and bench:decode: --help from the same table; a b
   assertOneLine(await runScript("commands/bench.ts", "--mode", "x"), 2, "--mode x: use one of train, sample");
   assertOneLine(await runScript("commands/view.ts", "--port", "70000"), 2, "--port 70000");
   assertOneLine(await runScript("commands/bench_decode.ts", "--n", "0"), 2, "--n 0");
+});
+
+Deno.test("the tutorial's presets keep ε-prediction, plain MSE, a constant lr and no clipping", () => {
+  for (const preset of ["landscape", "cifar"]) {
+    const { config } = parseConfig(["--preset", preset]);
+    assert.deepEqual(
+      [config.prediction, config.minSnrGamma, config.lrDecay, config.warmupSteps, config.maxGradNorm],
+      ["eps", 0, "constant", 0, 0],
+    );
+  }
 });

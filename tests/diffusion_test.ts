@@ -289,3 +289,58 @@ Deno.test("onStep sees each x_t and its x̂_0 (Eq. 15); sampleX0 returns the flo
   tf.dispose([x, xT]);
   d.dispose();
 });
+
+// T = 2 with β = (0.2, 0.6): ᾱ = (0.8, 0.32), SNR = ᾱ/(1-ᾱ) = (4, 8/17).
+const small = (o = {}) => new Diffusion({ noiseSteps: 2, betaStart: 0.2, betaEnd: 0.6, imgSize: 2, ...o });
+const near = (a: ArrayLike<number>, b: number[], tol = 1e-6) =>
+  assert.ok(b.every((x, i) => Math.abs(a[i] - x) < tol), `${Array.from(a)} vs ${b}`);
+
+Deno.test("min-SNR-γ weights by hand: min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v; 1 without γ", () => {
+  const plain = small(), eps = small({ minSnrGamma: 1 }), v = small({ minSnrGamma: 1, prediction: "v" });
+  near(plain.alphaHat, [0.8, 0.32]);
+  near(plain.lossWeights(), [1, 1]);
+  near(eps.lossWeights(), [1 / 4, 1]); // SNR 4 > γ: γ/4; SNR 8/17 < γ: 1
+  near(v.lossWeights(), [1 / 5, (8 / 17) / (25 / 17)]); // γ/(4 + 1); SNR/(SNR + 1) = ᾱ = 0.32
+  near(small({ minSnrGamma: 5 }).lossWeights(), [1, 1]); // γ above every SNR: plain ε MSE
+  for (const d of [plain, eps, v]) d.dispose();
+});
+
+Deno.test("the loss by hand: the ε or v target (v = √ᾱ·ε - √(1-ᾱ)·x_0), weighted per image; default plain MSE", async () => {
+  const t = tf.tensor1d([0, 1], "int32");
+  const ones = tf.ones([2, 2, 2, 3]) as tf.Tensor4D, zeros = tf.zeros([2, 2, 2, 3]) as tf.Tensor4D;
+  const half = tf.fill([2, 2, 2, 3], 0.5) as tf.Tensor4D;
+  const value = async (d: Diffusion, pred: tf.Tensor4D, x0: tf.Tensor4D, noise: tf.Tensor4D) => {
+    const loss = d.loss(pred, x0, noise, t), out = (await loss.data())[0];
+    loss.dispose();
+    d.dispose();
+    return out;
+  };
+  // ε target 1, prediction 0.5: every image's error is 0.25; weights (1/4, 1) give (0.25/4 + 0.25)/2
+  near([await value(small(), half, zeros, ones)], [0.25]);
+  near([await value(small({ minSnrGamma: 1 }), half, zeros, ones)], [(0.25 / 4 + 0.25) / 2]);
+  const mse = tf.losses.meanSquaredError(ones, half);
+  near([await value(small(), half, zeros, ones)], [(await mse.data())[0]]);
+  // x_0 = 1, ε = 0: v = -√(1-ᾱ), so a zero prediction's error is 1-ᾱ = (0.2, 0.68); weights (1/5, 0.32)
+  near([await value(small({ prediction: "v" }), zeros, ones, zeros)], [(0.2 + 0.68) / 2]);
+  near([await value(small({ prediction: "v", minSnrGamma: 1 }), zeros, ones, zeros)], [(0.2 / 5 + 0.32 * 0.68) / 2]);
+  tf.dispose([t, ones, zeros, half, mse]);
+});
+
+Deno.test("v-prediction: the sampler turns v back into ε = √ᾱ·v + √(1-ᾱ)·x_t, and x̂_0 (Eq. 15) is x_0", async () => {
+  setSeed(3);
+  const d = small({ prediction: "v" });
+  for (const i of [0, 1]) {
+    const x0 = tf.randomUniform([2, 2, 2, 3], -1, 1) as tf.Tensor4D, eps = tf.randomNormal([2, 2, 2, 3]) as tf.Tensor4D;
+    const t = tf.fill([2], i, "int32") as tf.Tensor1D;
+    const a = d.alphaHat[i], xt = x0.mul(Math.sqrt(a)).add(eps.mul(Math.sqrt(1 - a))) as tf.Tensor4D;
+    const v = d.velocity(x0, eps, t);
+    const byHand = eps.mul(Math.sqrt(a)).sub(x0.mul(Math.sqrt(1 - a)));
+    assert.ok((await v.sub(byHand).abs().max().data())[0] < 1e-6);
+    const vModel: NoiseModel = { forward: () => v.clone() }; // a model that knows v
+    const got = d.predictNoise(vModel, xt, t, null, 0), x0Hat = d.predictX0(xt, got, i, { clip: false });
+    assert.ok((await got.sub(eps).abs().max().data())[0] < 1e-5, `ε at index ${i}`);
+    assert.ok((await x0Hat.sub(x0).abs().max().data())[0] < 1e-5, `x̂_0 at index ${i}`);
+    tf.dispose([x0, eps, t, xt, v, byHand, got, x0Hat]);
+  }
+  d.dispose();
+});

@@ -8,6 +8,8 @@ import {
   collect,
   featureStats,
   frechetDistance,
+  kthNeighbourRadii,
+  precisionRecall,
   rotations,
   symmetricEigen,
   trainClassifier,
@@ -104,13 +106,15 @@ Deno.test("the classifier reaches ≥ 95 % on held-out builtin:shapes (800 train
   clf.dispose();
 });
 
-Deno.test("end to end: a tiny conditional run is scored; eval.json and index.html; the classifier is cached", async () => {
+Deno.test("end to end: a tiny conditional run with EMA is scored (the 2×2); eval.json and index.html; cached classifier", async () => {
   const out = await Deno.makeTempDir();
   await train(
     {
       ...DEFAULTS,
       data: "builtin:shapes",
       conditional: true,
+      emaBeta: 0.9,
+      emaStart: 0,
       imageSize: 16,
       width: 8,
       maxSteps: 3,
@@ -131,17 +135,26 @@ Deno.test("end to end: a tiny conditional run is scored; eval.json and index.htm
   assert.deepEqual([saved.step, saved.sampler, saved.sampleSteps, saved.schedule], [3, "ddim", 5, "linear"]);
   assert.equal(saved.classifier.task, "the data set's classes");
   assert.ok(saved.classifier.heldOutAccuracy >= 0 && saved.classifier.heldOutAccuracy <= 1);
-  assert.deepEqual(saved.results.map((r: { cfgScale: number }) => r.cfgScale), [3, 0]);
+  assert.deepEqual(saved.results.map((r: { cfgScale: number }) => r.cfgScale), [0, 3, 0, 3]);
+  assert.deepEqual(saved.results.map((r: { weights: string }) => r.weights), ["model", "model", "ema", "ema"]);
+  assert.equal(saved.weights, "model and ema");
   for (const r of saved.results) {
     assert.equal(r.n, 20); // 2 per class
     assert.ok(Number.isFinite(r.frechetDistance) && r.frechetDistance >= 0);
+    assert.ok(r.precision >= 0 && r.precision <= 1 && r.recall >= 0 && r.recall <= 1);
     assert.deepEqual(Object.keys(r.classAccuracy.perClass).length, 10);
     const mean = Object.values(r.classAccuracy.perClass as Record<string, number>).reduce((s, v) => s + v, 0) / 10;
     assert.ok(Math.abs(mean - r.classAccuracy.total) < 1e-3);
   }
   assert.ok(Number.isFinite(saved.reference.frechetDistance));
+  assert.deepEqual([saved.reference.n, saved.reference.k], [20, 3]); // two sets of 20 of the 64 real images
+  assert.ok(saved.reference.precision > 0 && saved.reference.recall > 0);
   const html = await Deno.readTextFile(join(run, "index.html"));
   assert.ok(html.includes("Scores (deno task eval)") && html.includes("eval_ddim5_cfg3.png"));
+  assert.ok(html.includes("eval_ddim5_ema_cfg3.png") && html.includes("eval_2x2.png") && html.includes("real vs real"));
+  // the 2×2 figure: 2·10 class rows and 2·2 columns of 16 px images, a white row and column between the panels
+  const png = Deno.readFileSync(join(run, "samples", "eval_2x2.png")), view = new DataView(png.buffer);
+  assert.deepEqual([view.getUint32(16), view.getUint32(20)], [5 * 18 + 2, 21 * 18 + 2]);
   // A second evaluation loads the cached classifier and, with the same seed, gives the same scores.
   const lines: string[] = [];
   const again = await evaluate({ ...opts, log: (l) => lines.push(l) });
@@ -149,6 +162,23 @@ Deno.test("end to end: a tiny conditional run is scored; eval.json and index.htm
   const scores = (r: typeof report) => r.results.map((x) => [x.frechetDistance, x.classAccuracy]);
   assert.deepEqual(scores(again), scores(report));
   await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("k-NN precision and recall (k = 3) of a case by hand: each radius reaches the 3rd other neighbour", () => {
+  // 2-D vectors on a line (x, 0). Real 0, 1, 2, 3, 10; generated -2.5, 2.5, 4, 5, 6.
+  const line = (xs: number[]) => Float32Array.from(xs.flatMap((x) => [x, 0]));
+  const real = line([0, 1, 2, 3, 10]), fake = line([-2.5, 2.5, 4, 5, 6]);
+  // real radii: 0 → (1, 2, 3, 10) → 3; 1 → (1, 1, 2, 9) → 2; 2 → 2; 3 → 3; 10 → (7, 8, 9, 10) → 9 (squared below)
+  assert.deepEqual(Array.from(kthNeighbourRadii(real, 5, 2, 3)), [9, 4, 4, 9, 81]);
+  // generated radii: -2.5 → (5, 6.5, 7.5, 8.5) → 7.5; 2.5 → 3.5; 4 → 2; 5 → 2.5; 6 → (1, 2, 3.5, 8.5) → 3.5
+  assert.deepEqual(Array.from(kthNeighbourRadii(fake, 5, 2, 3)), [56.25, 12.25, 4, 6.25, 12.25]);
+  // precision: -2.5 is 2.5 from 0 (radius 3), 6 is 3 from 3 (radius 3): all five inside. (With the vector itself
+  // counted as its first neighbour, radius 0 → 2 and 10 → 8 would leave -2.5 out: 0.8.)
+  // recall: 10 is 4 from 6 (radius 3.5) and 12.5 from -2.5 (7.5): out; the others in: 0.8. (With the 4th neighbour,
+  // 6's radius 8.5 would take 10 in: 1.)
+  assert.deepEqual(precisionRecall(real, 5, fake, 5, 2, 3), { precision: 1, recall: 0.8 });
+  assert.deepEqual(precisionRecall(fake, 5, real, 5, 2, 3), { precision: 0.8, recall: 1 }); // the roles swap
+  assert.throws(() => kthNeighbourRadii(real, 3, 2, 3), RangeError); // 3 vectors have only 2 others
 });
 
 /** A one-class run that trains in seconds. */
@@ -161,7 +191,15 @@ Deno.test("end to end, one-class data: rotations; one unguided result; a PyTorch
   assert.equal(report.classifier.task, "rotation by 0/90/180/270° (one-class data)");
   assert.equal(report.classifier.heldOutImages, 4);
   assert.equal(report.results.length, 1);
-  assert.deepEqual(Object.keys(report.results[0]).sort(), ["cfgScale", "frechetDistance", "n", "seconds"]);
+  assert.deepEqual(Object.keys(report.results[0]).sort(), [
+    "cfgScale",
+    "frechetDistance",
+    "n",
+    "precision",
+    "recall",
+    "seconds",
+    "weights",
+  ]);
   assert.deepEqual([report.results[0].cfgScale, report.results[0].n, report.sampler], [null, 6, "ddpm"]);
   assert.ok(!("sampleSteps" in report));
   // the run's weights as a PyTorch file, scored with --weights on the run's data: the same samples, the same score

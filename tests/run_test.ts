@@ -64,6 +64,24 @@ Deno.test("builtin:shapes, conditional: one grid row per class; resume continues
   });
 });
 
+Deno.test("the loss and optimizer options are saved with the run and kept on resume; a different one is refused", async () => {
+  await withTempDir(async (dir) => {
+    const options = { prediction: "v", minSnrGamma: 5, warmupSteps: 2, lrDecay: "cosine", maxGradNorm: 1 } as const;
+    const config = tiny(dir, { ...options, epochs: 1 });
+    await train(config, { log: quiet });
+    const saved = JSON.parse(await Deno.readTextFile(join(dir, config.name, "checkpoint", "state.json")));
+    assert.deepEqual(Object.keys(options).map((k) => saved.config[k]), Object.values(options));
+    const resumed = await train({ ...config, epochs: 2 }, { resume: true, given: ["epochs"], log: quiet });
+    assert.equal(resumed.step, 6);
+    const again = JSON.parse(await Deno.readTextFile(join(dir, config.name, "checkpoint", "state.json")));
+    assert.deepEqual(Object.keys(options).map((k) => again.config[k]), Object.values(options));
+    await assert.rejects(
+      () => train({ ...config, prediction: "eps", epochs: 3 }, { resume: true, given: ["prediction"], log: quiet }),
+      /--prediction eps: the run was trained with v/,
+    );
+  });
+});
+
 Deno.test("an image folder (JPEG + PNG, RGB, grayscale, RGBA) trains; a non-image is skipped with a warning", async () => {
   await withTempDir(async (dir) => {
     const data = join(dir, "images");

@@ -32,15 +32,16 @@ Deno.test("shares: contiguous rows, none empty, all of the batch", () => {
   assert.deepEqual(shares(12, 3), [[0, 4], [4, 8], [8, 12]]);
 });
 
-Deno.test("2 threads: the loss and every gradient of the 1-thread step, with and without labels", async () => {
+Deno.test("2 threads: the loss and every gradient of the 1-thread step, with and without labels and loss weights", async () => {
   const { model, xt, noise, t, labels, dispose } = setup();
   const threads = await Threads.start(2, model);
   const before = tf.memory().numTensors;
   try {
-    for (const y of [labels, null]) {
-      const one = lossGradients(model, xt, t, noise, y);
-      const two = threads.lossGradients(model, xt, t, noise, y);
-      const again = threads.lossGradients(model, xt, t, noise, y);
+    const minSnr = tf.tensor1d([0.5, 1, 2, 0.25, 1]); // per-image loss weights, as min-SNR-γ's
+    for (const [y, w] of [[labels, null], [null, null], [labels, minSnr]]) {
+      const one = lossGradients(model, xt, t, noise, w, y);
+      const two = threads.lossGradients(model, xt, t, noise, w, y);
+      const again = threads.lossGradients(model, xt, t, noise, w, y);
       assert.ok(relDiff(one.value, two.value) < 1e-5, `loss ${one.value.dataSync()} vs ${two.value.dataSync()}`);
       const present = (g: Map<string, tf.Tensor>) => [...g].filter(([, v]) => v).map(([k]) => k);
       assert.deepEqual(present(two.grads), present(one.grads)); // (no label_emb gradient without labels)
@@ -52,6 +53,7 @@ Deno.test("2 threads: the loss and every gradient of the 1-thread step, with and
       }
       tf.dispose([one, two, again].flatMap((r) => [r.value, ...[...r.grads.values()].filter((g) => g)]));
     }
+    minSnr.dispose();
     assert.equal(tf.memory().numTensors, before);
   } finally {
     threads.close();
