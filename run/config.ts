@@ -95,14 +95,14 @@ export const PRESETS: Record<string, Partial<Config>> = {
     emaBeta: 0.995,
   },
   // minutes on a laptop CPU: small images and width; v-prediction with min-SNR-5 weighting, a higher lr with warm-up,
-  // cosine decay and clipping; EMA; deterministic DDIM (η = 0) grids at the end (docs/experiments.md)
+  // cosine decay and clipping; 2000 steps; EMA; deterministic DDIM (η = 0) grids (docs/experiments.md)
   demo: {
     data: "builtin:landscapes",
     name: "demo",
     imageSize: 16,
     width: 16,
     batchSize: 16,
-    epochs: 8,
+    epochs: 16,
     count: 2000,
     lr: 2e-3,
     warmupSteps: 100,
@@ -126,7 +126,7 @@ export const PRESETS: Record<string, Partial<Config>> = {
     imageSize: 16,
     width: 16,
     batchSize: 16,
-    epochs: 8,
+    epochs: 16,
     count: 2000,
     lr: 2e-3,
     warmupSteps: 100,
