@@ -26,6 +26,8 @@ import { duration, stepProgress } from "../run/progress.ts";
 import { writeReport } from "../run/report.ts";
 import { CheckpointError } from "../weights/weights.ts";
 import { saveGrid } from "../utils.ts";
+import type { UNet } from "../modules.ts";
+import { describeThreads, threadCount, Threads } from "../run/threads.ts";
 
 export const METRIC = "Fréchet distance (classifier features)";
 const METRIC_NOTE = `${METRIC}: ‖μ1-μ2‖² + Tr(Σ1 + Σ2 - 2(Σ1Σ2)^½) between the penultimate features of a small ` +
@@ -53,6 +55,7 @@ export interface EvalOptions {
   ema?: boolean;
   weights?: string; // score this PyTorch file's weights instead of the run's (on the run's data)
   seed?: number;
+  threads?: number; // CPU threads on the wasm backend (0: every core)
   log?: (line: string) => void;
 }
 
@@ -220,11 +223,14 @@ export async function evaluate(o: EvalOptions) {
   const realFeatures = (await classify(clf, real, task)).features;
 
   const diffusion = newDiffusion(config);
+  const threadsUsed = threadCount(tf.getBackend(), o.threads ?? DEFAULTS.threads);
+  const threads = threadsUsed > 1 ? await Threads.start(threadsUsed, model) : null; // the samples' rows shared
+  const on = (net: UNet): NoiseModel => threads?.noiseModel(net) ?? net;
   const scales = conditional ? [...new Set([0, config.cfgScale])] : [0], k = conditional ? classes.length : 1;
   const stepCount = diffusion.stepCount(sampler, sampleSteps), results: Result[] = [];
   const everyClass = conditional ? Array.from({ length: k }, (_, i) => i) : null;
   const costs: number[] = []; // seconds per image and step, per cfg scale
-  for (const cfgScale of scales) costs.push(await stepCost(diffusion, model, everyClass, cfgScale));
+  for (const cfgScale of scales) costs.push(await stepCost(diffusion, on(model), everyClass, cfgScale));
   const perImage = stepCount * costs.reduce((a, b) => a + b, 0) * k * models.length; // seconds per n (all settings)
   const budget = o.seconds ?? SECONDS;
   const n = o.n ?? (o.full ? FULL_N[conditional ? "conditional" : "unconditional"] : sizedN(budget / perImage, k));
@@ -257,7 +263,7 @@ export async function evaluate(o: EvalOptions) {
         setSeed(seed); // the same x_T for every setting
         const t0 = performance.now();
         const opts = { cfgScale, sampler, sampleSteps, eta, onStep: progress.step };
-        const pixels = await sampleChunks(diffusion, net, count, labels, opts);
+        const pixels = await sampleChunks(diffusion, on(net), count, labels, opts);
         progress.done();
         grids.push(pixels);
         const seconds = round((performance.now() - t0) / 1000, 3);
@@ -294,6 +300,7 @@ export async function evaluate(o: EvalOptions) {
       log(`the 2×2 figure (plain | EMA across, without | with CFG down) -> samples/eval_2x2.png`);
     }
   } finally {
+    threads?.close();
     for (const m of [...models, clf, diffusion]) m.dispose();
   }
   const report = {
@@ -365,6 +372,7 @@ export function parseEvalArgs(args: string[]) {
     ema: !!v.ema,
     weights: v.weights as string | undefined,
     seed: v.seed as number | undefined,
+    threads: v.threads as number | undefined,
   };
   return { opts, backend: (v.backend ?? DEFAULTS.backend) as BackendName, help: !!v.help };
 }
@@ -373,7 +381,8 @@ if (import.meta.main) {
   await runCli(async () => {
     const { opts, backend, help } = parseEvalArgs(Deno.args);
     if (help) return console.log(HELP);
-    console.log(`backend ${await setBackend(backend)}`);
+    const name = await setBackend(backend);
+    console.log(describeThreads(name, threadCount(name, opts.threads ?? DEFAULTS.threads)));
     await evaluate(opts);
   });
 }

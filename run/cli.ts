@@ -77,7 +77,7 @@ const FLAGS: Flag[] = [
   ["no-clip", "train sample", "boolean", null, "clip", "do not clip x̂_0 to [-1, 1] while sampling, as in the tutorial"],
   ["seed", ALL, "int", [0, 2 ** 31 - 1], "seed", "makes the run or the samples repeatable on the same backend"],
   ["backend", `${ALL} bench`, "choice", BACKENDS, "backend", ""],
-  ["threads", "train sample bench", "int", [0, 1024], "threads", "CPU threads of the wasm backend; 0: every core"],
+  ["threads", "train sample eval bench", "int", [0, 1024], "threads", "CPU threads of the wasm backend; 0: every core"],
   ["out", "sample", "string", "PATH", null, "output PNG, or a folder for it"],
   ["raw", "sample", "string", "FILE", null, 'also save x_0 as floats: NHWC, tensor "samples" in the checkpoint format'],
   ["out", "export", "string", "FILE", null, ".safetensors, or .pt / .pth (torch.save's format)"],
