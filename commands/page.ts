@@ -234,7 +234,12 @@ async function main() {
   view.backend = await startBackend();
   const { state, model, weights } = await loadModel();
   const c = state.config;
-  const diffusion = new Diffusion({ noiseSteps: c.noiseSteps, imgSize: c.imageSize, schedule: c.schedule });
+  const diffusion = new Diffusion({
+    noiseSteps: c.noiseSteps,
+    imgSize: c.imageSize,
+    schedule: c.schedule,
+    prediction: c.prediction, // (runs saved before v-prediction have none: ε)
+  });
   $("backend").textContent = `live parts: tfjs ${tf.version.tfjs} on ${view.backend}, ${weights} weights ` +
     `(${model.parameterCount.toLocaleString("en")} parameters)`;
   document.body.classList.add("ready");

@@ -98,6 +98,7 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
       sampler: "ddim" as const,
       sampleSteps: 2,
       emaBeta: 0.9, // the page must take the EMA weights
+      prediction: "v" as const, // and the run's prediction (the demo's)
       emaStart: 0,
     };
     const runDir = Deno.env.get("VIEW_RUN") ?? (await train(config, { log: () => {} })).runDir;
