@@ -4,6 +4,7 @@
 // classes' methods: tf.profile would submit once per kernel). Same flags and JSON line as torch/torch_ref.py, so the
 // two can be run side by side.
 import * as tf from "@tensorflow/tfjs";
+import process from "node:process";
 import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
 import { defaultNotes, helpText, readFlags, runCli } from "../run/cli.ts";
 import { Diffusion } from "../diffusion.ts";
@@ -114,14 +115,10 @@ async function readGpuTimes(device: GPUDevice) {
   [resolved, read].forEach((b) => b.destroy());
 }
 
-/** The CPU time of this process (all its threads) in ms (Linux: /proc/self/stat), else NaN. */
+/** The CPU time of this process (all its threads) in ms. */
 function cpuMs(): number {
-  try {
-    const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
-    return (Number(fields[11]) + Number(fields[12])) * 10; // utime + stime, in clock ticks of 10 ms
-  } catch {
-    return NaN;
-  }
+  const { user, system } = process.cpuUsage(); // µs
+  return (user + system) / 1000;
 }
 
 /** The median of a list of numbers. */
