@@ -103,6 +103,7 @@ export class Diffusion {
   readonly alphaHat: Float64Array;
   private sqrtAlphaHat: Tensor1D;
   private sqrtOneMinusAlphaHat: Tensor1D;
+  private minSnrWeights: Tensor1D | null; // lossWeights() as a tensor, with min-SNR-γ only
 
   /** The schedule's β_t, α_t and ᾱ_t for T steps. */
   constructor(
@@ -137,6 +138,7 @@ export class Diffusion {
     this.alphaHat = this.alpha.map((a) => (prod *= a));
     this.sqrtAlphaHat = tf.tensor1d(Float32Array.from(this.alphaHat, Math.sqrt));
     this.sqrtOneMinusAlphaHat = tf.tensor1d(Float32Array.from(this.alphaHat, (a) => Math.sqrt(1 - a)));
+    this.minSnrWeights = minSnrGamma ? tf.tensor1d(this.lossWeights()) : null;
   }
 
   /** Eq. 4: x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε, ε ~ N(0, I). Returns [x_t, ε]. */
@@ -181,12 +183,7 @@ export class Diffusion {
 
   /** The loss weight w_t of each image's step t; null without min-SNR (plain MSE). */
   lossWeightsAt(t: Tensor1D): Tensor1D | null {
-    return this.minSnrGamma ? tf.tidy(() => tf.gather(tf.tensor1d(this.lossWeights()), t)) : null;
-  }
-
-  /** Algorithm 1, line 5: ‖target - prediction‖², the target ε (or v), each image's mean weighted by w_t. */
-  loss(prediction: Tensor4D, x0: Tensor4D, noise: Tensor4D, t: Tensor1D): Scalar {
-    return tf.tidy(() => weightedMse(this.target(x0, noise, t), prediction, this.lossWeightsAt(t)));
+    return this.minSnrWeights ? tf.gather(this.minSnrWeights, t) : null;
   }
 
   /**
@@ -314,7 +311,7 @@ export class Diffusion {
 
   /** Frees the schedule's tensors. */
   dispose() {
-    tf.dispose([this.sqrtAlphaHat, this.sqrtOneMinusAlphaHat]);
+    tf.dispose([this.sqrtAlphaHat, this.sqrtOneMinusAlphaHat, ...(this.minSnrWeights ? [this.minSnrWeights] : [])]);
   }
 }
 

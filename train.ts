@@ -12,7 +12,7 @@ import { lossGradients, type Threads } from "./run/threads.ts";
 
 /**
  * Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖² (or on the
- * loss the Diffusion's options make of it: Diffusion.loss).
+ * loss the Diffusion's options make of it: Diffusion.target and lossWeightsAt).
  */
 export function trainStep(
   model: UNet,

@@ -1,7 +1,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { nextSeed, setBackend, setSeed } from "../kernels/backend.ts";
-import { Diffusion, type NoiseModel } from "../diffusion.ts";
+import { Diffusion, type NoiseModel, weightedMse } from "../diffusion.ts";
 
 await setBackend("cpu");
 
@@ -310,8 +310,9 @@ Deno.test("the loss by hand: the ε or v target (v = √ᾱ·ε - √(1-ᾱ)·x_
   const ones = tf.ones([2, 2, 2, 3]) as tf.Tensor4D, zeros = tf.zeros([2, 2, 2, 3]) as tf.Tensor4D;
   const half = tf.fill([2, 2, 2, 3], 0.5) as tf.Tensor4D;
   const value = async (d: Diffusion, pred: tf.Tensor4D, x0: tf.Tensor4D, noise: tf.Tensor4D) => {
-    const loss = d.loss(pred, x0, noise, t), out = (await loss.data())[0];
-    loss.dispose();
+    const target = d.target(x0, noise, t), w = d.lossWeightsAt(t); // what trainStep gives lossGradients
+    const loss = weightedMse(target, pred, w), out = (await loss.data())[0];
+    tf.dispose([loss, target, ...(w ? [w] : [])]);
     d.dispose();
     return out;
   };
