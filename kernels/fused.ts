@@ -14,15 +14,21 @@ export const FUSED = {
   attention: "DdpmAttention", // [o, stats] = softmax(q·kᵀ/√d)·v per head, from qkv [b, n, 3c]
   attentionGrad: "DdpmAttentionGrad", // dqkv
   adamw: "DdpmAdamW", // updates the weights and their moments in place
+  clippedAdamw: "DdpmClippedAdamW", // the same on gradients clipped to a global norm first (wasm only)
   ema: "DdpmEma", // e ← β·e + (1-β)·w in place
 } as const;
 
+type KernelFunc = (args: never) => tf.TensorInfo | tf.TensorInfo[];
+/** The operations a backend may lack (their callers take the plain formula or another kernel there). */
+type Optional = "clippedAdamw";
 /** A backend's kernels for the fused operations, by operation. */
-export type FusedKernels = Record<keyof typeof FUSED, (args: never) => tf.TensorInfo | tf.TensorInfo[]>;
+export type FusedKernels =
+  & Record<Exclude<keyof typeof FUSED, Optional>, KernelFunc>
+  & Partial<Record<Optional, KernelFunc>>;
 
 /** The kernel configs of a backend's fused kernels, for tf.registerKernel. */
 export const fusedKernelConfigs = (backendName: string, kernels: FusedKernels, wrap = (f: tf.KernelFunc) => f) =>
-  Object.entries(kernels).map(([op, f]) => ({
+  Object.entries(kernels).filter(([, f]) => f).map(([op, f]) => ({
     kernelName: FUSED[op as keyof typeof FUSED],
     backendName,
     kernelFunc: wrap(f as unknown as tf.KernelFunc),
@@ -95,19 +101,21 @@ export interface AdamWStep {
   weightDecay: number;
   c1: number; // bias corrections 1 - β1^t and 1 - β2^t
   c2: number;
+  maxGradNorm?: number; // > 0: the gradients scaled by min(1, maxGradNorm/‖g‖) first (the clippedAdamw kernel)
 }
 
 /**
- * The AdamW kernel over many weights at once. On wasm it returns new weight tensors (XNNPACK keeps packed
- * copies of matMul and conv weights keyed by tensor, so a weight must not change in place there); they are
- * assigned here.
+ * The AdamW kernel over many weights at once (clippedAdamw when s.maxGradNorm is set). On wasm it returns new weight
+ * tensors (XNNPACK keeps packed copies of matMul and conv weights keyed by tensor, so a weight must not change in
+ * place there); they are assigned here.
  */
 export function fusedAdamW(params: { w: tf.Variable; m: tf.Variable; v: tf.Variable; g: tf.Tensor }[], s: AdamWStep) {
   const inputs: tf.NamedTensorMap = {};
   params.forEach(({ w, m, v, g }, i) =>
     Object.assign(inputs, { [`w${i}`]: w, [`m${i}`]: m, [`v${i}`]: v, [`g${i}`]: g })
   );
-  assignAll(params.map((p) => p.w), run(FUSED.adamw, inputs, s) as tf.Tensor[]);
+  const kernel = s.maxGradNorm ? FUSED.clippedAdamw : FUSED.adamw;
+  assignAll(params.map((p) => p.w), run(kernel, inputs, s) as tf.Tensor[]);
 }
 
 /** The EMA kernel over many weights at once (new tensors on wasm, as for AdamW). */

@@ -88,16 +88,60 @@ function normGrad({ inputs: { dy, x, g, b, r, stats }, attrs }: NormArgs) {
 
 // ------------------------------------------------------------------ AdamW and EMA
 
-/** AdamW for every weight: m and v in place; the weights new (XNNPACK caches packed weights by tensor). */
+/** s + Σ_{e ≥ from} G[e]², in float32 from element to element (tfjs's Square, then its Sum). */
+function sumOfSquares(G: Float32Array, from = 0, s = 0) {
+  for (let e = from; e < G.length; e++) s = Math.fround(s + Math.fround(G[e] * G[e]));
+  return s;
+}
+
+/** sumOfSquares of every gradient, four at a time (four independent chains of float32 additions run faster than one). */
+function sumsOfSquares(grads: Float32Array[]): number[] {
+  const sums = grads.map(() => 0);
+  const bySize = grads.map((_, i) => i).sort((i, j) => grads[j].length - grads[i].length); // like sizes side by side
+  const none = new Float32Array(0);
+  for (let k = 0; k < bySize.length; k += 4) {
+    const four = [0, 1, 2, 3].map((j) => k + j < bySize.length ? grads[bySize[k + j]] : none);
+    const [A, B, C, D] = four, shortest = D.length;
+    let a = 0, b = 0, c = 0, d = 0;
+    for (let e = 0; e < shortest; e++) {
+      a = Math.fround(a + Math.fround(A[e] * A[e]));
+      b = Math.fround(b + Math.fround(B[e] * B[e]));
+      c = Math.fround(c + Math.fround(C[e] * C[e]));
+      d = Math.fround(d + Math.fround(D[e] * D[e]));
+    }
+    [a, b, c, d].forEach((s, j) => {
+      if (k + j < bySize.length) sums[bySize[k + j]] = sumOfSquares(four[j], shortest, s);
+    });
+  }
+  return sums;
+}
+
+/**
+ * min(1, maxNorm/(‖g‖ + 1e-6)), ‖g‖ the L2 norm of all the gradients: clipByGlobalNorm's float32 operations on this
+ * backend, in their order (each weight's sum of squares, then the sum of those), so the scale is the very same float.
+ */
+function clipScale(grads: Float32Array[], maxNorm: number) {
+  const total = sumsOfSquares(grads).reduce((t, s) => Math.fround(t + s), 0);
+  const norm = Math.fround(Math.sqrt(total));
+  return Math.min(1, Math.fround(Math.fround(maxNorm) / Math.fround(norm + Math.fround(1e-6))));
+}
+
+/**
+ * AdamW for every weight, on the gradients clipped first if attrs.maxGradNorm is set (each g·scale rounded to float32,
+ * as tfjs's mul): m and v in place; the weights new (XNNPACK caches packed weights by tensor).
+ */
 function adamw({ inputs, attrs }: { inputs: Record<string, Info>; attrs: unknown }) {
-  const s = attrs as Record<"lr" | "beta1" | "beta2" | "eps" | "weightDecay" | "c1" | "c2", number>;
+  const s = attrs as Record<"lr" | "beta1" | "beta2" | "eps" | "weightDecay" | "c1" | "c2" | "maxGradNorm", number>;
   const count = Object.keys(inputs).length / 4;
   const outs = Array.from({ length: count }, (_, i) => alloc(inputs[`w${i}`].shape));
+  const grads = outs.map((_, i) => heap(inputs[`g${i}`]));
+  const scale = s.maxGradNorm ? clipScale(grads, s.maxGradNorm) : 1;
   const { beta1, beta2, eps } = s, decay = 1 - s.lr * s.weightDecay, step = s.lr / s.c1, c2 = s.c2;
   outs.forEach((out, i) => {
     const [W, M, V, G, O] = [...["w", "m", "v", "g"].map((f) => heap(inputs[`${f}${i}`])), heap(out)];
     for (let e = 0; e < W.length; e++) {
-      const g = G[e], m = M[e] = beta1 * M[e] + (1 - beta1) * g, v = V[e] = beta2 * V[e] + (1 - beta2) * g * g;
+      const g = scale === 1 ? G[e] : Math.fround(G[e] * scale); // (a branch: Math.fround is not free)
+      const m = M[e] = beta1 * M[e] + (1 - beta1) * g, v = V[e] = beta2 * V[e] + (1 - beta2) * g * g;
       O[e] = W[e] * decay - step * m / (Math.sqrt(v / c2) + eps);
     }
   });
@@ -259,6 +303,7 @@ const KERNELS: FusedKernels = {
   attention,
   attentionGrad,
   adamw,
+  clippedAdamw: adamw,
   ema,
 };
 

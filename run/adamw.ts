@@ -80,17 +80,21 @@ export class AdamW {
     return this.lr * warm * 0.5 * (1 + Math.cos(Math.PI * progress));
   }
 
-  /** One update from gradients keyed by weight name, clipped first to maxGradNorm if it is set. */
+  /**
+   * One update from gradients keyed by weight name, clipped first to maxGradNorm if it is set (inside the AdamW
+   * kernel where the backend has clippedAdamw: the same floats as clipByGlobalNorm's, without its ~600 kernels).
+   */
   update(grads: Map<string, Tensor>): void {
     this.step += 1;
     if (!this.maxGradNorm) return this.adamStep(grads);
+    if (hasFused("clippedAdamw")) return this.adamStep(grads, this.maxGradNorm);
     const clipped = clipByGlobalNorm(grads, this.maxGradNorm);
     this.adamStep(clipped);
     tf.dispose([...clipped.values()]);
   }
 
-  /** The AdamW step at this.step: one fused kernel for many weights where the backend has it. */
-  private adamStep(grads: Map<string, Tensor>): void {
+  /** The AdamW step at this.step: one fused kernel for many weights where the backend has it (clipping them first). */
+  private adamStep(grads: Map<string, Tensor>, maxGradNorm = 0): void {
     const [beta1, beta2] = this.betas;
     const c1 = 1 - beta1 ** this.step; // bias corrections of m and v
     const c2 = 1 - beta2 ** this.step;
@@ -99,7 +103,7 @@ export class AdamW {
       .map(([name, w]) => ({ w, m: this.m.get(name)!, v: this.v.get(name)!, g: grads.get(name)! }));
     const { eps, weightDecay } = this;
     const lr = this.lrAt(this.step);
-    if (hasFused("adamw")) return fusedAdamW(params, { lr, beta1, beta2, eps, weightDecay, c1, c2 });
+    if (hasFused("adamw")) return fusedAdamW(params, { lr, beta1, beta2, eps, weightDecay, c1, c2, maxGradNorm });
     for (const { w, m, v, g } of params) {
       tf.tidy(() => {
         m.assign(m.mul(beta1).add(g.mul(1 - beta1)));

@@ -6,7 +6,7 @@ import { setBackend } from "../kernels/backend.ts";
 import { EMA } from "../ema.ts";
 import { attentionLimits } from "../kernels/fused_wasm.ts";
 import { attention, gelu, Module, Norm, normGelu } from "../modules.ts";
-import { AdamW } from "../run/adamw.ts";
+import { AdamW, clipByGlobalNorm } from "../run/adamw.ts";
 
 const hasWebgpu = !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter());
 const BACKENDS = ["wasm", ...(hasWebgpu ? ["webgpu"] : [])] as const;
@@ -101,18 +101,21 @@ for (const backend of BACKENDS) {
     }
     const run = async (b: string) => {
       await setBackend(b as "cpu");
-      const [model, average] = [new Weights(1), new Weights(50)];
+      const [model, average, clippedModel] = [new Weights(1), new Weights(50), new Weights(1)];
       const opt = new AdamW(model, { lr: 0.01 }), ema = new EMA(0.9);
+      const clipped = new AdamW(clippedModel, { lr: 0.01, maxGradNorm: 3 }); // ‖g‖ ≈ 20: clipped
       const before = Float32Array.from(await model.weights.get("w0")!.data()); // a read-back before the update
       for (let step = 0; step < 3; step++) {
         const grads = new Map([...model.weights.keys()].map((k, i) => [k, rand(shapes[i], 100 * step + i)]));
         opt.update(grads);
+        clipped.update(grads);
         ema.stepEma(average, model, 1);
         tf.dispose([...grads.values()]);
       }
-      const after = await Promise.all([...model.weights.values(), ...average.weights.values(), ...opt.m.values()]
-        .map(async (w) => Float32Array.from(await w.data())));
-      [model, average, opt].forEach((d) => d.dispose());
+      const tensors = [model, average, clippedModel].flatMap((m) => [...m.weights.values()]);
+      tensors.push(...opt.m.values(), ...clipped.m.values()); // (the clip's scale shows in m, hardly in the weights)
+      const after = await Promise.all(tensors.map(async (w) => Float32Array.from(await w.data())));
+      [model, average, clippedModel, opt, clipped].forEach((d) => d.dispose());
       return { before, after };
     };
     const got = await run(backend), want = await run("cpu");
@@ -123,6 +126,34 @@ for (const backend of BACKENDS) {
     });
   });
 }
+
+Deno.test("wasm: AdamW clipping inside its kernel gives the very floats of clipByGlobalNorm, then AdamW", async () => {
+  await setBackend("wasm");
+  class Weights extends Module {
+    constructor() {
+      super();
+      [[3, 3, 4, 5], [300], [7], [2, 70], [1], [513]].forEach((s, i) => this.param(`w${i}`, rand(s, 1 + i)));
+    }
+  }
+  const [inKernel, plain] = [new Weights(), new Weights()];
+  const maxGradNorm = 2;
+  const [fused, unclipped] = [new AdamW(inKernel, { lr: 0.01, maxGradNorm }), new AdamW(plain, { lr: 0.01 })];
+  const before = tf.memory().numTensors;
+  for (const size of [1, 0.01, 3]) { // ‖g‖ ≈ 19, 0.19 (not clipped), 57
+    const grads = new Map(
+      [...plain.weights].map(([k, w], i) => [k, tf.tidy(() => rand(w.shape, 7 * size + i).mul(size))]),
+    );
+    fused.update(grads);
+    const clipped = clipByGlobalNorm(grads, maxGradNorm);
+    unclipped.update(clipped);
+    tf.dispose([...grads.values(), ...clipped.values()]);
+  }
+  assert.equal(tf.memory().numTensors, before);
+  const floats = (o: AdamW) =>
+    Promise.all([...o.model.weights.values(), ...o.m.values(), ...o.v.values()].map((t) => t.data()));
+  assert.deepEqual(await floats(fused), await floats(unclipped));
+  [inKernel, plain, fused, unclipped].forEach((d) => d.dispose());
+});
 
 Deno.test({
   name: "webgpu: the filter gradient of a convolution (tiled, split over pixels) equals the cpu backend's",
