@@ -177,10 +177,10 @@ export function drawShape(label: number, size: number, rand: () => number, out: 
     bg = hsv(rand(), u(0.2, 1), u(0.2, 1));
   } while (Math.abs(luma(fg) - luma(bg)) < 70);
 
-  const r = size * u(0.22, 0.38); // half-extent of an object
-  const cx = u(r + 1, size - r - 1), cy = u(r + 1, size - r - 1);
+  const r = size * u(0.3, 0.42); // half-extent of an object, centred (±1 px): at 16 px the class is most of the pixels
+  const cx = size / 2 + u(-1, 1), cy = size / 2 + u(-1, 1);
   const t = Math.max(1, 0.3 * r); // ring and cross thickness
-  const P = Math.max(4, size * u(0.22, 0.34)), ph = u(0, P); // pattern period, phase
+  const P = Math.max(4, size * u(0.3, 0.45)), ph = u(0, P); // pattern period (≥ 4.8 px at 16 px), phase
   const dir = rand() < 0.5 ? 1 : -1;
   const box = (dx: number, dy: number, a: number, b: number) => Math.max(Math.abs(dx) - a, Math.abs(dy) - b);
   // Signed distance to the shape's edge in pixels (negative = inside).
@@ -196,7 +196,7 @@ export function drawShape(label: number, size: number, rand: () => number, out: 
     (dx, dy) => Math.abs(Math.hypot(dx, dy) - r + t / 2) - t / 2,
     (_dx, _dy, _x, y) => stripe(y + ph, P),
     (_dx, _dy, x) => stripe(x + ph, P),
-    (_dx, _dy, x, y) => stripe((x + dir * y) / Math.SQRT2 + ph, P / Math.SQRT2),
+    (_dx, _dy, x, y) => stripe((x + dir * y) / Math.SQRT2 + ph, P),
   ];
   const dst = new Uint8ClampedArray(out.buffer, out.byteOffset + offset, size * size * 3);
   for (let y = 0; y < size; y++) {
