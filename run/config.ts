@@ -122,8 +122,16 @@ export const PRESETS: Record<string, Partial<Config>> = {
   },
   // minutes on a laptop CPU (CPU_RECIPE), the built-in landscapes
   demo: { ...CPU_RECIPE, data: "builtin:landscapes", name: "demo", nSamples: 36 },
-  // the tutorial's second half in minutes on a CPU: class labels with label drop, CFG and EMA, on built-in shapes
-  "demo-cfg": { ...CPU_RECIPE, data: "builtin:shapes", name: "demo_cfg", conditional: true, nSamples: 40 },
+  // the tutorial's second half in minutes on a CPU: class labels with label drop, CFG and EMA, on built-in shapes;
+  // a constant lr after the warm-up, as the tutorial's, so that the EMA has something to average
+  "demo-cfg": {
+    ...CPU_RECIPE,
+    data: "builtin:shapes",
+    name: "demo_cfg",
+    conditional: true,
+    nSamples: 40,
+    lrDecay: "constant",
+  },
 };
 
 /** The tutorial's settings. */
