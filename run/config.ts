@@ -81,7 +81,7 @@ export interface Config {
 
 /**
  * The CPU demos' training (docs/experiments.md): small images and width, 2000 steps; the cosine schedule (the linear
- * one has SNR < 0.09 from t = 500 on), v-prediction with min-SNR-5 weighting, a higher lr with warm-up, cosine
+ * one has SNR < 0.09 from t = 500 on), v-prediction with min-SNR-γ weighting, a higher lr with warm-up, cosine
  * decay and clipping; an EMA; grids of DDIM, 100 steps, η 1, at epochs 8 and 16.
  */
 const CPU_RECIPE: Partial<Config> = {
@@ -120,8 +120,9 @@ export const PRESETS: Record<string, Partial<Config>> = {
     conditional: true,
     emaBeta: 0.995,
   },
-  // minutes on a laptop CPU (CPU_RECIPE), the built-in landscapes
-  demo: { ...CPU_RECIPE, data: "builtin:landscapes", name: "demo", nSamples: 36 },
+  // minutes on a laptop CPU (CPU_RECIPE), the built-in landscapes; min-SNR-20: more weight on the low-noise steps,
+  // which min-SNR-5 left to keep much of their noise (a grain in the samples)
+  demo: { ...CPU_RECIPE, data: "builtin:landscapes", name: "demo", nSamples: 36, minSnrGamma: 20 },
   // the tutorial's second half in minutes on a CPU: class labels with label drop, CFG and EMA, on built-in shapes;
   // a constant lr after the warm-up, as the tutorial's, so that the EMA has something to average
   "demo-cfg": {
