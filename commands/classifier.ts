@@ -228,9 +228,16 @@ export function frechetDistance(a: Gaussian, b: Gaussian): number {
   const m = matMul(matMul(sqrtA, b.sigma), sqrtA);
   for (let i = 0; i < d; i++) for (let j = 0; j < i; j++) m[i][j] = m[j][i] = (m[i][j] + m[j][i]) / 2;
   const trSqrt = symmetricEigen(m).values.reduce((s, l) => s + Math.sqrt(Math.max(0, l)), 0);
-  let dist = -2 * trSqrt;
-  for (let i = 0; i < d; i++) dist += (a.mu[i] - b.mu[i]) ** 2 + a.sigma[i][i] + b.sigma[i][i];
+  let dist = meanTerm(a, b) - 2 * trSqrt;
+  for (let i = 0; i < d; i++) dist += a.sigma[i][i] + b.sigma[i][i];
   return Math.max(0, dist);
+}
+
+/** The Fréchet distance's first term, ‖μ1-μ2‖²: the part of it that a shift of the mean features makes. */
+export function meanTerm(a: Gaussian, b: Gaussian): number {
+  let sum = 0;
+  for (let i = 0; i < a.mu.length; i++) sum += (a.mu[i] - b.mu[i]) ** 2;
+  return sum;
 }
 
 // ------------------------------------------------------------------ k-NN precision and recall

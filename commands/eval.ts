@@ -15,6 +15,7 @@ import {
   featureStats,
   frechetDistance,
   type ImageSet,
+  meanTerm,
   precisionRecall,
   slice,
   type Task,
@@ -153,6 +154,7 @@ interface Result {
   n: number;
   seconds: number; // sampling time
   frechetDistance: number;
+  meanTerm: number; // of it, ‖μ1-μ2‖²
   precision: number; // k-NN precision and recall (Kynkäänniemi et al. 2019), k = K
   recall: number;
   classAccuracy?: ReturnType<typeof classAccuracy>;
@@ -176,11 +178,17 @@ function strided(f: Float32Array, n: number, m: number, d: number) {
   return out;
 }
 
-/** Fréchet distance and k-NN precision/recall of m feature vectors against the m reference ones. */
+/** Fréchet distance (and its ‖μ1-μ2‖²) and k-NN precision/recall of m feature vectors against the m reference ones. */
 function scores(features: Float32Array, reference: Float32Array, m: number, d: number) {
-  const fd = frechetDistance(featureStats(features, m, d), featureStats(reference, m, d));
+  const a = featureStats(features, m, d), b = featureStats(reference, m, d);
   const { precision, recall } = precisionRecall(reference, m, features, m, d, K);
-  return { frechetDistance: round(fd), precision: round(precision, 3), recall: round(recall, 3) };
+  const fd = round(frechetDistance(a, b));
+  return {
+    frechetDistance: fd,
+    meanTerm: round(meanTerm(a, b)),
+    precision: round(precision, 3),
+    recall: round(recall, 3),
+  };
 }
 
 /** The tutorial's last figure: a panel per setting, plain | EMA across, without | with CFG down; a row per class. */
@@ -333,8 +341,8 @@ export async function evaluate(o: EvalOptions) {
 }
 
 const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
-const describe = (r: { frechetDistance: number; precision: number; recall: number }) =>
-  `${METRIC} ${r.frechetDistance} | precision ${r.precision} | recall ${r.recall}`;
+const describe = (r: { frechetDistance: number; meanTerm: number; precision: number; recall: number }) =>
+  `${METRIC} ${r.frechetDistance} (‖μ1-μ2‖² ${r.meanTerm}) | precision ${r.precision} | recall ${r.recall}`;
 
 const HELP = helpText(
   "eval",

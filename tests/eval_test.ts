@@ -9,6 +9,7 @@ import {
   featureStats,
   frechetDistance,
   kthNeighbourRadii,
+  meanTerm,
   precisionRecall,
   rotations,
   symmetricEigen,
@@ -68,6 +69,7 @@ Deno.test("Fréchet distance matches the closed form of two Gaussians", () => {
   const [mu1, mu2, a, b] = [[0, 1, 2], [1, 1, 0], [1, 4, 0.25], [9, 1, 0.25]];
   const exact = 1 + 4 + (1 - 3) ** 2 + (2 - 1) ** 2 + 0; // ‖μ1-μ2‖² = 5, trace term 5
   assert.ok(Math.abs(frechetDistance({ mu: mu1, sigma: diag(a) }, { mu: mu2, sigma: diag(b) }) - exact) < 1e-9);
+  assert.equal(meanTerm({ mu: mu1, sigma: diag(a) }, { mu: mu2, sigma: diag(b) }), 5); // 1 + 0 + 4
   // The same covariances turned by one rotation R: the distance does not change.
   const c = Math.cos(0.7), s = Math.sin(0.7), R = [[c, -s, 0], [s, c, 0], [0, 0, 1]];
   const turn = (v: number[]) => R.map((ri) => R.map((rj) => v.reduce((t, x, k) => t + ri[k] * x * rj[k], 0)));
@@ -194,6 +196,7 @@ Deno.test("end to end, one-class data: rotations; one unguided result; a PyTorch
   assert.deepEqual(Object.keys(report.results[0]).sort(), [
     "cfgScale",
     "frechetDistance",
+    "meanTerm",
     "n",
     "precision",
     "recall",
@@ -201,6 +204,7 @@ Deno.test("end to end, one-class data: rotations; one unguided result; a PyTorch
     "weights",
   ]);
   assert.deepEqual([report.results[0].cfgScale, report.results[0].n, report.sampler], [null, 6, "ddpm"]);
+  assert.ok(report.results[0].meanTerm <= report.results[0].frechetDistance); // a part of it
   assert.ok(!("sampleSteps" in report));
   // the run's weights as a PyTorch file, scored with --weights on the run's data: the same samples, the same score
   const { model } = await loadRun(join(out, "land")), file = join(out, "land.safetensors");
