@@ -182,9 +182,8 @@ function strided(f: Float32Array, n: number, m: number, d: number) {
 function scores(features: Float32Array, reference: Float32Array, m: number, d: number) {
   const a = featureStats(features, m, d), b = featureStats(reference, m, d);
   const { precision, recall } = precisionRecall(reference, m, features, m, d, K);
-  const fd = round(frechetDistance(a, b));
   return {
-    frechetDistance: fd,
+    frechetDistance: round(frechetDistance(a, b)),
     meanTerm: round(meanTerm(a, b)),
     precision: round(precision, 3),
     recall: round(recall, 3),
