@@ -4,7 +4,7 @@
 // features, each beside its real-vs-real floor.
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
-import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
+import { type BackendName, mulberry32, setBackend, setSeed } from "../kernels/backend.ts";
 import { assignWeights, saveWeights } from "../weights/checkpoint.ts";
 import { loadFile, loadRun, readState, type RunState } from "../run/trained.ts";
 import { type Config, DEFAULTS, loadRunData, newDiffusion } from "../run/config.ts";
@@ -26,7 +26,7 @@ import { helpText, readFlags, runCli, runFolder, UsageError } from "../run/cli.t
 import { duration, stepProgress } from "../run/progress.ts";
 import { writeReport } from "../run/report.ts";
 import { CheckpointError } from "../weights/weights.ts";
-import { saveGrid } from "../utils.ts";
+import { saveGrid, shuffle } from "../utils.ts";
 import type { UNet } from "../modules.ts";
 import { describeThreads, threadCount, Threads } from "../run/threads.ts";
 
@@ -38,6 +38,7 @@ const MAX_REAL = 5000; // real images for the classifier and the reference stati
 const HELD_OUT = 0.1; // share of them kept out of the classifier's training
 const SECONDS = 90; // default sampling time: the sample count is sized to it on this machine
 const K = 3; // the k of k-NN precision and recall, as Kynkäänniemi et al.
+const DRAWS = 20; // random pairs of disjoint real sets; each score is the median over them (one pair's FD is a lottery)
 const FULL_N = { conditional: 20, unconditional: 200 }; // --full: the tutorial's DDPM with these sample counts
 
 /** A run's config; runs saved before the DDIM / cosine options lack those fields. */
@@ -181,12 +182,42 @@ function strided(f: Float32Array, n: number, m: number, d: number) {
 /** Fréchet distance (and its ‖μ1-μ2‖²) and k-NN precision/recall of m feature vectors against the m reference ones. */
 function scores(features: Float32Array, reference: Float32Array, m: number, d: number) {
   const a = featureStats(features, m, d), b = featureStats(reference, m, d);
-  const { precision, recall } = precisionRecall(reference, m, features, m, d, K);
   return {
-    frechetDistance: round(frechetDistance(a, b)),
-    meanTerm: round(meanTerm(a, b)),
-    precision: round(precision, 3),
-    recall: round(recall, 3),
+    frechetDistance: frechetDistance(a, b),
+    meanTerm: meanTerm(a, b),
+    ...precisionRecall(reference, m, features, m, d, K),
+  };
+}
+
+type Scores = ReturnType<typeof scores>;
+
+/** `draws` random pairs of disjoint sets of m of n real images: [the floor's set, the reference set], as indices. */
+export function realPairs(n: number, m: number, draws: number, seed: number): [number[], number[]][] {
+  const rand = mulberry32(seed);
+  return Array.from({ length: draws }, () => {
+    const order = shuffle(Array.from({ length: n }, (_, i) => i), rand);
+    return [order.slice(0, m), order.slice(m, 2 * m)];
+  });
+}
+
+/** The rows of f (d floats each) at the indices, in their order. */
+function rows(f: Float32Array, indices: number[], d: number) {
+  const out = new Float32Array(indices.length * d);
+  indices.forEach((i, j) => out.set(f.subarray(i * d, (i + 1) * d), j * d));
+  return out;
+}
+
+/** The median of each score over the draws (4 significant digits; precision and recall 3 decimals). */
+export function medianScores(draws: Scores[]) {
+  const median = (key: keyof Scores) => {
+    const v = draws.map((s) => s[key]).sort((a, b) => a - b), h = v.length >> 1;
+    return v.length % 2 ? v[h] : (v[h - 1] + v[h]) / 2;
+  };
+  return {
+    frechetDistance: round(median("frechetDistance")),
+    meanTerm: round(median("meanTerm")),
+    precision: round(median("precision"), 3),
+    recall: round(median("recall"), 3),
   };
 }
 
@@ -244,11 +275,16 @@ export async function evaluate(o: EvalOptions) {
   const chosenBy = o.n ? "--n" : o.full ? "--full" : `sized to ${budget} s of sampling on this machine`;
   const labels = conditional ? Array.from({ length: n * k }, (_, i) => Math.floor(i / n)) : null;
   const count = labels?.length ?? n;
-  // Real vs real: two disjoint sets of m real images, m the sample count (or half the real images if fewer).
+  // Real vs real: pairs of disjoint sets of m real images, m the sample count (or half the real images if fewer); the
+  // samples are scored against the second set of each pair. Every score is the median over the pairs.
   const m = Math.min(count, Math.floor(real.n / 2));
   if (m <= K) throw new UsageError(`${real.n} real images and ${count} samples: k-NN scores need more than ${K} each`);
-  const referenceSet = realFeatures.subarray((real.n - m) * d), floorSet = realFeatures.subarray(0, m * d);
-  const floor = scores(floorSet, referenceSet, m, d);
+  const pairs = realPairs(real.n, m, DRAWS, config.seed + 1); // (+ 1: not the stream collect shuffled with)
+  const references = pairs.map(([, r]) => rows(realFeatures, r, d));
+  const floorDraws = pairs.map(([f], i) => scores(rows(realFeatures, f, d), references[i], m, d));
+  const floor = medianScores(floorDraws);
+  const floorFds = floorDraws.map((s) => round(s.frechetDistance));
+  const floorRange = [Math.min(...floorFds), Math.max(...floorFds)];
   const steps = sampler === "ddim" ? `${stepCount} DDIM steps (η ${eta})` : `${config.noiseSteps} DDPM steps`;
   log(
     `sampling ${models.length * scales.length} × ${count} images${conditional ? ` (${n} per class)` : ""}, ${steps}: ` +
@@ -257,9 +293,9 @@ export async function evaluate(o: EvalOptions) {
       })`,
   );
   log(
-    `real vs real (2 × ${m} images): ${describe(floor)}${
-      conditional ? `; class accuracy ${pct(info.heldOutAccuracy)} (held out)` : ""
-    }`,
+    `real vs real (2 × ${m} images, the median of ${DRAWS} draws; FD from ${floorRange[0]} to ${floorRange[1]}): ${
+      describe(floor)
+    }${conditional ? `; class accuracy ${pct(info.heldOutAccuracy)} (held out)` : ""}`,
   );
   const progress = stepProgress(models.length * scales.length * Math.ceil(count / 256) * stepCount, "sampling", log);
   const grids: Uint8Array[] = [];
@@ -280,13 +316,13 @@ export async function evaluate(o: EvalOptions) {
           n: count,
           size,
         };
-        const scored = await classify(clf, gen, task);
+        const scored = await classify(clf, gen, task), features = strided(scored.features, count, m, d);
         const result: Result = {
           weights,
           cfgScale: conditional ? cfgScale : null,
           n: count,
           seconds,
-          ...scores(strided(scored.features, count, m, d), referenceSet, m, d),
+          ...medianScores(references.map((r) => scores(features, r, m, d))),
         };
         const name = `eval_${sampler === "ddim" ? `ddim${stepCount}` : "ddpm"}${which[w] ? "_ema" : ""}${
           conditional ? `_cfg${cfgScale}` : ""
@@ -324,10 +360,13 @@ export async function evaluate(o: EvalOptions) {
     backend: tf.getBackend(),
     classifier: { ...info, key: undefined },
     reference: {
-      what: `two disjoint sets of ${m} real images (the scores of samples use ${m} of them, against the same set)`,
+      what: `${DRAWS} random pairs of disjoint sets of ${m} real images; each score the median over the pairs (the ` +
+        `samples' against the second set of each pair)`,
       n: m,
       k: K,
+      draws: DRAWS,
       ...floor,
+      frechetDistanceRange: floorRange,
       ...(conditional ? { classAccuracy: info.heldOutAccuracy } : {}),
     },
     results,
@@ -359,9 +398,9 @@ const HELP = helpText(
   },
   `Prints the sample count and an estimate of the time before sampling, then a progress line.
 Writes RUN/eval.json (the settings; the ${METRIC} and k-NN precision and recall, k = ${K}, beside
-their real-vs-real floor from two disjoint sets of real images of the sample count; class accuracy at cfg scale 0 and
-the run's), RUN/samples/eval_*.png, and RUN/index.html; the classifier is cached in RUN/classifier/. A conditional run
-with EMA is scored 2×2: the plain and the EMA model, each without and with CFG (and samples/eval_2x2.png).`,
+their real-vs-real floor from two disjoint sets of real images of the sample count, each the median over ${DRAWS}
+random draws of the real sets; class accuracy at cfg scale 0 and the run's), RUN/samples/eval_*.png, and
+RUN/index.html; the classifier is cached in RUN/classifier/. A conditional run with EMA is scored 2×2: the plain and the EMA model, each without and with CFG (and samples/eval_2x2.png).`,
 );
 
 /** Flags to EvalOptions plus the backend; any bad value is a UsageError naming the flag. */

@@ -97,7 +97,9 @@ function scoresHtml(text: string): string {
   try {
     const r = JSON.parse(text), pct = (x: number) => `${(100 * x).toFixed(1)} %`, f = r.reference ?? {};
     const cells = (x: Record<string, never>) =>
-      `<td>${x.n}</td><td>${x.frechetDistance}</td><td>${x.precision ?? "-"}</td><td>${x.recall ?? "-"}</td>`;
+      `<td>${x.n}</td><td>${x.frechetDistance}${x.meanTerm === undefined ? "" : ` (‖μ1-μ2‖² ${x.meanTerm})`}</td><td>${
+        x.precision ?? "-"
+      }</td><td>${x.recall ?? "-"}</td>`;
     const accuracy = (x?: { total: number } | number) =>
       x === undefined ? "-" : pct(typeof x === "number" ? x : x.total);
     const floor = `<tr><td>real vs real</td><td>-</td>${cells({ ...f, n: f.n ?? "-" })}<td>${
@@ -110,7 +112,9 @@ function scoresHtml(text: string): string {
     const how = `step ${r.step}, ${r.sampler}${r.sampleSteps ? ` ${r.sampleSteps} steps η ${r.eta}` : ""}`;
     return `<p>${esc(how)}. ${esc(r.metric)} Precision and recall: k-NN (k = ${
       esc(f.k ?? 3)
-    }, Kynkäänniemi et al. 2019) in the same features; higher is better.</p>
+    }, Kynkäänniemi et al. 2019) in the same features; higher is better.${
+      f.draws ? ` Each score is the median over ${esc(f.draws)} random draws of the real sets.` : ""
+    }</p>
 <table><tr><th>weights</th><th>cfg scale</th><th>n</th><th>Fréchet distance</th><th>precision</th><th>recall</th>
 <th>class accuracy</th><th>seconds</th></tr>${floor}${rows}</table>`;
   } catch {

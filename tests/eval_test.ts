@@ -15,7 +15,7 @@ import {
   symmetricEigen,
   trainClassifier,
 } from "../commands/classifier.ts";
-import { evaluate, METRIC } from "../commands/eval.ts";
+import { evaluate, medianScores, METRIC, realPairs } from "../commands/eval.ts";
 import { DEFAULTS } from "../run/config.ts";
 import { loadRun } from "../run/trained.ts";
 import { torchStateDict, writeTorchFile } from "../weights/pytorch.ts";
@@ -62,6 +62,23 @@ Deno.test("Fréchet distance of a feature set with itself is ~0, and grows with 
   const shifted = { mu: s.mu.map((m) => m + 0.5), sigma: s.sigma };
   const fd = frechetDistance(s, shifted);
   assert.ok(Math.abs(fd - d * 0.25) < 1e-8 * trace, `${fd}`); // only ‖μ1-μ2‖² is left
+});
+
+Deno.test("the floor's draws are disjoint real sets, and each score is its median over the draws", () => {
+  const pairs = realPairs(10, 4, 3, 7);
+  assert.equal(pairs.length, 3);
+  for (const [a, b] of pairs) {
+    assert.deepEqual([a.length, b.length, new Set([...a, ...b]).size], [4, 4, 8]); // disjoint
+    assert.ok([...a, ...b].every((i) => Number.isInteger(i) && i >= 0 && i < 10));
+  }
+  assert.notDeepEqual(pairs[0], pairs[1]); // fresh draws
+  assert.deepEqual(realPairs(10, 4, 3, 7), pairs); // repeatable
+  const s = (fd: number, p: number) => ({ frechetDistance: fd, meanTerm: fd / 2, precision: p, recall: 1 - p });
+  // each score on its own: the middle one of an odd count, the mean of the two middle ones of an even count
+  const odd = medianScores([s(9, 0.1), s(1, 0.5), s(2, 0.9)]);
+  assert.deepEqual(odd, { frechetDistance: 2, meanTerm: 1, precision: 0.5, recall: 0.5 });
+  const even = medianScores([s(9, 0.1), s(1, 0.2), s(2, 0.9), s(4, 0.6)]);
+  assert.deepEqual(even, { frechetDistance: 3, meanTerm: 1.5, precision: 0.4, recall: 0.6 });
 });
 
 Deno.test("Fréchet distance matches the closed form of two Gaussians", () => {
@@ -150,10 +167,15 @@ Deno.test("end to end: a tiny conditional run with EMA is scored (the 2×2); eva
   }
   assert.ok(Number.isFinite(saved.reference.frechetDistance));
   assert.deepEqual([saved.reference.n, saved.reference.k], [20, 3]); // two sets of 20 of the 64 real images
+  const [lo, hi] = saved.reference.frechetDistanceRange; // of the 20 draws
+  assert.ok(
+    saved.reference.draws === 20 && lo <= saved.reference.frechetDistance && saved.reference.frechetDistance <= hi,
+  );
   assert.ok(saved.reference.precision > 0 && saved.reference.recall > 0);
   const html = await Deno.readTextFile(join(run, "index.html"));
   assert.ok(html.includes("Scores (deno task eval)") && html.includes("eval_ddim5_cfg3.png"));
   assert.ok(html.includes("eval_ddim5_ema_cfg3.png") && html.includes("eval_2x2.png") && html.includes("real vs real"));
+  assert.ok(html.includes("median over 20 random draws") && html.includes(`(‖μ1-μ2‖² ${saved.results[0].meanTerm})`));
   // the 2×2 figure: 2·10 class rows and 2·2 columns of 16 px images, a white row and column between the panels
   const png = Deno.readFileSync(join(run, "samples", "eval_2x2.png")), view = new DataView(png.buffer);
   assert.deepEqual([view.getUint32(16), view.getUint32(20)], [5 * 18 + 2, 21 * 18 + 2]);
