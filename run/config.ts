@@ -120,9 +120,8 @@ export const PRESETS: Record<string, Partial<Config>> = {
     conditional: true,
     emaBeta: 0.995,
   },
-  // minutes on a laptop CPU (CPU_RECIPE), the built-in landscapes; min-SNR-20: more weight on the low-noise steps,
-  // which min-SNR-5 left to keep much of their noise (a grain in the samples)
-  demo: { ...CPU_RECIPE, data: "builtin:landscapes", name: "demo", nSamples: 36, minSnrGamma: 20 },
+  // minutes on a laptop CPU (CPU_RECIPE), the built-in landscapes
+  demo: { ...CPU_RECIPE, data: "builtin:landscapes", name: "demo", nSamples: 36 },
   // the tutorial's second half in minutes on a CPU: class labels with label drop, CFG and EMA, on built-in shapes;
   // a constant lr after the warm-up, as the tutorial's, so that the EMA has something to average
   "demo-cfg": {
