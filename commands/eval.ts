@@ -400,7 +400,8 @@ const HELP = helpText(
 Writes RUN/eval.json (the settings; the ${METRIC} and k-NN precision and recall, k = ${K}, beside
 their real-vs-real floor from two disjoint sets of real images of the sample count, each the median over ${DRAWS}
 random draws of the real sets; class accuracy at cfg scale 0 and the run's), RUN/samples/eval_*.png, and
-RUN/index.html; the classifier is cached in RUN/classifier/. A conditional run with EMA is scored 2×2: the plain and the EMA model, each without and with CFG (and samples/eval_2x2.png).`,
+RUN/index.html; the classifier is cached in RUN/classifier/. A conditional run with EMA is scored 2×2: the plain and
+the EMA model, each without and with CFG (and samples/eval_2x2.png).`,
 );
 
 /** Flags to EvalOptions plus the backend; any bad value is a UsageError naming the flag. */
