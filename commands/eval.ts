@@ -173,10 +173,7 @@ function fileOnRun(path: string, state: RunState) {
 
 /** A strided subset of m of a set's n feature vectors (all classes alike where the set is ordered by class). */
 function strided(f: Float32Array, n: number, m: number, d: number) {
-  if (m >= n) return f;
-  const out = new Float32Array(m * d);
-  for (let i = 0; i < m; i++) out.set(f.subarray(Math.floor(i * n / m) * d, (Math.floor(i * n / m) + 1) * d), i * d);
-  return out;
+  return m >= n ? f : rows(f, Array.from({ length: m }, (_, i) => Math.floor(i * n / m)), d);
 }
 
 /** Fréchet distance (and its ‖μ1-μ2‖²) and k-NN precision/recall of m feature vectors against the m reference ones. */

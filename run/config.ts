@@ -81,7 +81,7 @@ export interface Config {
 
 /**
  * The CPU demos' training (docs/experiments.md): small images and width, 2000 steps; the cosine schedule (the linear
- * one has SNR < 0.09 from t = 500 on), v-prediction with min-SNR-γ weighting, a higher lr with warm-up, cosine
+ * one has SNR < 0.09 from t = 500 on), v-prediction with min-SNR-5 weighting, a higher lr with warm-up, cosine
  * decay and clipping; an EMA; grids of DDIM, 100 steps, η 1, at epochs 8 and 16.
  */
 const CPU_RECIPE: Partial<Config> = {
