@@ -43,8 +43,8 @@ const FULL_N = { conditional: 20, unconditional: 200 }; // --full: the tutorial'
 
 /** A run's config; runs saved before the DDIM / cosine options lack those fields. */
 type RunConfig =
-  & Omit<Config, "schedule" | "sampler" | "sampleSteps" | "eta">
-  & Partial<{ schedule: Schedule; sampler: Sampler; sampleSteps: number; eta: number }>;
+  & Omit<Config, "schedule" | "sampler" | "sampleSteps" | "eta" | "clip">
+  & Partial<{ schedule: Schedule; sampler: Sampler; sampleSteps: number; eta: number; clip: boolean }>;
 
 export interface EvalOptions {
   run: string; // run folder
@@ -54,6 +54,7 @@ export interface EvalOptions {
   sampler?: Sampler; // default ddim (--full: ddpm)
   sampleSteps?: number;
   eta?: number;
+  clip?: boolean; // clip x̂_0 to [-1, 1] while sampling (default: the run's)
   ema?: boolean;
   weights?: string; // score this PyTorch file's weights instead of the run's (on the run's data)
   seed?: number;
@@ -101,7 +102,14 @@ async function runClassifier(
   return { clf, info };
 }
 
-type SampleSettings = { cfgScale: number; sampler: Sampler; sampleSteps: number; eta: number; onStep?: () => void };
+type SampleSettings = {
+  cfgScale: number;
+  sampler: Sampler;
+  sampleSteps: number;
+  eta: number;
+  clip: boolean;
+  onStep?: () => void;
+};
 
 /** n images from the model, in chunks of at most 256; NHWC uint8. */
 async function sampleChunks(
@@ -248,6 +256,7 @@ export async function evaluate(o: EvalOptions) {
   const sampler = o.sampler ?? (o.full ? "ddpm" : "ddim");
   const sampleSteps = o.sampleSteps ?? (runDdim ? config.sampleSteps : undefined) ?? 50;
   const eta = o.eta ?? (runDdim ? config.eta : undefined) ?? 0, schedule = config.schedule ?? "linear";
+  const clip = o.clip ?? config.clip ?? true; // as the run's grids
   const conditional = model.numClasses > 0, task: Task = conditional ? "labels" : "rotation";
   const data = await loadRunData(config, log);
   setSeed(seed);
@@ -282,7 +291,8 @@ export async function evaluate(o: EvalOptions) {
   const floor = medianScores(floorDraws);
   const floorFds = floorDraws.map((s) => round(s.frechetDistance));
   const floorRange = [Math.min(...floorFds), Math.max(...floorFds)];
-  const steps = sampler === "ddim" ? `${stepCount} DDIM steps (η ${eta})` : `${config.noiseSteps} DDPM steps`;
+  const steps = (sampler === "ddim" ? `${stepCount} DDIM steps (η ${eta})` : `${config.noiseSteps} DDPM steps`) +
+    (clip ? "" : ", x̂_0 not clipped");
   log(
     `sampling ${models.length * scales.length} × ${count} images${conditional ? ` (${n} per class)` : ""}, ${steps}: ` +
       `about ${duration(n * perImage)} (n ${chosenBy}${
@@ -302,7 +312,7 @@ export async function evaluate(o: EvalOptions) {
       for (const cfgScale of scales) {
         setSeed(seed); // the same x_T for every setting
         const t0 = performance.now();
-        const opts = { cfgScale, sampler, sampleSteps, eta, onStep: progress.step };
+        const opts = { cfgScale, sampler, sampleSteps, eta, clip, onStep: progress.step };
         const pixels = await sampleChunks(diffusion, on(net), count, labels, opts);
         progress.done();
         grids.push(pixels);
@@ -350,6 +360,7 @@ export async function evaluate(o: EvalOptions) {
     weights: o.weights ?? (both ? "model and ema" : o.ema ? "ema" : "model"),
     sampler,
     ...(sampler === "ddim" ? { sampleSteps: stepCount, eta } : {}),
+    clip,
     n: { value: n, per: conditional ? "class" : "all", chosenBy, estimatedSeconds: Math.round(n * perImage) },
     noiseSteps: config.noiseSteps,
     schedule,
@@ -392,6 +403,7 @@ const HELP = helpText(
     sampler: "default ddim; --full: ddpm",
     "sample-steps": "default: the run's if it samples with DDIM, else 50",
     eta: "default: the run's if it samples with DDIM, else 0",
+    "no-clip": "default: as the run's samples",
   },
   `Prints the sample count and an estimate of the time before sampling, then a progress line.
 Writes RUN/eval.json (the settings; the ${METRIC} and k-NN precision and recall, k = ${K}, beside
@@ -413,6 +425,7 @@ export function parseEvalArgs(args: string[]) {
     sampler: v.sampler as Sampler | undefined,
     sampleSteps: v["sample-steps"] as number | undefined,
     eta: v.eta as number | undefined,
+    clip: v["no-clip"] ? false : undefined,
     ema: !!v.ema,
     weights: v.weights as string | undefined,
     seed: v.seed as number | undefined,

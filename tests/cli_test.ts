@@ -15,7 +15,7 @@ const ACCEPTS = { // what each script's README and users rely on
   sample:
     "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend threads out raw " +
     "help",
-  eval: "run weights ema n seconds full sampler sample-steps eta seed backend threads help",
+  eval: "run weights ema n seconds full sampler sample-steps eta no-clip seed backend threads help",
 };
 const PARSE = { // each script's parser, on flags that are otherwise complete
   train: (args: string[]) => parseConfig(args),

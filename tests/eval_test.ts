@@ -208,10 +208,11 @@ Deno.test("k-NN precision and recall (k = 3) of a case by hand: each radius reac
 /** A one-class run that trains in seconds. */
 const LAND = { imageSize: 16, width: 8, maxSteps: 2, count: 40, noiseSteps: 10, nSamples: 4, backend: "wasm" } as const;
 
-Deno.test("end to end, one-class data: rotations; one unguided result; a PyTorch file of the run scores the same", async () => {
+Deno.test("end to end, one-class data: rotations; one unguided result; the run's clipping; a PyTorch file scores the same", async () => {
   const out = await Deno.makeTempDir();
-  await train({ ...DEFAULTS, ...LAND, data: "builtin:landscapes", out, name: "land" }, { log: quiet });
+  await train({ ...DEFAULTS, ...LAND, data: "builtin:landscapes", out, name: "land", clip: false }, { log: quiet });
   const report = await evaluate({ run: join(out, "land"), n: 6, sampler: "ddpm", log: quiet });
+  assert.equal(report.clip, false); // sampled as the run's grids are
   assert.equal(report.classifier.task, "rotation by 0/90/180/270° (one-class data)");
   assert.equal(report.classifier.heldOutImages, 4);
   assert.equal(report.results.length, 1);
@@ -228,6 +229,9 @@ Deno.test("end to end, one-class data: rotations; one unguided result; a PyTorch
   assert.deepEqual([report.results[0].cfgScale, report.results[0].n, report.sampler], [null, 6, "ddpm"]);
   assert.ok(report.results[0].meanTerm <= report.results[0].frechetDistance); // a part of it
   assert.ok(!("sampleSteps" in report));
+  const clipped = await evaluate({ run: join(out, "land"), n: 6, sampler: "ddpm", clip: true, log: quiet });
+  assert.equal(clipped.clip, true);
+  assert.notEqual(clipped.results[0].frechetDistance, report.results[0].frechetDistance); // other samples
   // the run's weights as a PyTorch file, scored with --weights on the run's data: the same samples, the same score
   const { model } = await loadRun(join(out, "land")), file = join(out, "land.safetensors");
   await writeTorchFile(file, await torchStateDict(model.weights));
@@ -243,7 +247,7 @@ Deno.test("eval defaults: DDIM, n sized to --seconds and announced before sampli
   await train({ ...DEFAULTS, ...LAND, data: "builtin:landscapes", out, name: "land" }, { log: quiet });
   const run = join(out, "land"), lines: string[] = [];
   const report = await evaluate({ run, seconds: 1, log: (l) => lines.push(l) });
-  assert.deepEqual([report.sampler, report.sampleSteps, report.eta], ["ddim", 10, 0]); // (the run samples with DDPM)
+  assert.deepEqual([report.sampler, report.sampleSteps, report.eta, report.clip], ["ddim", 10, 0, true]); // (the run samples with DDPM)
   assert.equal(report.n.chosenBy, "sized to 1 s of sampling on this machine");
   assert.equal(report.results[0].n, report.n.value);
   assert.ok(report.n.value === 8 || report.n.estimatedSeconds <= 1, JSON.stringify(report.n)); // 8: the least
