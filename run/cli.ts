@@ -74,7 +74,7 @@ const FLAGS: Flag[] = [
   ["sampler", ALL, "choice", ["ddpm", "ddim"], "sampler", "Algorithm 2 over all T steps, or DDIM"],
   ["sample-steps", ALL, "int", [1, 100000], "sampleSteps", "DDIM steps"],
   ["eta", ALL, "number", [0, 1], "eta", "DDIM's η; 0: deterministic"],
-  ["no-clip", "train sample eval", "boolean", null, "clip", "do not clip x̂_0 to [-1, 1] while sampling, as in the tutorial"],
+  ["no-clip", "train sample eval", "boolean", null, "clip", "do not clip x̂_0 to [-1, 1] while sampling (the tutorial)"],
   ["seed", ALL, "int", [0, 2 ** 31 - 1], "seed", "makes the run or the samples repeatable on the same backend"],
   ["backend", `${ALL} bench`, "choice", BACKENDS, "backend", ""],
   ["threads", "train sample eval bench", "int", [0, 1024], "threads", "CPU threads of the wasm backend; 0: every core"],
