@@ -259,7 +259,7 @@ export async function evaluate(o: EvalOptions) {
   const clip = o.clip ?? config.clip ?? true; // as the run's grids
   const conditional = model.numClasses > 0, task: Task = conditional ? "labels" : "rotation";
   const data = await loadRunData(config, log);
-  setSeed(seed);
+  setSeed(config.seed); // the classifier: the run's, whatever --seed draws the samples (its cache key says so)
   const real = collect(data, MAX_REAL, config.seed);
   const outputs = conditional ? classes.length : 4;
   const { clf, info } = await runClassifier({ runDir, config, task, classes: outputs, real, log });

@@ -208,7 +208,7 @@ Deno.test("k-NN precision and recall (k = 3) of a case by hand: each radius reac
 /** A one-class run that trains in seconds. */
 const LAND = { imageSize: 16, width: 8, maxSteps: 2, count: 40, noiseSteps: 10, nSamples: 4, backend: "wasm" } as const;
 
-Deno.test("end to end, one-class data: rotations; one unguided result; the run's clipping; a PyTorch file scores the same", async () => {
+Deno.test("end to end, one-class data: rotations; one unguided result; the run's clipping; one classifier whatever the seed; a PyTorch file scores the same", async () => {
   const out = await Deno.makeTempDir();
   await train({ ...DEFAULTS, ...LAND, data: "builtin:landscapes", out, name: "land", clip: false }, { log: quiet });
   const report = await evaluate({ run: join(out, "land"), n: 6, sampler: "ddpm", log: quiet });
@@ -232,6 +232,10 @@ Deno.test("end to end, one-class data: rotations; one unguided result; the run's
   const clipped = await evaluate({ run: join(out, "land"), n: 6, sampler: "ddpm", clip: true, log: quiet });
   assert.equal(clipped.clip, true);
   assert.notEqual(clipped.results[0].frechetDistance, report.results[0].frechetDistance); // other samples
+  // another --seed: other samples, the same classifier (trained afresh here: the cache removed)
+  await Deno.remove(join(out, "land", "classifier"), { recursive: true });
+  const reseeded = await evaluate({ run: join(out, "land"), n: 6, sampler: "ddpm", seed: 3, log: quiet });
+  assert.deepEqual(reseeded.reference, report.reference);
   // the run's weights as a PyTorch file, scored with --weights on the run's data: the same samples, the same score
   const { model } = await loadRun(join(out, "land")), file = join(out, "land.safetensors");
   await writeTorchFile(file, await torchStateDict(model.weights));
