@@ -37,9 +37,21 @@ async function loadTensorflow(): Promise<string | null> {
   }
 }
 
+/**
+ * Mesa's Vulkan drivers look for a Wayland display under XDG_RUNTIME_DIR and print "error: XDG_RUNTIME_DIR is invalid
+ * or not set" twice where it is unset (a container, a CI job); compute needs no display, so where we may, point it at
+ * none.
+ */
+function quietWayland() {
+  const env = { name: "env", variable: "XDG_RUNTIME_DIR" } as const;
+  if (Deno.permissions.querySync(env).state !== "granted" || Deno.env.get(env.variable)) return;
+  Deno.env.set(env.variable, "/nonexistent-xdg-runtime-dir");
+}
+
 /** WebGPU through Deno; `realOnly` refuses software adapters such as llvmpipe. */
 async function loadWebgpu(realOnly: boolean, log: (line: string) => void): Promise<string | null> {
   const gpu = (navigator as { gpu?: GPU }).gpu;
+  quietWayland();
   const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) return "no WebGPU adapter";
   const info = adapter.info;

@@ -12,11 +12,17 @@ const flagsOf = (task: string) => TASKS[task].command.split(" ").filter((w) => /
 
 /** `deno run --no-prompt FLAGS script ...args` from the repository's root (as `deno task` runs it). */
 async function runWith(flags: string[], script: string, ...args: string[]) {
+  return await runIn({ ...Deno.env.toObject(), NO_COLOR: "1" }, flags, script, ...args);
+}
+
+/** runWith, in exactly the environment `env`. */
+async function runIn(env: Record<string, string>, flags: string[], script: string, ...args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "--no-prompt", ...flags, script, ...args],
     cwd: ROOT,
     stdin: "null",
-    env: { NO_COLOR: "1" },
+    env,
+    clearEnv: true,
   }).output();
   return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
 }
@@ -47,5 +53,17 @@ Deno.test("the demo task's permissions are enough to train, and a withheld one i
     assertOneLine(noWrite, 1, "--allow-write");
     const gpu = await runWith(flagsOf("demo"), "train.ts", ...tinyRun(dir), "--backend", "tensorflow");
     assertOneLine(gpu, 1, "--allow-ffi");
+    // the backend chosen by probing (WebGPU's among them) where XDG_RUNTIME_DIR is unset: no "error:" line of Mesa's
+    const { XDG_RUNTIME_DIR: _, ...unset } = Deno.env.toObject();
+    const auto = await runIn(
+      { ...unset, NO_COLOR: "1" },
+      flagsOf("demo"),
+      "train.ts",
+      ...tinyRun(dir),
+      "--backend",
+      "auto",
+    );
+    assert.equal(auto.code, 0, auto.stderr);
+    assert.ok(!auto.stderr.includes("XDG_RUNTIME_DIR"), auto.stderr);
   });
 });
