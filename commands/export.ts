@@ -1,6 +1,7 @@
 // Weights to PyTorch, `deno task export (--run RUN [--ema] | --weights FILE) --out FILE.safetensors` (or .pt).
 import { setBackend } from "../kernels/backend.ts";
-import { loadFile, loadRun } from "../run/trained.ts";
+import { DEFAULTS } from "../run/config.ts";
+import { diffusionMetadata, loadFile, loadRun } from "../run/trained.ts";
 import { helpText, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { torchStateDict, writeTorchFile } from "../weights/pytorch.ts";
 
@@ -23,13 +24,23 @@ async function main() {
     throw new UsageError("--out FILE.safetensors (or .pt, .pth) is needed");
   }
   await setBackend("cpu", () => {});
-  const { model } = v.run ? await loadRun(runFolder(v.run as string), !!v.ema) : loadFile(v.weights as string);
-  await writeTorchFile(out, await torchStateDict(model.weights));
+  const { model, config } = v.run ? await loadRun(runFolder(v.run as string), !!v.ema) : loadFile(v.weights as string);
+  await writeTorchFile(out, await torchStateDict(model.weights), diffusionMetadata(config));
   const what = model.numClasses ? `UNet_conditional(num_classes=${model.numClasses})` : "UNet()";
   console.log(
     `${model.weights.size} tensors of the tutorial's ${what}` +
       `${model.width === 64 ? "" : ` at width ${model.width}`}${model.removeDeepConv ? " without bot2" : ""} -> ${out}`,
   );
+  const { prediction, schedule, noiseSteps } = config, tutorial = DEFAULTS;
+  if (prediction !== tutorial.prediction || schedule !== tutorial.schedule || noiseSteps !== tutorial.noiseSteps) {
+    const where = out.endsWith(".safetensors")
+      ? "named in the file's metadata"
+      : "not recorded in a .pt: use .safetensors";
+    console.log(
+      `note: the model predicts ${prediction} on the ${schedule} schedule, T = ${noiseSteps} (${where}); ` +
+        `the tutorial's sampler assumes ε, linear, T = ${tutorial.noiseSteps}`,
+    );
+  }
   model.dispose();
 }
 

@@ -1,7 +1,7 @@
 // A trained model read back: from a run's checkpoint (with the run's state) or from a PyTorch file of the tutorial's U-Net.
 import { join } from "node:path";
 import { assignWeights, findCheckpoint } from "../weights/checkpoint.ts";
-import { loadTorchModel } from "../weights/pytorch.ts";
+import { loadTorchModel, torchFileMetadata } from "../weights/pytorch.ts";
 import { CheckpointError } from "../weights/weights.ts";
 import { type Config, DEFAULTS, newUNet } from "./config.ts";
 import type { UNet } from "../modules.ts";
@@ -34,7 +34,7 @@ export async function readState(runDir: string, required = ["state.json", "model
 export interface Trained {
   /** The U-Net (the caller disposes it). */
   model: UNet;
-  /** The run's settings (a PyTorch file: the tutorial's). */
+  /** The run's settings (a PyTorch file: the tutorial's, but for the diffusion its metadata names). */
   config: Config;
   /** Class names, by label; [] or one for an unconditional model. */
   classes: string[];
@@ -57,9 +57,30 @@ export async function loadRun(runDir: string, ema = false): Promise<Trained> {
   return { model, config: state.config, classes: state.classes };
 }
 
-/** The model of a PyTorch file of the tutorial's U-Net, with the tutorial's settings (64 px, T = 1000, linear). */
+/**
+ * The model of a PyTorch file of the tutorial's U-Net, with the tutorial's settings (64 px, T = 1000, linear, ε) but
+ * for the diffusion a `.safetensors` file of ours names (diffusionMetadata).
+ */
 export function loadFile(path: string, imageSize = 64): Trained {
   const model = loadTorchModel(path);
   const classes = Array.from({ length: model.numClasses }, (_, i) => String(i));
-  return { model, config: { ...DEFAULTS, imageSize, conditional: model.numClasses > 0 }, classes };
+  const config = { ...DEFAULTS, imageSize, conditional: model.numClasses > 0, ...diffusionIn(path) };
+  return { model, config, classes };
+}
+
+/** A run's diffusion settings as string metadata of a `.safetensors` file: the tutorial's sampler assumes its own. */
+export const diffusionMetadata = ({ prediction, schedule, noiseSteps }: Config): Record<string, string> => ({
+  prediction,
+  schedule,
+  noise_steps: String(noiseSteps),
+});
+
+/** The diffusion settings a file's metadata gives (diffusionMetadata's; none: the tutorial's). */
+function diffusionIn(path: string): Partial<Config> {
+  const { prediction, schedule, noise_steps } = torchFileMetadata(path);
+  return {
+    ...(prediction === "v" || prediction === "eps" ? { prediction } : {}),
+    ...(schedule === "cosine" || schedule === "linear" ? { schedule } : {}),
+    ...(Number(noise_steps) >= 1 ? { noiseSteps: Number(noise_steps) } : {}),
+  };
 }

@@ -7,7 +7,15 @@ import { join } from "node:path";
 import { setBackend } from "../kernels/backend.ts";
 import { type Tensors } from "../weights/weights.ts";
 import { UNet } from "../modules.ts";
-import { loadTorchModel, readTorchFile, torchStateDict, writeTorchFile } from "../weights/pytorch.ts";
+import {
+  loadTorchModel,
+  readTorchFile,
+  torchFileMetadata,
+  torchStateDict,
+  writeTorchFile,
+} from "../weights/pytorch.ts";
+import { DEFAULTS } from "../run/config.ts";
+import { diffusionMetadata, loadFile } from "../run/trained.ts";
 import { zip } from "../weights/torchsave.ts";
 
 const fixtures = new URL("./fixtures/", import.meta.url).pathname;
@@ -64,6 +72,23 @@ Deno.test("an export holds the same weights in PyTorch's layout, as .safetensors
       for (const [k, t] of original) assert.deepEqual(back.get(k), t, k);
     }
   }
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("an export names a diffusion other than the tutorial's in the .safetensors metadata, and loadFile reads it", async () => {
+  await setBackend("wasm", () => {});
+  const out = await tmp(), sd = readTorchFile(join(fixtures, "unet_w8.pt"));
+  const v = { ...DEFAULTS, prediction: "v", schedule: "cosine", noiseSteps: 500 } as const;
+  await writeTorchFile(join(out, "v.safetensors"), sd, diffusionMetadata(v));
+  await writeTorchFile(join(out, "v.pt"), sd, diffusionMetadata(v)); // (torch.save's zip has no metadata)
+  const read = (name: string) => {
+    const { model, config } = loadFile(join(out, name), 16);
+    model.dispose();
+    return [config.prediction, config.schedule, config.noiseSteps, config.imageSize];
+  };
+  assert.deepEqual(read("v.safetensors"), ["v", "cosine", 500, 16]);
+  assert.deepEqual(read("v.pt"), ["eps", "linear", 1000, 16]); // the tutorial's
+  assert.deepEqual(torchFileMetadata(join(out, "v.pt")), {});
   await Deno.remove(out, { recursive: true });
 });
 

@@ -33,9 +33,28 @@ function parse(path: string, bytes: Uint8Array): Tensors {
   throw new CheckpointError(`${path} is neither a PyTorch .pt/.pth (zip) nor a .safetensors file`);
 }
 
-/** Writes a state_dict as `.safetensors`, or as torch.save's zip for any other extension (`.pt`, `.pth`). */
-export async function writeTorchFile(path: string, tensors: Tensors) {
-  await Deno.writeFile(path, path.endsWith(".safetensors") ? safetensors(tensors) : writePt(tensors));
+/**
+ * Writes a state_dict as `.safetensors` (with `metadata`, strings, in its header), or as torch.save's zip for any other
+ * extension (`.pt`, `.pth`: no metadata).
+ */
+export async function writeTorchFile(path: string, tensors: Tensors, metadata: Record<string, string> = {}) {
+  await Deno.writeFile(path, path.endsWith(".safetensors") ? safetensors(tensors, metadata) : writePt(tensors));
+}
+
+/** The metadata of a `.safetensors` file's header (writeTorchFile's); {} for any other file. */
+export function torchFileMetadata(path: string): Record<string, string> {
+  const file = Deno.openSync(path);
+  try {
+    const size = new Uint8Array(8);
+    if (file.readSync(size) !== 8) return {};
+    const n = Number(new DataView(size.buffer).getBigUint64(0, true)), header = new Uint8Array(n);
+    if (n > 2 ** 24 || file.readSync(header) !== n || header[0] !== 0x7b) return {}; // not a safetensors header
+    return JSON.parse(utf8.decode(header)).__metadata__ ?? {};
+  } catch {
+    return {};
+  } finally {
+    file.close();
+  }
 }
 
 // ------------------------------------------------------------------ the tutorial's layouts
@@ -128,8 +147,8 @@ function readSafetensors(path: string, bytes: Uint8Array): Tensors {
   return out;
 }
 
-function safetensors(tensors: Tensors): Uint8Array {
-  const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
+function safetensors(tensors: Tensors, metadata: Record<string, string>): Uint8Array {
+  const header: Record<string, unknown> = { __metadata__: { format: "pt", ...metadata } };
   let offset = 0;
   for (const [name, { shape }] of tensors) {
     header[name] = { dtype: "F32", shape, data_offsets: [offset, offset += 4 * numel(shape)] };
