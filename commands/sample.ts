@@ -21,7 +21,10 @@ const HELP = helpText(
     "image-size": "--weights: default 64, the tutorial's; a run: its own",
     n: `default ${DEFAULTS.nSamples}; conditional: a row per class, n/classes per row`,
     "cfg-scale": "default: the run's",
-    "sample-steps": `default ${DEFAULTS.sampleSteps}; at most the run's T`,
+    sampler: "default: the run's; a file: ddpm, the tutorial's",
+    "sample-steps": `default: the run's if it samples with DDIM, else ${DEFAULTS.sampleSteps}; at most its T`,
+    eta: "default: the run's",
+    "no-clip": "default: as the run's grids",
     seed: "default: the clock",
     out: "default RUN/samples/, or samples/ beside FILE",
   },
@@ -47,10 +50,11 @@ export function parseSampleArgs(args: string[]) {
     n: v.n as number | undefined,
     labels: v.labels as string | undefined,
     cfgScale: v["cfg-scale"] as number | undefined,
-    sampler: (v.sampler ?? DEFAULTS.sampler) as Sampler,
-    sampleSteps: v["sample-steps"] as number | undefined, // checked against the model's T once it is loaded
-    eta: (v.eta ?? DEFAULTS.eta) as number,
-    clip: !v["no-clip"],
+    // the sampler's settings: default the run's (its grids'), checked against the model's T once it is loaded
+    sampler: v.sampler as Sampler | undefined,
+    sampleSteps: v["sample-steps"] as number | undefined,
+    eta: v.eta as number | undefined,
+    clip: v["no-clip"] ? false : undefined,
     seed: (v.seed ?? Date.now() % 2 ** 31) as number,
     backend: (v.backend ?? DEFAULTS.backend) as BackendName,
     threads: (v.threads ?? DEFAULTS.threads) as number,
@@ -78,17 +82,20 @@ async function main() {
   }
   const n = labels?.length ?? o.n ?? DEFAULTS.nSamples;
   const diffusion = newDiffusion(config);
-  const sampleSteps = numberFlag("sample-steps", o.sampleSteps, 1, config.noiseSteps) ?? DEFAULTS.sampleSteps;
-  const t0 = performance.now(), progress = stepProgress(diffusion.stepCount(o.sampler, sampleSteps), "sampling");
+  const sampler = o.sampler ?? config.sampler ?? DEFAULTS.sampler, eta = o.eta ?? config.eta ?? DEFAULTS.eta;
+  const runSteps = config.sampler === "ddim" ? config.sampleSteps : undefined;
+  const sampleSteps = numberFlag("sample-steps", o.sampleSteps, 1, config.noiseSteps) ?? runSteps ??
+    DEFAULTS.sampleSteps;
+  const t0 = performance.now(), progress = stepProgress(diffusion.stepCount(sampler, sampleSteps), "sampling");
   const threads = count > 1 ? await Threads.start(count, model) : null;
   setSeed(o.seed); // after the model is made: the seed alone fixes the noise (as in the run's page)
   const x0 = await diffusion.sampleX0(threads?.noiseModel(model) ?? model, n, {
     labels,
     cfgScale: o.cfgScale ?? config.cfgScale,
-    sampler: o.sampler,
+    sampler,
     sampleSteps,
-    eta: o.eta,
-    clip: o.clip,
+    eta,
+    clip: o.clip ?? config.clip ?? true,
     onStep: progress.step,
   }).finally(() => threads?.close());
   progress.done();

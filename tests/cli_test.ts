@@ -6,6 +6,8 @@ import { DEFAULTS } from "../run/config.ts";
 import { parseEvalArgs } from "../commands/eval.ts";
 import { parseSampleArgs } from "../commands/sample.ts";
 import { assertOneLine, ROOT, runScript } from "./helpers.ts";
+import { train } from "../train.ts";
+import { loadWeights } from "../weights/checkpoint.ts";
 
 const ACCEPTS = { // what each script's README and users rely on
   train: "preset data out name resume weights epochs max-steps batch-size image-size width lr warmup-steps lr-decay " +
@@ -65,8 +67,8 @@ Deno.test("--help shows the static defaults, and the run-dependent ones in words
   assert.match(line(train.stdout, "noise-steps"), /\(default 1000\)/);
   assert.match(line(train.stdout, "lr"), /\(default 0\.0003\)/);
   assert.match(line(train.stdout, "backend"), /auto \| tensorflow \| webgpu \| wasm \| cpu \(default auto\)/);
-  assert.match(line(sample.stdout, "sampler"), /ddpm \| ddim.*\(default ddpm\)/);
-  assert.match(line(sample.stdout, "sample-steps"), /\(default 50; at most the run's T\)/);
+  assert.match(line(sample.stdout, "sampler"), /ddpm \| ddim.*\(default: the run's; a file: ddpm, the tutorial's\)/);
+  assert.match(line(sample.stdout, "sample-steps"), /\(default: the run's if it samples with DDIM, else 50; at most/);
   assert.match(line(evalHelp.stdout, "sampler"), /\(default ddim; --full: ddpm\)/);
   assert.match(line(evalHelp.stdout, "eta"), /the run's if it samples with DDIM/);
   assert.match(line(evalHelp.stdout, "seconds"), /\(default 90\)/);
@@ -130,11 +132,31 @@ Deno.test("sample flags: a run or a file, typed values with the defaults", () =>
   const o = parseSampleArgs(["--run", "demo", "--n", "4", "--sampler", "ddim", "--no-clip", "--seed", "7"]);
   assert.deepEqual(
     [o.run, o.n, o.sampler, o.sampleSteps, o.eta, o.clip, o.seed, o.backend, o.ema, o.help],
-    [join("runs", "demo"), 4, "ddim", undefined, 0, false, 7, "auto", false, false],
+    [join("runs", "demo"), 4, "ddim", undefined, undefined, false, 7, "auto", false, false], // (undefined: the run's)
   );
   const file = parseSampleArgs(["--weights", "w.pt", "--image-size", "32", "--sample-steps", "20"]);
   assert.deepEqual([file.run, file.weights, file.imageSize, file.sampleSteps], [undefined, "w.pt", 32, 20]);
   assert.equal(parseSampleArgs(["--help"]).help, true); // --help needs no --run
+});
+
+Deno.test("sample --run draws as the run's grids do: its sampler, steps, η and clipping, unless a flag says otherwise", async () => {
+  const out = await Deno.makeTempDir(), run = join(out, "run");
+  const tiny = { imageSize: 8, width: 4, maxSteps: 1, count: 8, nSamples: 1, noiseSteps: 10, backend: "wasm" } as const;
+  const grids = { sampler: "ddim", sampleSteps: 2, eta: 1, clip: false } as const;
+  await train({ ...DEFAULTS, ...tiny, ...grids, data: "builtin:landscapes", out, name: "run" }, { log: () => {} });
+  const draw = async (name: string, ...flags: string[]) => {
+    const raw = join(out, `${name}.bin`), args = ["--run", run, "--n", "2", "--seed", "5", "--threads", "1"];
+    const r = await runScript("commands/sample.ts", ...args, "--backend", "wasm", "--raw", raw, ...flags);
+    assert.equal(r.code, 0, r.stderr);
+    return loadWeights(raw).get("samples")!.values;
+  };
+  const byDefault = await draw("default");
+  assert.deepEqual(
+    byDefault,
+    await draw("flags", "--sampler", "ddim", "--sample-steps", "2", "--eta", "1", "--no-clip"),
+  );
+  assert.notDeepEqual(byDefault, await draw("ddpm", "--sampler", "ddpm", "--no-clip"));
+  await Deno.remove(out, { recursive: true });
 });
 
 Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 2", async () => {
