@@ -136,6 +136,7 @@ export async function writeReport(runDir: string) {
   const rows = await readLossRows(runDir), losses = rows.map((r) => r.loss);
   const { config, step } = await readState(runDir);
   const ddim = config.sampler === "ddim"; // the page's sampler starts at the run's steps and η, else DDIM 50, η 0
+  const [pageSteps, pageEta] = ddim ? [config.sampleSteps, config.eta] : [50, 0];
   if (losses.length) await savePlot(join(runDir, "loss.png"), losses, { title: "training loss (MSE)", xlabel: "step" });
   const grids = [...Deno.readDirSync(join(runDir, "samples"))].map((e) => e.name).filter((f) => f.endsWith(".png"))
     .sort().reverse();
@@ -179,10 +180,8 @@ progress{width:28em}.error{color:#b00}
 <section class="live" id="reverse"><h2>2 · Reverse process: from x_T ~ N(0, I) to x_0</h2>
 <p class="controls"><label>sampler <select id="sampler"><option value="ddim">DDIM</option>
 <option value="ddpm">DDPM (all T steps)</option></select></label><label>steps <input id="steps" type="number" min="1"
-max="${config.noiseSteps}" value="${ddim ? config.sampleSteps : 50}"></label><label>η <input id="eta" type="number"
-min="0" max="1" step="0.1" value="${
-    ddim ? config.eta : 0
-  }"></label><label>seed <input id="seed" type="number" min="0" value="0"></label><label>images <input id="n"
+max="${config.noiseSteps}" value="${pageSteps}"></label><label>η <input id="eta" type="number" min="0" max="1" step="0.1"
+value="${pageEta}"></label><label>seed <input id="seed" type="number" min="0" value="0"></label><label>images <input id="n"
 type="number" min="1" max="32" value="8"></label><span id="cond" hidden><label>class <select id="label"></select></label>
 <label>cfg scale <input id="cfg" type="number" min="0" step="0.5" value="${config.cfgScale}"></label></span>
 <label><input id="clip" type="checkbox"${config.clip === false ? "" : " checked"}> clip x̂_0</label>

@@ -13,7 +13,8 @@ const tiny = (out: string, over: Partial<Config> = {}) =>
 
 Deno.test("builtin:landscapes, unconditional: the run folder has every file", async () => {
   await withTempDir(async (dir) => {
-    const { runDir, step, losses } = await train(tiny(dir, { emaBeta: 0.9, emaStart: 2 }), { log: quiet });
+    const grids = { sampler: "ddim", sampleSteps: 3, eta: 0.5 } as const;
+    const { runDir, step, losses } = await train(tiny(dir, { emaBeta: 0.9, emaStart: 2, ...grids }), { log: quiet });
     assert.equal(step, 6); // 2 epochs of ceil(12 / 4) steps
     assert.equal(losses.length, 6);
     for (
@@ -36,6 +37,8 @@ Deno.test("builtin:landscapes, unconditional: the run folder has every file", as
     assert.deepEqual(rows.map((r) => r.step), [1, 2, 3, 4, 5, 6]);
     const html = await Deno.readTextFile(join(runDir, "index.html"));
     assert.ok(html.includes("loss.png") && html.includes("samples/epoch_0002.png") && html.includes("<polyline"));
+    assert.match(html, /id="steps"[^>]*\svalue="3"/); // the page's sampler starts at the grids' settings
+    assert.match(html, /id="eta"[^>]*\svalue="0.5"/);
     const data = await Image.decode(await Deno.readFile(join(runDir, "data.png"))); // 8 training images in a row
     assert.deepEqual([data.width, data.height], [8 * 18 + 2, 20]);
     assert.ok(!existsSync(join(runDir, "checkpoint.tmp")) && !existsSync(join(runDir, "checkpoint.old")));
