@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { type BackendName, mulberry32, setBackend, setSeed } from "../kernels/backend.ts";
 import { assignWeights, saveWeights } from "../weights/checkpoint.ts";
 import { loadFile, loadRun, readState, type RunState } from "../run/trained.ts";
-import { type Config, DEFAULTS, loadRunData, newDiffusion } from "../run/config.ts";
+import { type Config, DEFAULTS, gridSampling, loadRunData, newDiffusion } from "../run/config.ts";
 import {
   Classifier,
   classify,
@@ -252,11 +252,9 @@ export async function evaluate(o: EvalOptions) {
   for (const ema of which) loaded.push(o.weights ? fileOnRun(o.weights, state) : await loadRun(runDir, ema));
   const { config: c, classes } = loaded[0], models = loaded.map((l) => l.model);
   const config = c as RunConfig, size = config.imageSize, model = models[0];
-  const runDdim = config.sampler === "ddim"; // DDIM by default, with the run's steps and η if it samples with DDIM
-  const sampler = o.sampler ?? (o.full ? "ddpm" : "ddim");
-  const sampleSteps = o.sampleSteps ?? (runDdim ? config.sampleSteps : undefined) ?? 50;
-  const eta = o.eta ?? (runDdim ? config.eta : undefined) ?? 0, schedule = config.schedule ?? "linear";
-  const clip = o.clip ?? config.clip ?? true; // as the run's grids
+  const sampler = o.sampler ?? (o.full ? "ddpm" : "ddim"), grid = gridSampling(config); // as the run's grids
+  const sampleSteps = o.sampleSteps ?? grid.sampleSteps, eta = o.eta ?? grid.eta, clip = o.clip ?? grid.clip;
+  const schedule = config.schedule ?? "linear";
   const conditional = model.numClasses > 0, task: Task = conditional ? "labels" : "rotation";
   const data = await loadRunData(config, log);
   setSeed(config.seed); // the classifier: the run's, whatever --seed draws the samples (its cache key says so)

@@ -3,7 +3,7 @@ import { dirname, join } from "node:path";
 import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
 import { saveWeights } from "../weights/checkpoint.ts";
 import { loadFile, loadRun } from "../run/trained.ts";
-import { DEFAULTS, newDiffusion } from "../run/config.ts";
+import { DEFAULTS, gridSampling, newDiffusion } from "../run/config.ts";
 import { type Sampler, toUint8 } from "../diffusion.ts";
 import { helpText, numberFlag, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { stepProgress } from "../run/progress.ts";
@@ -23,7 +23,7 @@ const HELP = helpText(
     "cfg-scale": "default: the run's",
     sampler: "default: the run's; a file: ddpm, the tutorial's",
     "sample-steps": `default: the run's if it samples with DDIM, else ${DEFAULTS.sampleSteps}; at most its T`,
-    eta: "default: the run's",
+    eta: "default: the run's if it samples with DDIM, else 0",
     "no-clip": "default: as the run's grids",
     seed: "default: the clock",
     out: "default RUN/samples/, or samples/ beside FILE",
@@ -82,10 +82,8 @@ async function main() {
   }
   const n = labels?.length ?? o.n ?? DEFAULTS.nSamples;
   const diffusion = newDiffusion(config);
-  const sampler = o.sampler ?? config.sampler ?? DEFAULTS.sampler, eta = o.eta ?? config.eta ?? DEFAULTS.eta;
-  const runSteps = config.sampler === "ddim" ? config.sampleSteps : undefined;
-  const sampleSteps = numberFlag("sample-steps", o.sampleSteps, 1, config.noiseSteps) ?? runSteps ??
-    DEFAULTS.sampleSteps;
+  const sampler = o.sampler ?? config.sampler ?? DEFAULTS.sampler, grid = gridSampling(config); // as the run's grids
+  const sampleSteps = numberFlag("sample-steps", o.sampleSteps, 1, config.noiseSteps) ?? grid.sampleSteps;
   const t0 = performance.now(), progress = stepProgress(diffusion.stepCount(sampler, sampleSteps), "sampling");
   const threads = count > 1 ? await Threads.start(count, model) : null;
   setSeed(o.seed); // after the model is made: the seed alone fixes the noise (as in the run's page)
@@ -94,8 +92,8 @@ async function main() {
     cfgScale: o.cfgScale ?? config.cfgScale,
     sampler,
     sampleSteps,
-    eta,
-    clip: o.clip ?? config.clip ?? true,
+    eta: o.eta ?? grid.eta,
+    clip: o.clip ?? grid.clip,
     onStep: progress.step,
   }).finally(() => threads?.close());
   progress.done();

@@ -135,6 +135,16 @@ export const PRESETS: Record<string, Partial<Config>> = {
   },
 };
 
+/**
+ * How a run's grids sample, for what samples it again (eval, sample, the run's page): its DDIM steps and η where it
+ * samples with DDIM, else DEFAULTS' (50, η 0); x̂_0 clipped unless it says not (runs saved before the option: clipped).
+ */
+export function gridSampling(config: Partial<Config>): { sampleSteps: number; eta: number; clip: boolean } {
+  const ddim = config.sampler === "ddim" && config.sampleSteps !== undefined && config.eta !== undefined;
+  const { sampleSteps, eta } = ddim ? config as Config : DEFAULTS;
+  return { sampleSteps, eta, clip: config.clip ?? true };
+}
+
 /** The tutorial's settings. */
 export const DEFAULTS: Config = {
   data: "builtin:landscapes",

@@ -2,7 +2,7 @@
 import { join } from "node:path";
 import { getSeedState, mulberry32, setSeed } from "../kernels/backend.ts";
 import { readState } from "./trained.ts";
-import { type Config } from "./config.ts";
+import { type Config, gridSampling } from "./config.ts";
 import type { Diffusion } from "../diffusion.ts";
 import type { UNet } from "../modules.ts";
 import type { Threads } from "./threads.ts";
@@ -135,8 +135,7 @@ const pngSize = (path: string) => {
 export async function writeReport(runDir: string) {
   const rows = await readLossRows(runDir), losses = rows.map((r) => r.loss);
   const { config, step } = await readState(runDir);
-  const ddim = config.sampler === "ddim"; // the page's sampler starts at the run's steps and η, else DDIM 50, η 0
-  const [pageSteps, pageEta] = ddim ? [config.sampleSteps, config.eta] : [50, 0];
+  const grid = gridSampling(config); // the page's DDIM starts at the grids' settings
   if (losses.length) await savePlot(join(runDir, "loss.png"), losses, { title: "training loss (MSE)", xlabel: "step" });
   const grids = [...Deno.readDirSync(join(runDir, "samples"))].map((e) => e.name).filter((f) => f.endsWith(".png"))
     .sort().reverse();
@@ -180,11 +179,11 @@ progress{width:28em}.error{color:#b00}
 <section class="live" id="reverse"><h2>2 · Reverse process: from x_T ~ N(0, I) to x_0</h2>
 <p class="controls"><label>sampler <select id="sampler"><option value="ddim">DDIM</option>
 <option value="ddpm">DDPM (all T steps)</option></select></label><label>steps <input id="steps" type="number" min="1"
-max="${config.noiseSteps}" value="${pageSteps}"></label><label>η <input id="eta" type="number" min="0" max="1" step="0.1"
-value="${pageEta}"></label><label>seed <input id="seed" type="number" min="0" value="0"></label><label>images <input id="n"
+max="${config.noiseSteps}" value="${grid.sampleSteps}"></label><label>η <input id="eta" type="number" min="0" max="1" step="0.1"
+value="${grid.eta}"></label><label>seed <input id="seed" type="number" min="0" value="0"></label><label>images <input id="n"
 type="number" min="1" max="32" value="8"></label><span id="cond" hidden><label>class <select id="label"></select></label>
 <label>cfg scale <input id="cfg" type="number" min="0" step="0.5" value="${config.cfgScale}"></label></span>
-<label><input id="clip" type="checkbox"${config.clip === false ? "" : " checked"}> clip x̂_0</label>
+<label><input id="clip" type="checkbox"${grid.clip ? " checked" : ""}> clip x̂_0</label>
 <button id="sample">Sample</button></p>
 <p><progress id="progress" value="0" max="1"></progress> <span id="r-status"></span></p>
 <figure><canvas id="r-xt"></canvas><figcaption id="r-cap">x_t</figcaption></figure>
