@@ -25,20 +25,20 @@ async function main() {
   }
   await setBackend("cpu", () => {});
   const { model, config } = v.run ? await loadRun(runFolder(v.run as string), !!v.ema) : loadFile(v.weights as string);
-  await writeTorchFile(out, await torchStateDict(model.weights), diffusionMetadata(config));
+  const diffusion = diffusionMetadata(config);
+  await writeTorchFile(out, await torchStateDict(model.weights), diffusion);
   const what = model.numClasses ? `UNet_conditional(num_classes=${model.numClasses})` : "UNet()";
   console.log(
     `${model.weights.size} tensors of the tutorial's ${what}` +
       `${model.width === 64 ? "" : ` at width ${model.width}`}${model.removeDeepConv ? " without bot2" : ""} -> ${out}`,
   );
-  const { prediction, schedule, noiseSteps } = config, tutorial = DEFAULTS;
-  if (prediction !== tutorial.prediction || schedule !== tutorial.schedule || noiseSteps !== tutorial.noiseSteps) {
+  if (JSON.stringify(diffusion) !== JSON.stringify(diffusionMetadata(DEFAULTS))) { // not the tutorial's diffusion
     const where = out.endsWith(".safetensors")
       ? "named in the file's metadata"
       : "not recorded in a .pt: use .safetensors";
     console.log(
-      `note: the model predicts ${prediction} on the ${schedule} schedule, T = ${noiseSteps} (${where}); ` +
-        `the tutorial's sampler assumes ε, linear, T = ${tutorial.noiseSteps}`,
+      `note: the model predicts ${config.prediction} on the ${config.schedule} schedule, T = ${config.noiseSteps} ` +
+        `(${where}); the tutorial's sampler assumes ε, linear, T = ${DEFAULTS.noiseSteps}`,
     );
   }
   model.dispose();
