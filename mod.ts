@@ -56,6 +56,7 @@ export {
 } from "./modules.ts";
 export { EMA } from "./ema.ts";
 export { AdamW, type AdamWOptions } from "./run/adamw.ts";
+export type { AdamWStep } from "./kernels/fused.ts";
 export { train, trainStep } from "./train.ts";
 export { type LossGradients, Threads } from "./run/threads.ts";
 export type { TrainOptions } from "./run/run.ts";

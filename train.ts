@@ -8,7 +8,7 @@ import { AdamW } from "./run/adamw.ts";
 import { HELP, parseConfig, runCli } from "./run/cli.ts";
 import type { Config } from "./run/config.ts";
 import { Run, type TrainOptions } from "./run/run.ts";
-import { lossGradients, type Threads } from "./run/threads.ts";
+import { descend, lossGradients, type Threads } from "./run/threads.ts";
 
 /**
  * Algorithm 1: t ~ U{0..T-1}, ε ~ N(0, I), a gradient step on ‖ε - ε_θ(√ᾱ_t·x_0 + √(1-ᾱ_t)·ε, t)‖² (or on the
@@ -26,11 +26,10 @@ export function trainStep(
   const [xt, noise] = diffusion.noiseImages(x0, t);
   const target = diffusion.target(x0, noise, t); // ε (the tutorial's), or v
   const lossWeights = diffusion.lossWeightsAt(t); // min-SNR-γ's w_t; null: plain MSE (the tutorial's)
-  const { value, grads } = threads
-    ? threads.lossGradients(model, xt, t, target, lossWeights, labels)
-    : lossGradients(model, xt, t, target, lossWeights, labels);
-  opt.update(grads);
-  tf.dispose([t, xt, noise, target, ...(lossWeights ? [lossWeights] : []), ...grads.values()]);
+  const value = threads
+    ? threads.step(model, opt, xt, t, target, lossWeights, labels)
+    : descend(opt, lossGradients(model, xt, t, target, lossWeights, labels));
+  tf.dispose([t, xt, noise, target, ...(lossWeights ? [lossWeights] : [])]);
   return value;
 }
 

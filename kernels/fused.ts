@@ -93,28 +93,42 @@ export function fusedAttention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
   ) as tf.Tensor3D;
 }
 
+/** One AdamW update's settings, as the AdamW kernels take them (AdamW.nextStep). */
 export interface AdamWStep {
+  /** The learning rate of this step. */
   lr: number;
+  /** β_1, the decay of the first moment. */
   beta1: number;
+  /** β_2, the decay of the second moment. */
   beta2: number;
+  /** ε, added to √v̂. */
   eps: number;
+  /** The decoupled weight decay λ. */
   weightDecay: number;
-  c1: number; // bias corrections 1 - β1^t and 1 - β2^t
+  /** The bias correction of m, 1 - β_1^t. */
+  c1: number;
+  /** The bias correction of v, 1 - β_2^t. */
   c2: number;
-  maxGradNorm?: number; // > 0: the gradients scaled by min(1, maxGradNorm/‖g‖) first (the clippedAdamw kernel)
+  /** > 0: the gradients scaled by min(1, maxGradNorm/‖g‖) first (the clippedAdamw kernel). */
+  maxGradNorm?: number;
+  /** Or by this clip scale, found over more weights than these (run/threads.ts; the clippedAdamw kernel). */
+  scale?: number;
 }
+
+/** A weight, its moments and its gradient. */
+export type AdamWParam = { w: tf.Variable; m: tf.Variable; v: tf.Variable; g: tf.Tensor };
 
 /**
  * The AdamW kernel over many weights at once (clippedAdamw when s.maxGradNorm is set). On wasm it returns new weight
  * tensors (XNNPACK keeps packed copies of matMul and conv weights keyed by tensor, so a weight must not change in
  * place there); they are assigned here.
  */
-export function fusedAdamW(params: { w: tf.Variable; m: tf.Variable; v: tf.Variable; g: tf.Tensor }[], s: AdamWStep) {
+export function fusedAdamW(params: AdamWParam[], s: AdamWStep) {
   const inputs: tf.NamedTensorMap = {};
   params.forEach(({ w, m, v, g }, i) =>
     Object.assign(inputs, { [`w${i}`]: w, [`m${i}`]: m, [`v${i}`]: v, [`g${i}`]: g })
   );
-  const kernel = s.maxGradNorm ? FUSED.clippedAdamw : FUSED.adamw;
+  const kernel = s.maxGradNorm || s.scale !== undefined ? FUSED.clippedAdamw : FUSED.adamw;
   assignAll(params.map((p) => p.w), run(kernel, inputs, s) as tf.Tensor[]);
 }
 

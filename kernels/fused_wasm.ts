@@ -2,7 +2,7 @@
 // several kernels (and allocate a tensor for each); the attention's products go to XNNPACK, a block of query rows at a
 // time, so no [n, n] matrix is ever whole.
 import * as tf from "@tensorflow/tfjs";
-import { fusedKernelConfigs, type FusedKernels } from "./fused.ts";
+import { type AdamWStep, fusedKernelConfigs, type FusedKernels } from "./fused.ts";
 import { alloc, free, heap, matMul2d, onBackend, softmaxRows } from "./wasm_kernels.ts";
 
 type Info = tf.TensorInfo;
@@ -95,7 +95,7 @@ function sumOfSquares(G: Float32Array, from = 0, s = 0) {
 }
 
 /** sumOfSquares of every gradient, four at a time (four independent chains of float32 additions run faster than one). */
-function sumsOfSquares(grads: Float32Array[]): number[] {
+export function sumsOfSquares(grads: Float32Array[]): number[] {
   const sums = grads.map(() => 0);
   const bySize = grads.map((_, i) => i).sort((i, j) => grads[j].length - grads[i].length); // like sizes side by side
   const none = new Float32Array(0);
@@ -117,25 +117,26 @@ function sumsOfSquares(grads: Float32Array[]): number[] {
 }
 
 /**
- * min(1, maxNorm/(‖g‖ + 1e-6)), ‖g‖ the L2 norm of all the gradients: clipByGlobalNorm's float32 operations on this
- * backend, in their order (each weight's sum of squares, then the sum of those), so the scale is the very same float.
+ * min(1, maxNorm/(‖g‖ + 1e-6)), ‖g‖ the L2 norm of all the gradients, from each one's sum of squares (sumsOfSquares):
+ * clipByGlobalNorm's float32 operations on this backend, in their order, so the scale is the very same float.
  */
-function clipScale(grads: Float32Array[], maxNorm: number) {
-  const total = sumsOfSquares(grads).reduce((t, s) => Math.fround(t + s), 0);
+export function clipScale(sums: number[], maxNorm: number) {
+  const total = sums.reduce((t, s) => Math.fround(t + s), 0);
   const norm = Math.fround(Math.sqrt(total));
   return Math.min(1, Math.fround(Math.fround(maxNorm) / Math.fround(norm + Math.fround(1e-6))));
 }
 
 /**
- * AdamW for every weight, on the gradients clipped first if attrs.maxGradNorm is set (each g·scale rounded to float32,
- * as tfjs's mul): m and v in place; the weights new (XNNPACK caches packed weights by tensor).
+ * AdamW for every weight, on the gradients clipped first if attrs.maxGradNorm (or the clip's scale, attrs.scale) is set
+ * (each g·scale rounded to float32, as tfjs's mul): m and v in place; the weights new (XNNPACK caches packed weights by
+ * tensor).
  */
 function adamw({ inputs, attrs }: { inputs: Record<string, Info>; attrs: unknown }) {
-  const s = attrs as Record<"lr" | "beta1" | "beta2" | "eps" | "weightDecay" | "c1" | "c2" | "maxGradNorm", number>;
+  const s = attrs as AdamWStep;
   const count = Object.keys(inputs).length / 4;
   const outs = Array.from({ length: count }, (_, i) => alloc(inputs[`w${i}`].shape));
   const grads = outs.map((_, i) => heap(inputs[`g${i}`]));
-  const scale = s.maxGradNorm ? clipScale(grads, s.maxGradNorm) : 1;
+  const scale = s.scale ?? (s.maxGradNorm ? clipScale(sumsOfSquares(grads), s.maxGradNorm) : 1);
   const { beta1, beta2, eps } = s, decay = 1 - s.lr * s.weightDecay, step = s.lr / s.c1, c2 = s.c2;
   outs.forEach((out, i) => {
     const [W, M, V, G, O] = [...["w", "m", "v", "g"].map((f) => heap(inputs[`${f}${i}`])), heap(out)];

@@ -1,7 +1,7 @@
 // The optimizer, PyTorch's optim.AdamW in the tutorial's train().
 import * as tf from "@tensorflow/tfjs";
 import type { Tensor, Variable } from "../kernels/backend.ts";
-import { fusedAdamW, hasFused } from "../kernels/fused.ts";
+import { type AdamWParam, type AdamWStep, fusedAdamW, hasFused } from "../kernels/fused.ts";
 import type { Module } from "../modules.ts";
 
 /** AdamW's settings (PyTorch's defaults: lr 3e-4, betas 0.9 and 0.999, eps 1e-8, weight decay 0.01). */
@@ -26,7 +26,7 @@ export interface AdamWOptions {
 export class AdamW {
   /** The updates taken. */
   step = 0;
-  /** The first moments, by weight name. */
+  /** The first moments, by weight name (on CPU threads each worker holds its weights': Threads.momentsInto). */
   m: Map<string, Variable> = new Map();
   /** The second moments, by weight name. */
   v: Map<string, Variable> = new Map();
@@ -85,25 +85,34 @@ export class AdamW {
    * kernel where the backend has clippedAdamw: the same floats as clipByGlobalNorm's, without its ~600 kernels).
    */
   update(grads: Map<string, Tensor>): void {
-    this.step += 1;
-    if (!this.maxGradNorm) return this.adamStep(grads);
-    if (hasFused("clippedAdamw")) return this.adamStep(grads, this.maxGradNorm);
+    const s = this.nextStep();
+    if (!this.maxGradNorm || hasFused("clippedAdamw")) return this.adamStep(grads, s);
     const clipped = clipByGlobalNorm(grads, this.maxGradNorm);
-    this.adamStep(clipped);
+    this.adamStep(clipped, { ...s, maxGradNorm: 0 });
     tf.dispose([...clipped.values()]);
   }
 
-  /** The AdamW step at this.step: one fused kernel for many weights where the backend has it (clipping them first). */
-  private adamStep(grads: Map<string, Tensor>, maxGradNorm = 0): void {
+  /** Counts one more update; its settings: the lr at that step, the bias corrections, the clip norm. */
+  nextStep(): AdamWStep {
+    this.step += 1;
     const [beta1, beta2] = this.betas;
     const c1 = 1 - beta1 ** this.step; // bias corrections of m and v
     const c2 = 1 - beta2 ** this.step;
-    // A weight without a gradient this step (the label embedding on an unconditional step) stays, as in PyTorch.
-    const params = [...this.model.weights].filter(([name]) => grads.get(name))
+    const { eps, weightDecay, maxGradNorm } = this;
+    return { lr: this.lrAt(this.step), beta1, beta2, eps, weightDecay, c1, c2, maxGradNorm };
+  }
+
+  /** Each weight that has a gradient in `grads` with its moments (one without stays, as in PyTorch). */
+  private params(grads: Map<string, Tensor>): AdamWParam[] {
+    return [...this.model.weights].filter(([name]) => grads.get(name))
       .map(([name, w]) => ({ w, m: this.m.get(name)!, v: this.v.get(name)!, g: grads.get(name)! }));
-    const { eps, weightDecay } = this;
-    const lr = this.lrAt(this.step);
-    if (hasFused("adamw")) return fusedAdamW(params, { lr, beta1, beta2, eps, weightDecay, c1, c2, maxGradNorm });
+  }
+
+  /** The AdamW step `s`: one fused kernel for many weights where the backend has it (clipping them first). */
+  private adamStep(grads: Map<string, Tensor>, s: AdamWStep): void {
+    const params = this.params(grads);
+    if (hasFused("adamw")) return fusedAdamW(params, s);
+    const { lr, beta1, beta2, eps, weightDecay, c1, c2 } = s;
     for (const { w, m, v, g } of params) {
       tf.tidy(() => {
         m.assign(m.mul(beta1).add(g.mul(1 - beta1)));

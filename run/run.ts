@@ -237,6 +237,7 @@ export class Run {
   private async checkpoint() {
     if (this.pending.length) await this.readBack();
     const { model, emaModel, opt, ema } = this.parts!;
+    this.threads?.momentsInto(opt); // (the workers hold the moments of their share of the weights)
     const files = new Map<string, Map<string, tf.Tensor>>([
       ["model.bin", model.weights],
       ["adam_m.bin", opt.m],

@@ -1,13 +1,17 @@
 // Every core on a CPU: data parallel in one process. Each extra thread is a worker with its own wasm backend and a
 // copy of the U-Net; a step shares its batch among the threads (this one takes the first rows), each computes the
-// forward (and backward) of its rows, and the gradients are summed here, where the one AdamW and the EMA run. The
-// step is the same computation as on one thread, up to the order of float additions. The threads meet through
-// SharedArrayBuffers and Atomics, so forward() and lossGradients() are synchronous, as tfjs's own ops are.
-// This file is also the workers' script (new Worker(import.meta.url)).
+// forward and backward of its rows, and then each updates its share of the weights (owners): it sums their gradients
+// over the threads, clips them by the norm of all of them and runs AdamW on them, with their moments, which it keeps.
+// Every thread then takes the others' new weights. The step is the same computation as on one thread, up to the
+// order of float additions. The threads meet through SharedArrayBuffers and Atomics, so forward() and step() are
+// synchronous, as tfjs's own ops are. This file is also the workers' script (new Worker(import.meta.url)).
 import * as tf from "@tensorflow/tfjs";
 import { type Scalar, setBackend, type Tensor, type Tensor1D, type Tensor4D } from "../kernels/backend.ts";
 import { type NoiseModel, weightedMse } from "../diffusion.ts";
-import { UNet, type UNetOptions } from "../modules.ts";
+import { type AdamWStep, fusedAdamW } from "../kernels/fused.ts";
+import { clipScale, sumsOfSquares } from "../kernels/fused_wasm.ts";
+import { type Module, UNet, type UNetOptions } from "../modules.ts";
+import type { AdamW } from "./adamw.ts";
 
 /** A step's loss and the gradients of its weights, by name. */
 export type LossGradients = { value: Scalar; grads: Map<string, Tensor> };
@@ -33,6 +37,13 @@ export function lossGradients(
   // (a weight the step did not use has none: the label embedding on an unconditional step)
   const used = [...model.weights].filter(([, w]) => grads[w.name]);
   return { value, grads: new Map(used.map(([name, w]) => [name, grads[w.name]])) };
+}
+
+/** opt's update from a step's gradients, which it frees; the step's loss. */
+export function descend(opt: AdamW, { value, grads }: LossGradients): Scalar {
+  opt.update(grads);
+  tf.dispose([...grads.values()]);
+  return value;
 }
 
 /** The threads a backend runs on: on wasm, `requested` (0: every core); the others have their own. */
@@ -62,6 +73,7 @@ const SLOT = {
   newWeights: 6,
   errorBytes: 7,
   hasLossWeights: 10,
+  moment: 11, // MOMENTS_IN, MOMENTS_OUT: 0 m, 1 v
 };
 /** Its two numbers: Float32 indices into the same buffer. */
 const NUMBER = { share: 8, loss: 9 };
@@ -69,13 +81,46 @@ const ERROR_AT = 64;
 const ERROR_MAX = 960;
 const FORWARD = 1;
 const GRADIENTS = 2;
-const QUIT = 3;
+const STEP = 3;
+const MOMENTS_IN = 4;
+const MOMENTS_OUT = 5;
+const QUIT = 6;
 
-/** What the main thread and one worker share: the control slots, the rows in and out, the gradients. */
+/** What the main thread and one worker share: the control slots, the rows in and out. */
 interface Link {
   control: SharedArrayBuffer;
   io: SharedArrayBuffer; // growable: see ioLayout
-  grads: SharedArrayBuffer; // every weight's gradient, flat (see flatWeights)
+}
+
+/** What all the threads share. Flat arrays of every weight are in model.weights' order (flatWeights). */
+interface Shared {
+  weights: SharedArrayBuffer; // every weight, flat
+  grads: SharedArrayBuffer[]; // thread i's gradients, flat (of the weights the others own, on a STEP; i = 0: this one)
+  settings: SharedArrayBuffer; // a STEP's AdamW settings (Float64, in SETTINGS' order)
+  sums: SharedArrayBuffer; // each weight's sum of squares of its gradient (Float32, by weight), for the clip's norm
+  meet: SharedArrayBuffer; // Int32: the threads' arrivals in this step (meet), and 1 once one has stopped
+}
+const SETTINGS = ["lr", "beta1", "beta2", "eps", "weightDecay", "c1", "c2", "maxGradNorm"] as const;
+
+/** Thrown in a thread that meets the others when one of them has stopped with an error. */
+class Stopped extends Error {}
+
+/** Waits until all `count` threads have come here `k` times in this step; throws Stopped if one has stopped. */
+function meet(shared: Shared, count: number, k: number) {
+  const state = new Int32Array(shared.meet);
+  Atomics.add(state, 0, 1);
+  Atomics.notify(state, 0);
+  for (let n = Atomics.load(state, 0); n < count * k && !state[1]; n = Atomics.load(state, 0)) {
+    Atomics.wait(state, 0, n, 1000); // (the timeout: a stop between the check and the wait)
+  }
+  if (Atomics.load(state, 1)) throw new Stopped("another thread stopped");
+}
+
+/** Tells the threads that meet that one has stopped. */
+function stop(shared: Shared) {
+  const state = new Int32Array(shared.meet);
+  Atomics.store(state, 1, 1);
+  Atomics.notify(state, 0);
 }
 
 /**
@@ -88,13 +133,66 @@ function ioLayout(r: number, pixels: number, images: number) {
 }
 
 /** Each weight of a model with its offset in one flat array of them all, in model.weights' order. */
-function* flatWeights(model: UNet) {
+function* flatWeights(model: Module) {
   let at = 0;
   for (const [name, w] of model.weights) {
     yield { name, w, at };
     at += w.size;
   }
 }
+
+/** The thread (of `count`) that updates each weight of `model`, in its order: contiguous, about as many floats each. */
+export function owners(model: Module, count: number): number[] {
+  const total = model.parameterCount;
+  return [...flatWeights(model)].map(({ w, at }) => Math.min(count - 1, Math.floor(count * (at + w.size / 2) / total)));
+}
+
+/**
+ * A thread's part of a STEP, after the gradients of its rows (`grads`, by name; the sums land in them): the gradients
+ * of the weights the other threads own go out, those of its own are summed over the threads, clipped by the norm of
+ * them all if the settings say so, and AdamW updates them with their moments; its new weights go out, the others' in.
+ */
+function updateShare(
+  model: UNet,
+  grads: Map<string, Tensor>,
+  moments: Moments,
+  me: number,
+  count: number,
+  shared: Shared,
+) {
+  const owner = owners(model, count);
+  const flat = [...flatWeights(model)].map((f, i) => ({ ...f, i, g: grads.get(f.name)! })).filter((f) => f.g);
+  const mine = flat.filter((f) => owner[f.i] === me), theirs = flat.filter((f) => owner[f.i] !== me);
+  const out = new Float32Array(shared.grads[me]);
+  for (const { g, at } of theirs) out.set(heapOf(g), at);
+  meet(shared, count, 1);
+  for (const { g, at, w } of mine) { // added in place: a step's gradients are its own tensors
+    const G = heapOf(g);
+    for (let t = 0; t < count; t++) {
+      if (t === me) continue;
+      const other = new Float32Array(shared.grads[t], 4 * at, w.size);
+      for (let e = 0; e < G.length; e++) G[e] += other[e];
+    }
+  }
+  const settings = new Float64Array(shared.settings);
+  const s = Object.fromEntries(SETTINGS.map((k, i) => [k, settings[i]])) as unknown as AdamWStep;
+  let scale: number | undefined; // (none: the plain AdamW kernel)
+  if (s.maxGradNorm) { // clipByGlobalNorm's float32 sums: each weight's, then theirs in the weights' order
+    const sums = new Float32Array(shared.sums);
+    sumsOfSquares(mine.map((f) => heapOf(f.g))).forEach((sum, k) => sums[mine[k].i] = sum);
+    meet(shared, count, 2);
+    scale = clipScale(flat.map((f) => sums[f.i]), s.maxGradNorm);
+  }
+  const params = mine.map(({ name, w, g }) => ({ w, m: moments.m.get(name)!, v: moments.v.get(name)!, g }));
+  fusedAdamW(params, { ...s, maxGradNorm: 0, scale });
+  const all = new Float32Array(shared.weights);
+  for (const { w, at } of mine) all.set(heapOf(w), at);
+  meet(shared, count, s.maxGradNorm ? 3 : 2);
+  for (const { w, at } of theirs) tf.tidy(() => w.assign(tf.tensor(all.subarray(at, at + w.size), w.shape)));
+}
+
+/** AdamW's moments, by weight name. */
+type Moments = { m: Map<string, tf.Variable>; v: Map<string, tf.Variable> };
 
 /** The rows of a batch of n that each of `count` threads takes: [start, end), none empty. */
 export function shares(n: number, count: number): [number, number][] {
@@ -107,12 +205,13 @@ const rows = <X extends tf.Tensor>(x: X, [start, end]: [number, number]): X => x
 
 /** A pool of threads for U-Nets of one shape: this thread and count - 1 workers. */
 export class Threads {
-  private synced: UNet | null = null; // the model whose weights the workers hold
+  private synced: UNet | null = null; // the model whose weights the workers hold (a step keeps them in step)
+  private moments: AdamW | null = null; // the optimizer whose moments of their weights the workers hold
   private constructor(
     readonly count: number,
     private readonly workers: Worker[],
     private readonly links: Link[],
-    private readonly weights: SharedArrayBuffer, // every weight, flat
+    private readonly shared: Shared,
   ) {}
 
   /** `count` threads in all (count - 1 workers, each loading the wasm backend) for models shaped like `model`. */
@@ -120,11 +219,16 @@ export class Threads {
     const { width, timeDim, numClasses, removeDeepConv } = model;
     const shape: UNetOptions = { width, timeDim, numClasses, removeDeepConv };
     const bytes = 4 * model.parameterCount;
-    const weights = new SharedArrayBuffer(bytes);
+    const shared: Shared = {
+      weights: new SharedArrayBuffer(bytes),
+      grads: Array.from({ length: count }, () => new SharedArrayBuffer(bytes)),
+      settings: new SharedArrayBuffer(8 * SETTINGS.length),
+      sums: new SharedArrayBuffer(4 * model.weights.size),
+      meet: new SharedArrayBuffer(8),
+    };
     const links = Array.from({ length: count - 1 }, () => ({
       control: new SharedArrayBuffer(ERROR_AT + ERROR_MAX),
       io: new SharedArrayBuffer(0, { maxByteLength: 2 ** 31 }),
-      grads: new SharedArrayBuffer(bytes),
     }));
     const workers = links.map(() => new Worker(import.meta.url, { type: "module", name: NAME }));
     const ready = workers.map((w, i) =>
@@ -134,23 +238,21 @@ export class Threads {
           e.preventDefault();
           reject(new Error(`thread ${i + 1}: ${e.message}`));
         };
-        w.postMessage({ shape, link: links[i], weights });
+        w.postMessage({ shape, link: links[i], shared, me: i + 1, count });
       })
     );
     await Promise.all(ready).catch((e) => {
       workers.forEach((w) => w.terminate());
       throw e;
     });
-    return new Threads(count, workers, links, weights);
+    return new Threads(count, workers, links, shared);
   }
 
   /** ε_θ(x, t, y), the rows shared among the threads. The workers load `model`'s weights when they hold another's. */
   forward(model: UNet, x: Tensor4D, t: Tensor1D, labels: Tensor1D | null): Tensor4D {
     const parts = shares(x.shape[0], this.count);
     if (parts.length === 1) return model.forward(x, t, labels);
-    const newWeights = this.synced !== model;
-    if (newWeights) this.writeWeights(model);
-    const busy = this.post(FORWARD, parts, [x], t, labels, newWeights);
+    const busy = this.post(FORWARD, parts, [x], t, labels, this.sync(model));
     const mine = tf.tidy(() => model.forward(rows(x, parts[0]), rows(t, parts[0]), labels && rows(labels, parts[0])));
     this.wait(busy);
     const [, h, w, c] = x.shape;
@@ -168,7 +270,7 @@ export class Threads {
     return { forward: (x, t, labels) => this.forward(model, x, t, labels ?? null) };
   }
 
-  /** lossGradients of the whole batch: each thread's share, the gradients summed. The workers load the weights. */
+  /** lossGradients of the whole batch: each thread's share, the gradients summed here. */
   lossGradients(
     model: UNet,
     xt: Tensor4D,
@@ -177,29 +279,81 @@ export class Threads {
     lossWeights: Tensor1D | null,
     labels: Tensor1D | null,
   ): LossGradients {
-    const n = xt.shape[0], parts = shares(n, this.count), [start, end] = parts[0];
+    const parts = shares(xt.shape[0], this.count);
+    const newWeights = parts.length > 1 && this.sync(model);
+    this.synced = null; // (an update of the weights is what gradients are for)
     if (parts.length === 1) return lossGradients(model, xt, t, target, lossWeights, labels);
-    this.writeWeights(model);
-    this.synced = null; // the optimizer is about to change them
-    const busy = this.post(GRADIENTS, parts, [xt, target], t, labels, true, lossWeights);
-    const mine0 = parts[0];
-    const mineRows = [rows(xt, mine0), rows(t, mine0), rows(target, mine0), lossWeights && rows(lossWeights, mine0)];
-    mineRows.push(labels && rows(labels, mine0));
-    const [x, tRows, targetRows, w, y] = mineRows as [Tensor4D, Tensor1D, Tensor4D, Tensor1D | null, Tensor1D | null];
-    const mine = lossGradients(model, x, tRows, targetRows, w, y, (end - start) / n), grads = mine.grads;
-    let value = mine.value;
-    tf.dispose(mineRows.filter((r) => r !== null));
+    const busy = this.post(GRADIENTS, parts, [xt, target], t, labels, newWeights, lossWeights);
+    const { value, grads } = this.mine(model, parts, xt, t, target, lossWeights, labels);
     this.wait(busy);
     const offsets = new Map([...flatWeights(model)].map(({ name, at }) => [name, at]));
-    for (const link of busy) {
-      value = replace(value, value.add(new Float32Array(link.control)[NUMBER.loss]));
-      const theirs = new Float32Array(link.grads);
+    busy.forEach((_, i) => {
+      const theirs = new Float32Array(this.shared.grads[i + 1]);
       for (const [name, g] of grads) { // added in place: a step's gradients are its own tensors
         const mineG = heapOf(g), at = offsets.get(name)!;
-        for (let i = 0; i < mineG.length; i++) mineG[i] += theirs[at + i];
+        for (let e = 0; e < mineG.length; e++) mineG[e] += theirs[at + e];
       }
+    });
+    return { value: this.addLosses(value, busy), grads };
+  }
+
+  /**
+   * Algorithm 1's gradient step on the whole batch, shared: each thread the loss gradients of its rows, then the sum,
+   * clipping and AdamW of the weights it owns (updateShare). The batch's loss. The workers keep the moments of their
+   * weights from one step to the next (momentsInto brings them back into `opt`); a batch of fewer rows than threads
+   * takes one AdamW here.
+   */
+  step(
+    model: UNet,
+    opt: AdamW,
+    xt: Tensor4D,
+    t: Tensor1D,
+    target: Tensor4D,
+    lossWeights: Tensor1D | null,
+    labels: Tensor1D | null,
+  ): Scalar {
+    const parts = shares(xt.shape[0], this.count);
+    if (parts.length < this.count) {
+      this.momentsInto(opt);
+      this.moments = null;
+      return descend(opt, this.lossGradients(model, xt, t, target, lossWeights, labels));
     }
-    return { value, grads };
+    if (this.moments !== opt) this.sendMoments(opt);
+    const newWeights = this.sync(model), s = opt.nextStep();
+    new Float64Array(this.shared.settings).set(SETTINGS.map((k) => s[k] ?? 0));
+    new Int32Array(this.shared.meet).fill(0);
+    const busy = this.post(STEP, parts, [xt, target], t, labels, newWeights, lossWeights);
+    let mine: LossGradients | null = null;
+    try {
+      mine = this.mine(model, parts, xt, t, target, lossWeights, labels);
+      updateShare(model, mine.grads, opt, 0, this.count, this.shared);
+    } catch (e) {
+      stop(this.shared);
+      this.synced = null; // (some threads may have updated their weights, some not)
+      mine?.value.dispose();
+      this.wait(busy); // (a worker's error first: it is why this thread stopped)
+      throw e;
+    } finally {
+      if (mine) tf.dispose([...mine.grads.values()]);
+    }
+    this.wait(busy);
+    return this.addLosses(mine.value, busy);
+  }
+
+  /** The workers' moments of the weights they own, written into `opt`'s (for a checkpoint), if they hold opt's. */
+  momentsInto(opt: AdamW) {
+    if (this.moments !== opt) return;
+    const owner = owners(opt.model, this.count);
+    [opt.m, opt.v].forEach((moments, k) => {
+      this.links.forEach((link) => new Int32Array(link.control)[SLOT.moment] = k);
+      this.links.forEach((link) => notify(link, MOMENTS_OUT));
+      this.wait(this.links);
+      [...flatWeights(opt.model)].forEach(({ name, w, at }, i) => {
+        if (!owner[i]) return;
+        const theirs = new Float32Array(this.shared.grads[owner[i]], 4 * at, w.size);
+        tf.tidy(() => moments.get(name)!.assign(tf.tensor(theirs, w.shape)));
+      });
+    });
   }
 
   /** Ends the workers. */
@@ -208,11 +362,51 @@ export class Threads {
     this.workers.forEach((w) => w.terminate());
   }
 
-  /** Copies the model's weights into the buffer the workers read them from. */
-  private writeWeights(model: UNet) {
-    const all = new Float32Array(this.weights);
+  /** This thread's rows of a step: their loss and gradients, weighted by their share. */
+  private mine(
+    model: UNet,
+    parts: [number, number][],
+    xt: Tensor4D,
+    t: Tensor1D,
+    target: Tensor4D,
+    lossWeights: Tensor1D | null,
+    labels: Tensor1D | null,
+  ): LossGradients {
+    const [start, end] = parts[0], n = xt.shape[0];
+    const given = [xt, t, target, lossWeights, labels].map((x) => x && rows(x, parts[0]));
+    const [x, tRows, targetRows, w, y] = given as [Tensor4D, Tensor1D, Tensor4D, Tensor1D | null, Tensor1D | null];
+    const result = lossGradients(model, x, tRows, targetRows, w, y, (end - start) / n);
+    tf.dispose(given.filter((r) => r !== null));
+    return result;
+  }
+
+  /** `value` plus the workers' losses. */
+  private addLosses(value: Scalar, busy: Link[]): Scalar {
+    for (const link of busy) value = replace(value, value.add(new Float32Array(link.control)[NUMBER.loss]));
+    return value;
+  }
+
+  /** Copies the model's weights where the workers read them, unless they hold them; whether they must read them. */
+  private sync(model: UNet): boolean {
+    if (this.synced === model) return false;
+    const all = new Float32Array(this.shared.weights);
     for (const { w, at } of flatWeights(model)) all.set(heapOf(w), at);
     this.synced = model;
+    return true;
+  }
+
+  /** Gives each worker `opt`'s moments of the weights it owns. */
+  private sendMoments(opt: AdamW) {
+    const owner = owners(opt.model, this.count);
+    [opt.m, opt.v].forEach((moments, k) => {
+      [...flatWeights(opt.model)].forEach(({ name, at }, i) => {
+        if (owner[i]) new Float32Array(this.shared.grads[owner[i]]).set(heapOf(moments.get(name)!), at);
+      });
+      this.links.forEach((link) => new Int32Array(link.control)[SLOT.moment] = k);
+      this.links.forEach((link) => notify(link, MOMENTS_IN));
+      this.wait(this.links);
+    });
+    this.moments = opt;
   }
 
   /** Sends each worker but this thread's first share its rows of `images`, t and labels; returns the links used. */
@@ -251,6 +445,7 @@ export class Threads {
 
   /** Blocks until each worker has done its request; throws a worker's error. */
   private wait(busy: Link[]) {
+    let error: Error | null = null;
     busy.forEach((link, i) => {
       const slots = new Int32Array(link.control);
       for (let d = Atomics.load(slots, SLOT.done); d !== Atomics.load(slots, SLOT.request); d = slots[SLOT.done]) {
@@ -259,8 +454,9 @@ export class Threads {
       if (!slots[SLOT.errorBytes]) return;
       const message = new TextDecoder().decode(new Uint8Array(link.control, ERROR_AT, slots[SLOT.errorBytes]).slice());
       slots[SLOT.errorBytes] = 0;
-      throw new Error(`thread ${i + 2}: ${message}`);
+      error ??= new Error(`thread ${i + 2}: ${message}`);
     });
+    if (error) throw error;
   }
 }
 
@@ -284,23 +480,31 @@ function notify(link: Link, what: number) {
 
 // ------------------------------------------------------------------ a worker
 
+/** What a worker is given at its start: the U-Net's shape, its link, what all share, its number and the count. */
+type Start = { shape: UNetOptions; link: Link; shared: Shared; me: number; count: number };
+
 /** A worker's life: the wasm backend and a U-Net, then one command after another until QUIT. */
-async function serve({ shape, link, weights }: { shape: UNetOptions; link: Link; weights: SharedArrayBuffer }) {
+async function serve(start: Start) {
   await setBackend("wasm", () => {});
-  const model = new UNet(shape);
+  const model = new UNet(start.shape);
+  const moments: Moments = { m: new Map(), v: new Map() }; // of the weights it owns, once MOMENTS_IN has brought them
   scope.postMessage("ready");
-  const slots = new Int32Array(link.control);
+  const slots = new Int32Array(start.link.control);
   for (let seen = 0;;) {
     Atomics.wait(slots, SLOT.request, seen);
     seen = Atomics.load(slots, SLOT.request);
     if (slots[SLOT.command] === QUIT) break;
     try {
-      if (slots[SLOT.newWeights]) readWeights(model, weights);
-      tf.tidy(() => work(model, link));
+      if (slots[SLOT.newWeights]) readWeights(model, start.shared.weights);
+      slots[SLOT.newWeights] = 0;
+      tf.tidy(() => work(model, moments, start));
     } catch (e) {
-      const bytes = new TextEncoder().encode(e instanceof Error ? e.message : String(e)).slice(0, ERROR_MAX);
-      new Uint8Array(link.control, ERROR_AT).set(bytes);
-      slots[SLOT.errorBytes] = bytes.length;
+      if (!(e instanceof Stopped)) { // (stopped by another thread's error: that one says why)
+        stop(start.shared);
+        const bytes = new TextEncoder().encode(e instanceof Error ? e.message : String(e)).slice(0, ERROR_MAX);
+        new Uint8Array(start.link.control, ERROR_AT).set(bytes);
+        slots[SLOT.errorBytes] = bytes.length;
+      }
     }
     Atomics.store(slots, SLOT.done, seen);
     Atomics.notify(slots, SLOT.done);
@@ -308,23 +512,50 @@ async function serve({ shape, link, weights }: { shape: UNetOptions; link: Link;
   scope.close();
 }
 
-/** A worker's command: ε_θ of its rows (FORWARD), or their loss and gradients (GRADIENTS), written to the link. */
-function work(model: UNet, link: Link) {
-  const slots = new Int32Array(link.control), numbers = new Float32Array(link.control);
+/**
+ * A worker's command: ε_θ of its rows (FORWARD); their loss and gradients (GRADIENTS), or those and then its share of
+ * the update (STEP); the moments of its weights in or out (MOMENTS_IN, MOMENTS_OUT).
+ */
+function work(model: UNet, moments: Moments, { link, shared, me, count }: Start) {
+  const slots = new Int32Array(link.control), numbers = new Float32Array(link.control), command = slots[SLOT.command];
+  if (command === MOMENTS_IN || command === MOMENTS_OUT) {
+    return copyMoments(model, moments, slots[SLOT.moment], command, me, count, shared);
+  }
   const r = slots[SLOT.rows], s = slots[SLOT.size], pixels = s * s * 3, io = new Float32Array(link.io);
-  const forward = slots[SLOT.command] === FORWARD, at = ioLayout(r, pixels, forward ? 1 : 2);
+  const at = ioLayout(r, pixels, command === FORWARD ? 1 : 2);
   const image = (j: number) => tf.tensor4d(io.subarray(j * r * pixels, (j + 1) * r * pixels), [r, s, s, 3]);
   const ints = (from: number) => tf.tensor1d(Int32Array.from(io.subarray(from, from + r)), "int32");
   const t = ints(at.t), labels = slots[SLOT.hasLabels] ? ints(at.labels) : null;
-  if (forward) return io.set(model.forward(image(0), t, labels).dataSync(), at.out);
+  if (command === FORWARD) return io.set(model.forward(image(0), t, labels).dataSync(), at.out);
   const lossWeights = slots[SLOT.hasLossWeights] ? tf.tensor1d(io.slice(at.lossWeights, at.lossWeights + r)) : null;
   const { value, grads } = lossGradients(model, image(0), t, image(1), lossWeights, labels, numbers[NUMBER.share]);
   numbers[NUMBER.loss] = value.dataSync()[0];
-  const all = new Float32Array(link.grads);
+  if (command === STEP) return updateShare(model, grads, moments, me, count, shared);
+  const all = new Float32Array(shared.grads[me]);
   for (const { name, at } of flatWeights(model)) {
     const g = grads.get(name);
     if (g) all.set(heapOf(g), at);
   }
+}
+
+/** Moments `which` (0: m, 1: v) of the weights this worker owns, from shared.grads[me] (MOMENTS_IN) or to it (OUT). */
+function copyMoments(
+  model: UNet,
+  moments: Moments,
+  which: number,
+  command: number,
+  me: number,
+  count: number,
+  shared: Shared,
+) {
+  const owner = owners(model, count), all = new Float32Array(shared.grads[me]), map = which ? moments.v : moments.m;
+  [...flatWeights(model)].forEach(({ name, w, at }, i) => {
+    if (owner[i] !== me) return;
+    if (command === MOMENTS_OUT) return all.set(heapOf(map.get(name)!), at);
+    const value = tf.tensor(all.subarray(at, at + w.size), w.shape);
+    if (map.has(name)) map.get(name)!.assign(value);
+    else map.set(name, tf.variable(value, false));
+  });
 }
 
 function readWeights(model: UNet, weights: SharedArrayBuffer) {

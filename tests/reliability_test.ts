@@ -4,7 +4,7 @@
  *  memory      numTensors and bytes flat over 200 training steps plus sampling; 1000 sampling steps leak nothing
  *  crash       SIGKILL while a checkpoint is written (files half written, between the renames, at random):
  *              --resume always starts from a readable checkpoint
- *  resume      N steps straight = N/2 + --resume + N/2, bit for bit (cpu backend, same seed)
+ *  resume      N steps straight = N/2 + --resume + N/2, bit for bit (cpu; wasm on 2 threads; same seed)
  *  Ctrl-C      the current step finishes, a checkpoint is saved, exit 0
  *  NaN         a non-finite loss stops the run naming the step; the last good checkpoint stays
  *  disk full   a failed checkpoint write (ENOSPC) stops with one line; the previous one stays
@@ -56,29 +56,33 @@ Deno.test("memory: numTensors and bytes are flat over 200 steps and sampling; 10
   for (const d of [model, opt, diffusion, x0]) d.dispose();
 });
 
-Deno.test("exact resume: N steps straight equal N/2 + resume + N/2, bit for bit (cpu backend)", async () => {
-  const dir = await tmp();
-  const config = tiny(dir, {
-    backend: "cpu",
-    data: "builtin:shapes",
-    conditional: true,
-    labelDrop: 0.4,
-    emaBeta: 0.9,
-    emaStart: 2,
-    epochs: 3,
-  }); // 6 steps, some of them without labels
-  await train({ ...config, name: "straight" }, { log: quiet });
-  await train({ ...config, name: "split", maxSteps: 3 }, { log: quiet }); // stops in the middle of epoch 2
-  const lines: string[] = [];
-  await train({ ...config, name: "split" }, { resume: true, given: ["maxSteps"], log: (l) => lines.push(l) });
-  assert.ok(lines.some((l) => l.includes("resuming") && l.includes("step 3")));
-  for (const f of ["model.bin", "ema.bin", "adam_m.bin", "adam_v.bin"]) {
-    const [a, b] = ["straight", "split"].map((n) => Deno.readFileSync(join(dir, n, "checkpoint", f)));
-    assert.deepEqual(a, b, `${f} differs`);
-  }
-  assert.equal((await readState(join(dir, "split"))).step, 6);
-  await Deno.remove(dir, { recursive: true });
-});
+for (const [backend, threads] of [["cpu", 1], ["wasm", 2]] as const) {
+  Deno.test(`exact resume: N steps straight equal N/2 + resume + N/2, bit for bit (${backend}, ${threads} thread${threads > 1 ? "s: the workers' moments saved and given back" : ""})`, async () => {
+    const dir = await tmp();
+    const config = tiny(dir, {
+      backend,
+      threads,
+      maxGradNorm: 0.5,
+      data: "builtin:shapes",
+      conditional: true,
+      labelDrop: 0.4,
+      emaBeta: 0.9,
+      emaStart: 2,
+      epochs: 3,
+    }); // 6 steps, some of them without labels
+    await train({ ...config, name: "straight" }, { log: quiet });
+    await train({ ...config, name: "split", maxSteps: 3 }, { log: quiet }); // stops in the middle of epoch 2
+    const lines: string[] = [];
+    await train({ ...config, name: "split" }, { resume: true, given: ["maxSteps"], log: (l) => lines.push(l) });
+    assert.ok(lines.some((l) => l.includes("resuming") && l.includes("step 3")));
+    for (const f of ["model.bin", "ema.bin", "adam_m.bin", "adam_v.bin"]) {
+      const [a, b] = ["straight", "split"].map((n) => Deno.readFileSync(join(dir, n, "checkpoint", f)));
+      assert.ok(a.length === b.length && a.every((x, i) => x === b[i]), `${f} differs`); // (deepEqual: a diff of MBs)
+    }
+    assert.equal((await readState(join(dir, "split"))).step, 6);
+    await Deno.remove(dir, { recursive: true });
+  });
+}
 
 Deno.test("crash: SIGKILL during checkpoint writes never leaves a run that cannot resume", async () => {
   const dir = await tmp(), run = join(dir, "k");

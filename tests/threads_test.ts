@@ -5,7 +5,7 @@ import { setBackend, setSeed } from "../kernels/backend.ts";
 import { Diffusion } from "../diffusion.ts";
 import { UNet } from "../modules.ts";
 import { AdamW } from "../run/adamw.ts";
-import { lossGradients, shares, Threads } from "../run/threads.ts";
+import { descend, lossGradients, shares, Threads } from "../run/threads.ts";
 import { trainStep } from "../train.ts";
 
 await setBackend("wasm", () => {});
@@ -83,6 +83,39 @@ Deno.test("2 threads: two training steps (AdamW included) track the 1-thread one
   }
   losses[0].forEach((l, i) => assert.ok(Math.abs(l - losses[1][i]) < 1e-4 * l, `step ${i + 1}: ${losses}`));
   assert.notEqual(losses[0][0], losses[0][2]); // (the steps did change the weights)
+});
+
+Deno.test("2 threads: a step's update shared among the threads is the one AdamW of the summed gradients, bit for bit", async () => {
+  const shared = setup(), here = setup(); // two copies of one model
+  const threads = await Threads.start(2, shared.model);
+  const { xt, noise, t, labels } = shared;
+  const [optShared, optHere] = [shared, here].map(({ model }) => new AdamW(model, { lr: 1e-3, maxGradNorm: 0.5 }));
+  try {
+    const first = shared.model.weights.values().next().value!.dataSync();
+    const steps = [[5, true], [5, false], [1, true], [5, true], [5, false]] as const;
+    // (1 row: fewer than the threads, one AdamW here; no labels: no label embedding gradient)
+    for (const stepOf of [shared, here]) { // (each model its steps in a row: the workers must keep up with it)
+      for (const [rows, labelled] of steps) {
+        const [x, tr, n, y] = [xt, t, noise, labelled ? labels : null].map((a) => a?.slice(0, rows) ?? null);
+        const args = [x, tr, n, null, y] as [tf.Tensor4D, tf.Tensor1D, tf.Tensor4D, null, tf.Tensor1D | null];
+        if (stepOf === shared) threads.step(shared.model, optShared, ...args).dispose(); // each thread its share
+        else descend(optHere, threads.lossGradients(here.model, ...args)).dispose(); // the gradients summed here
+        tf.dispose([x, tr, n, y].filter((a) => a) as tf.Tensor[]);
+      }
+    }
+    threads.momentsInto(optShared);
+    const floats = (o: AdamW) =>
+      [...o.model.weights.values(), ...o.m.values(), ...o.v.values()].map((w) => w.dataSync());
+    const [a, b] = [floats(optShared), floats(optHere)], names = [...shared.model.weights.keys()];
+    const name = (i: number) => names[i % names.length] + ["", " (m)", " (v)"][Math.floor(i / names.length)];
+    a.forEach((w, i) => assert.deepEqual(w, b[i], name(i)));
+    assert.notDeepEqual(a[0], first); // (the steps did change the weights)
+  } finally {
+    threads.close();
+    [optShared, optHere].forEach((o) => o.dispose());
+    shared.dispose();
+    here.dispose();
+  }
 });
 
 Deno.test("2 threads: the forward pass of each of two models (the workers reload the weights)", async () => {
