@@ -233,10 +233,10 @@ export class Threads {
     const workers = links.map(() => new Worker(import.meta.url, { type: "module", name: NAME }));
     const ready = workers.map((w, i) =>
       new Promise<void>((resolve, reject) => {
-        w.onmessage = (e) => e.data === "ready" ? resolve() : reject(new Error(`thread ${i + 1}: ${e.data}`));
+        w.onmessage = (e) => e.data === "ready" ? resolve() : reject(new Error(`thread ${i + 2}: ${e.data}`));
         w.onerror = (e) => {
           e.preventDefault();
-          reject(new Error(`thread ${i + 1}: ${e.message}`));
+          reject(new Error(`thread ${i + 2}: ${e.message}`));
         };
         w.postMessage({ shape, link: links[i], shared, me: i + 1, count });
       })
@@ -284,7 +284,7 @@ export class Threads {
     this.synced = null; // (an update of the weights is what gradients are for)
     if (parts.length === 1) return lossGradients(model, xt, t, target, lossWeights, labels);
     const busy = this.post(GRADIENTS, parts, [xt, target], t, labels, newWeights, lossWeights);
-    const { value, grads } = this.mine(model, parts, xt, t, target, lossWeights, labels);
+    const { value, grads } = this.mine(model, parts, [xt, t, target, lossWeights, labels]);
     this.wait(busy);
     const offsets = new Map([...flatWeights(model)].map(({ name, at }) => [name, at]));
     busy.forEach((_, i) => {
@@ -325,7 +325,7 @@ export class Threads {
     const busy = this.post(STEP, parts, [xt, target], t, labels, newWeights, lossWeights);
     let mine: LossGradients | null = null;
     try {
-      mine = this.mine(model, parts, xt, t, target, lossWeights, labels);
+      mine = this.mine(model, parts, [xt, t, target, lossWeights, labels]);
       updateShare(model, mine.grads, opt, 0, this.count, this.shared);
     } catch (e) {
       stop(this.shared);
@@ -362,18 +362,10 @@ export class Threads {
     this.workers.forEach((w) => w.terminate());
   }
 
-  /** This thread's rows of a step: their loss and gradients, weighted by their share. */
-  private mine(
-    model: UNet,
-    parts: [number, number][],
-    xt: Tensor4D,
-    t: Tensor1D,
-    target: Tensor4D,
-    lossWeights: Tensor1D | null,
-    labels: Tensor1D | null,
-  ): LossGradients {
-    const [start, end] = parts[0], n = xt.shape[0];
-    const given = [xt, t, target, lossWeights, labels].map((x) => x && rows(x, parts[0]));
+  /** This thread's rows of a step (x_t, t, the target, the loss weights, labels): their loss and gradients, weighted. */
+  private mine(model: UNet, parts: [number, number][], batch: (tf.Tensor | null)[]): LossGradients {
+    const [start, end] = parts[0], n = batch[0]!.shape[0];
+    const given = batch.map((x) => x && rows(x, parts[0]));
     const [x, tRows, targetRows, w, y] = given as [Tensor4D, Tensor1D, Tensor4D, Tensor1D | null, Tensor1D | null];
     const result = lossGradients(model, x, tRows, targetRows, w, y, (end - start) / n);
     tf.dispose(given.filter((r) => r !== null));
