@@ -314,11 +314,10 @@ export class Threads {
   ): Scalar {
     const parts = shares(xt.shape[0], this.count);
     if (parts.length < this.count) {
-      this.momentsInto(opt);
-      this.moments = null;
+      this.holdMoments(null);
       return descend(opt, this.lossGradients(model, xt, t, target, lossWeights, labels));
     }
-    if (this.moments !== opt) this.sendMoments(opt);
+    this.holdMoments(opt);
     const newWeights = this.sync(model), s = opt.nextStep();
     new Float64Array(this.shared.settings).set(SETTINGS.map((k) => s[k] ?? 0));
     new Int32Array(this.shared.meet).fill(0);
@@ -342,18 +341,7 @@ export class Threads {
 
   /** The workers' moments of the weights they own, written into `opt`'s (for a checkpoint), if they hold opt's. */
   momentsInto(opt: AdamW) {
-    if (this.moments !== opt) return;
-    const owner = owners(opt.model, this.count);
-    [opt.m, opt.v].forEach((moments, k) => {
-      this.links.forEach((link) => new Int32Array(link.control)[SLOT.moment] = k);
-      this.links.forEach((link) => notify(link, MOMENTS_OUT));
-      this.wait(this.links);
-      [...flatWeights(opt.model)].forEach(({ name, w, at }, i) => {
-        if (!owner[i]) return;
-        const theirs = new Float32Array(this.shared.grads[owner[i]], 4 * at, w.size);
-        tf.tidy(() => moments.get(name)!.assign(tf.tensor(theirs, w.shape)));
-      });
-    });
+    if (this.moments === opt) this.moveMoments(opt, MOMENTS_OUT);
   }
 
   /** Ends the workers. */
@@ -387,18 +375,29 @@ export class Threads {
     return true;
   }
 
-  /** Gives each worker `opt`'s moments of the weights it owns. */
-  private sendMoments(opt: AdamW) {
-    const owner = owners(opt.model, this.count);
-    [opt.m, opt.v].forEach((moments, k) => {
-      [...flatWeights(opt.model)].forEach(({ name, at }, i) => {
-        if (owner[i]) new Float32Array(this.shared.grads[owner[i]]).set(heapOf(moments.get(name)!), at);
-      });
-      this.links.forEach((link) => new Int32Array(link.control)[SLOT.moment] = k);
-      this.links.forEach((link) => notify(link, MOMENTS_IN));
-      this.wait(this.links);
-    });
+  /** Makes the workers hold `opt`'s moments of their weights (or none), giving back those of the optimizer they held. */
+  private holdMoments(opt: AdamW | null) {
+    if (this.moments === opt) return;
+    if (this.moments) this.moveMoments(this.moments, MOMENTS_OUT);
+    if (opt) this.moveMoments(opt, MOMENTS_IN);
     this.moments = opt;
+  }
+
+  /** opt's m and v of the weights the workers own: to them (MOMENTS_IN) or back from them (MOMENTS_OUT). */
+  private moveMoments(opt: AdamW, command: number) {
+    const owner = owners(opt.model, this.count);
+    const theirs = [...flatWeights(opt.model)].map((f, i) => ({ ...f, owner: owner[i] })).filter((f) => f.owner);
+    const at = (f: typeof theirs[number]) => new Float32Array(this.shared.grads[f.owner], 4 * f.at, f.w.size);
+    [opt.m, opt.v].forEach((moments, k) => {
+      if (command === MOMENTS_IN) theirs.forEach((f) => at(f).set(heapOf(moments.get(f.name)!)));
+      for (const link of this.links) {
+        new Int32Array(link.control)[SLOT.moment] = k;
+        notify(link, command);
+      }
+      this.wait(this.links);
+      if (command === MOMENTS_IN) return;
+      theirs.forEach((f) => tf.tidy(() => moments.get(f.name)!.assign(tf.tensor(at(f), f.w.shape))));
+    });
   }
 
   /** Sends each worker but this thread's first share its rows of `images`, t and labels; returns the links used. */

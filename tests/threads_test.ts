@@ -86,35 +86,48 @@ Deno.test("2 threads: two training steps (AdamW included) track the 1-thread one
 });
 
 Deno.test("2 threads: a step's update shared among the threads is the one AdamW of the summed gradients, bit for bit", async () => {
-  const shared = setup(), here = setup(); // two copies of one model
-  const threads = await Threads.start(2, shared.model);
-  const { xt, noise, t, labels } = shared;
-  const [optShared, optHere] = [shared, here].map(({ model }) => new AdamW(model, { lr: 1e-3, maxGradNorm: 0.5 }));
+  const [one, two, here] = [setup(), setup(), setup()]; // three copies of one model
+  const threads = await Threads.start(2, one.model);
+  const { xt, noise, t, labels } = one;
+  const opts = [one, two, here].map(({ model }) => new AdamW(model, { lr: 1e-3, maxGradNorm: 0.5 }));
   try {
-    const first = shared.model.weights.values().next().value!.dataSync();
+    const first = one.model.weights.values().next().value!.dataSync();
     const steps = [[5, true], [5, false], [1, true], [5, true], [5, false]] as const;
     // (1 row: fewer than the threads, one AdamW here; no labels: no label embedding gradient)
-    for (const stepOf of [shared, here]) { // (each model its steps in a row: the workers must keep up with it)
-      for (const [rows, labelled] of steps) {
-        const [x, tr, n, y] = [xt, t, noise, labelled ? labels : null].map((a) => a?.slice(0, rows) ?? null);
-        const args = [x, tr, n, null, y] as [tf.Tensor4D, tf.Tensor1D, tf.Tensor4D, null, tf.Tensor1D | null];
-        if (stepOf === shared) threads.step(shared.model, optShared, ...args).dispose(); // each thread its share
-        else descend(optHere, threads.lossGradients(here.model, ...args)).dispose(); // the gradients summed here
-        tf.dispose([x, tr, n, y].filter((a) => a) as tf.Tensor[]);
+    const batch = ([rows, labelled]: readonly [number, boolean]) =>
+      [xt, t, noise, null, labelled ? labels : null].map((a) => a?.slice(0, rows) ?? null) as [
+        tf.Tensor4D,
+        tf.Tensor1D,
+        tf.Tensor4D,
+        null,
+        tf.Tensor1D | null,
+      ];
+    for (const step of steps) { // two models with their optimizers taking turns on the threads, each its share
+      for (const [i, { model }] of [one, two].entries()) {
+        const args = batch(step);
+        threads.step(model, opts[i], ...args).dispose();
+        tf.dispose(args.filter((a) => a) as tf.Tensor[]);
       }
     }
-    threads.momentsInto(optShared);
+    for (const step of steps) { // the gradients summed here, one AdamW
+      const args = batch(step);
+      descend(opts[2], threads.lossGradients(here.model, ...args)).dispose();
+      tf.dispose(args.filter((a) => a) as tf.Tensor[]);
+    }
+    opts.forEach((o) => threads.momentsInto(o));
     const floats = (o: AdamW) =>
       [...o.model.weights.values(), ...o.m.values(), ...o.v.values()].map((w) => w.dataSync());
-    const [a, b] = [floats(optShared), floats(optHere)], names = [...shared.model.weights.keys()];
+    const [a, b, c] = opts.map(floats), names = [...one.model.weights.keys()];
     const name = (i: number) => names[i % names.length] + ["", " (m)", " (v)"][Math.floor(i / names.length)];
-    a.forEach((w, i) => assert.deepEqual(w, b[i], name(i)));
+    c.forEach((w, i) => {
+      assert.deepEqual(a[i], w, `model 1: ${name(i)}`);
+      assert.deepEqual(b[i], w, `model 2: ${name(i)}`);
+    });
     assert.notDeepEqual(a[0], first); // (the steps did change the weights)
   } finally {
     threads.close();
-    [optShared, optHere].forEach((o) => o.dispose());
-    shared.dispose();
-    here.dispose();
+    opts.forEach((o) => o.dispose());
+    [one, two, here].forEach((m) => m.dispose());
   }
 });
 
