@@ -1,7 +1,7 @@
 // The diffusion process of DDPM (Ho et al. 2020): schedule, forward noising, training timesteps, sampling;
 // beyond the tutorial: DDIM sampling (Song et al. 2021) and the cosine schedule (Nichol & Dhariwal 2021).
 import * as tf from "@tensorflow/tfjs";
-import { nextSeed, type Scalar, type Tensor1D, type Tensor4D } from "./kernels/backend.ts";
+import { nextSeed, paceQueue, type Scalar, type Tensor1D, type Tensor4D } from "./kernels/backend.ts";
 
 /** Anything that predicts the noise ε_θ(x_t, t, y) (the U-Net). */
 export interface NoiseModel {
@@ -16,21 +16,21 @@ export type Sampler = "ddpm" | "ddim";
 /** What the network predicts: the noise ε (the tutorial's), or v = √ᾱ_t·ε - √(1-ᾱ_t)·x_0 (Salimans & Ho 2022). */
 export type Prediction = "eps" | "v";
 
-/** The settings of a Diffusion (the tutorial's defaults: T = 1000, β from 1e-4 to 0.02, 64 px, linear). */
+/** The settings of a Diffusion, named as a run's Config names them (`new Diffusion(config)`); the tutorial's defaults. */
 export interface DiffusionOptions {
-  /** T, the number of diffusion steps. */
+  /** T, the number of diffusion steps. @default 1000 */
   noiseSteps?: number;
-  /** linear schedule only */
+  /** β_1 of the linear schedule. @default 1e-4 */
   betaStart?: number;
-  /** β_T of the linear schedule. */
+  /** β_T of the linear schedule. @default 0.02 */
   betaEnd?: number;
-  /** The side of the (square) images, in pixels. */
-  imgSize?: number;
-  /** linear (the tutorial's) or cosine */
+  /** The side of the (square) images, in pixels. @default 64 */
+  imageSize?: number;
+  /** linear (the tutorial's) or cosine. @default "linear" */
   schedule?: Schedule;
-  /** what the U-Net predicts: eps (the tutorial's) or v */
+  /** What the U-Net predicts: eps (the tutorial's) or v. @default "eps" */
   prediction?: Prediction;
-  /** min-SNR-γ loss weighting (Hang et al. 2023); 0 = plain MSE (the tutorial's) */
+  /** min-SNR-γ loss weighting (Hang et al. 2023); 0 = plain MSE (the tutorial's). @default 0 */
   minSnrGamma?: number;
 }
 
@@ -38,17 +38,17 @@ export interface DiffusionOptions {
 export interface SampleOptions {
   /** one class per image (conditional models) */
   labels?: number[] | null;
-  /** classifier-free guidance; 0 = conditional prediction only */
+  /** Classifier-free guidance scale (the tutorial's 3); 0 = conditional prediction only. @default 3 */
   cfgScale?: number;
-  /** ddpm: Algorithm 2 over all T steps; ddim: Song et al. over `sampleSteps` of them */
+  /** ddpm: Algorithm 2 over all T steps; ddim: Song et al. over `sampleSteps` of them. @default "ddpm" */
   sampler?: Sampler;
-  /** DDIM only: the length of the sub-sequence τ of {0, …, T-1} */
+  /** DDIM only: the length of the sub-sequence τ of {0, …, T-1}. @default 50 */
   sampleSteps?: number;
-  /** DDIM only: η of Eq. 16; 0 = deterministic, 1 = DDPM's posterior variance */
+  /** DDIM only: η of Eq. 16; 0 = deterministic, 1 = DDPM's posterior variance. @default 0 */
   eta?: number;
-  /** the starting noise (default: drawn); not disposed */
+  /** The starting noise x_T (default: drawn); not disposed. */
   xT?: Tensor4D;
-  /** clip the predicted x̂_0 to [-1, 1] at every step (default true), as the DDPM authors' code does */
+  /** Clip the predicted x̂_0 to [-1, 1] at every step, as the DDPM authors' code does. @default true */
   clip?: boolean;
   /** Progress: the remaining step count, x after the step and the x̂_0 it came from (both freed after the call). */
   onStep?: (k: number, x: Tensor4D, x0: Tensor4D) => void | Promise<void>;
@@ -71,14 +71,13 @@ export interface Step {
 export const cosineF = (t: number, T: number, s = 0.008) => Math.cos((t / T + s) / (1 + s) * Math.PI / 2) ** 2;
 
 /**
- * DDPM's diffusion process: the β schedule, q(x_t
- *  x_0) for training, and sampling (Algorithm 2, or DDIM).
+ * DDPM's diffusion process: the β schedule, q(x_t | x_0) for training, and sampling (Algorithm 2, or DDIM).
  * @example Noise a batch, as Algorithm 1 does
  * ```ts
  * import * as tf from "npm:@tensorflow/tfjs@4.22.0";
  * import { Diffusion } from "@ddpm/ddpm";
  *
- * const diffusion = new Diffusion({ noiseSteps: 1000, imgSize: 16 });
+ * const diffusion = new Diffusion({ noiseSteps: 1000, imageSize: 16 });
  * const x0 = tf.zeros([4, 16, 16, 3]) as tf.Tensor4D;
  * const t = diffusion.sampleTimesteps(4);
  * const [xt, noise] = diffusion.noiseImages(x0, t); // x_t and ε
@@ -88,7 +87,7 @@ export class Diffusion {
   /** T, the number of diffusion steps. */
   readonly noiseSteps: number;
   /** The side of the images, in pixels. */
-  readonly imgSize: number;
+  readonly imageSize: number;
   /** The β schedule: linear or cosine. */
   readonly schedule: Schedule;
   /** what the U-Net predicts: ε or v */
@@ -111,7 +110,7 @@ export class Diffusion {
       noiseSteps = 1000,
       betaStart = 1e-4,
       betaEnd = 0.02,
-      imgSize = 64,
+      imageSize = 64,
       schedule = "linear",
       prediction = "eps",
       minSnrGamma = 0,
@@ -122,7 +121,7 @@ export class Diffusion {
     this.prediction = prediction;
     this.minSnrGamma = minSnrGamma;
     this.noiseSteps = noiseSteps;
-    this.imgSize = imgSize;
+    this.imageSize = imageSize;
     this.schedule = schedule;
     const T = noiseSteps;
     // Index i holds step t = i + 1 of the papers. Cosine: β_t = min(1 - ᾱ_t/ᾱ_{t-1}, 0.999), below Eq. 17.
@@ -144,8 +143,8 @@ export class Diffusion {
   /** Eq. 4: x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε, ε ~ N(0, I). Returns [x_t, ε]. */
   noiseImages(x: Tensor4D, t: Tensor1D): [Tensor4D, Tensor4D] {
     return tf.tidy(() => {
-      const sqrtAlphaHat = tf.gather(this.sqrtAlphaHat, t).reshape([-1, 1, 1, 1]);
-      const sqrtOneMinusAlphaHat = tf.gather(this.sqrtOneMinusAlphaHat, t).reshape([-1, 1, 1, 1]);
+      const sqrtAlphaHat = extract(this.sqrtAlphaHat, t);
+      const sqrtOneMinusAlphaHat = extract(this.sqrtOneMinusAlphaHat, t);
       const eps = tf.randomNormal(x.shape, 0, 1, "float32", nextSeed()) as tf.Tensor4D;
       return [sqrtAlphaHat.mul(x).add(sqrtOneMinusAlphaHat.mul(eps)), eps];
     });
@@ -164,8 +163,8 @@ export class Diffusion {
   /** Salimans & Ho 2022, section 4: v = √ᾱ_t·ε - √(1-ᾱ_t)·x_0 (their α_t·ε - σ_t·x). */
   velocity(x0: Tensor4D, noise: Tensor4D, t: Tensor1D): Tensor4D {
     return tf.tidy(() => {
-      const sqrtAlphaHat = tf.gather(this.sqrtAlphaHat, t).reshape([-1, 1, 1, 1]);
-      const sqrtOneMinusAlphaHat = tf.gather(this.sqrtOneMinusAlphaHat, t).reshape([-1, 1, 1, 1]);
+      const sqrtAlphaHat = extract(this.sqrtAlphaHat, t);
+      const sqrtOneMinusAlphaHat = extract(this.sqrtOneMinusAlphaHat, t);
       return sqrtAlphaHat.mul(noise).sub(sqrtOneMinusAlphaHat.mul(x0)) as Tensor4D;
     });
   }
@@ -195,8 +194,8 @@ export class Diffusion {
       const cond = model.forward(x, t, labels);
       const out = !labels || cfgScale <= 0 ? cond : lerp(model.forward(x, t, null), cond, cfgScale); // ε_u + s·(ε_c - ε_u)
       if (this.prediction === "eps") return out;
-      const sqrtAlphaHat = tf.gather(this.sqrtAlphaHat, t).reshape([-1, 1, 1, 1]);
-      const sqrtOneMinusAlphaHat = tf.gather(this.sqrtOneMinusAlphaHat, t).reshape([-1, 1, 1, 1]);
+      const sqrtAlphaHat = extract(this.sqrtAlphaHat, t);
+      const sqrtOneMinusAlphaHat = extract(this.sqrtOneMinusAlphaHat, t);
       return sqrtAlphaHat.mul(out).add(sqrtOneMinusAlphaHat.mul(x)) as tf.Tensor4D;
     });
   }
@@ -270,19 +269,20 @@ export class Diffusion {
    * Returns x_0, NHWC floats (the caller disposes it).
    */
   async sampleX0(model: NoiseModel, n: number, opts: SampleOptions = {}): Promise<Tensor4D> {
-    const { labels = null, sampler = "ddpm", sampleSteps = 50, eta = 0, xT, onStep } = opts;
+    const { labels = null, cfgScale = 3, sampler = "ddpm", sampleSteps = 50, eta = 0, clip = true } = opts;
     if (sampler !== "ddpm" && sampler !== "ddim") throw new RangeError(`unknown sampler ${sampler}`);
     if (!(eta >= 0)) throw new RangeError(`eta must be ≥ 0, got ${eta}`);
     const tau = sampler === "ddim" ? this.ddimTimesteps(sampleSteps) : [...this.alpha.keys()]; // the indices i
     const y = labels ? tf.tensor1d(labels, "int32") : null;
-    const s = this.imgSize;
-    let x = xT ? xT.clone() : tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D; // x_T
+    const s = this.imageSize;
+    let x = opts.xT?.clone() ?? tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D; // x_T
     try {
       for (let k = tau.length - 1; k >= 0; k--) { // t = T, …, 1 (DDIM: the sub-sequence τ, backwards)
-        const [next, x0] = tf.tidy(() => this.reverseStep(model, x, tau[k], tau[k - 1] ?? -1, y, opts));
+        const step = { cfgScale, sampler, eta, clip };
+        const [next, x0] = tf.tidy(() => this.reverseStep(model, x, tau[k], tau[k - 1] ?? -1, y, step));
         x.dispose();
         x = next;
-        await afterStep(k, x, x0, onStep);
+        await afterStep(k, x, x0, opts.onStep);
       }
       return x;
     } catch (e) { // given up (a stopped run): free what the loop holds
@@ -294,12 +294,14 @@ export class Diffusion {
   }
 
   /** Algorithm 2, lines 3-4 (or DDIM) from index i to prev: x_prev = mean + σ·z, z ~ N(0, I); and its x̂_0. */
-  private reverseStep(model: NoiseModel, x: Tensor4D, i: number, prev: number, y: Tensor1D | null, {
-    cfgScale = 3,
-    sampler = "ddpm",
-    eta = 0,
-    clip = true,
-  }: SampleOptions): [Tensor4D, Tensor4D] {
+  private reverseStep(
+    model: NoiseModel,
+    x: Tensor4D,
+    i: number,
+    prev: number,
+    y: Tensor1D | null,
+    { cfgScale, sampler, eta, clip }: Required<Pick<SampleOptions, "cfgScale" | "sampler" | "eta" | "clip">>,
+  ): [Tensor4D, Tensor4D] {
     const t = tf.fill([x.shape[0]], i, "int32") as tf.Tensor1D;
     const eps = this.predictNoise(model, x, t, y, cfgScale);
     const { mean, sigma, x0 } = sampler === "ddim"
@@ -315,18 +317,36 @@ export class Diffusion {
   }
 }
 
-/** After a reverse step: the caller's onStep (x̂_0 freed after it), and every 50 steps a wait for the backend's queue. */
+/** After a reverse step: the caller's onStep (x̂_0 freed after it), then the backend's turn (kernels/backend.ts). */
 async function afterStep(k: number, x: Tensor4D, x0: Tensor4D, onStep: SampleOptions["onStep"]) {
   try {
     await onStep?.(k, x, x0);
   } finally {
     x0.dispose();
   }
-  if (k % 50 === 0) await x.data(); // (WebGPU would otherwise queue every step before running one)
+  await paceQueue(k, x);
 }
+
+/** lucidrains' `extract`: the values of a per-step table at each image's step t, as [batch, 1, 1, 1]. */
+const extract = (table: Tensor1D, t: Tensor1D) => tf.gather(table, t).reshape([-1, 1, 1, 1]) as Tensor4D;
 
 /** a + s·(b - a). */
 const lerp = (a: Tensor4D, b: Tensor4D, s: number) => a.add(b.sub(a).mul(s)) as Tensor4D;
+
+/**
+ * Algorithm 1, line 5 (Eq. 14, L_simple): ‖target - ε_θ(x_t, t, y)‖², each image's mean weighted by w_t (min-SNR-γ;
+ * null: the plain MSE, the tutorial's). The target is Diffusion.target's: ε, or v.
+ */
+export function simpleLoss(
+  model: NoiseModel,
+  xt: Tensor4D,
+  t: Tensor1D,
+  target: Tensor4D,
+  lossWeights: Tensor1D | null,
+  labels: Tensor1D | null,
+): Scalar {
+  return weightedMse(target, model.forward(xt, t, labels), lossWeights);
+}
 
 /** ‖target - prediction‖²: the mean over each image weighted by `weights` (null: the plain mean, MSE). */
 export function weightedMse(target: Tensor4D, prediction: Tensor4D, weights: Tensor1D | null): Scalar {

@@ -9,7 +9,7 @@
  * await setBackend("wasm");
  * await train({ ...DEFAULTS, imageSize: 16, width: 16, epochs: 1, count: 64, name: "first" }); // runs/first
  * const model = new UNet({ width: 16 }); // (untrained: noise; loadRun gives a trained one)
- * const diffusion = new Diffusion({ noiseSteps: 1000, imgSize: 16 });
+ * const diffusion = new Diffusion({ noiseSteps: 1000, imageSize: 16 });
  * const pixels = await diffusion.sample(model, 4, { sampler: "ddim", sampleSteps: 50 }); // NHWC bytes
  * await saveGrid("grid.png", pixels, 4, 16);
  * ```
@@ -37,6 +37,7 @@ export {
   type SampleOptions,
   type Sampler,
   type Schedule,
+  simpleLoss,
   type Step,
   toUint8,
   weightedMse,

@@ -93,6 +93,14 @@ export async function setBackend(name: BackendName, log = console.log): Promise<
   throw new Error("no tfjs backend could be set");
 }
 
+/**
+ * A sampler's pause after step k: every 50 steps a wait for x, so that a GPU backend (WebGPU, WebGL) runs the steps
+ * queued so far instead of queueing every step of a sample before it runs one.
+ */
+export async function paceQueue(k: number, x: Tensor): Promise<void> {
+  if (k % 50 === 0) await x.data();
+}
+
 // ------------------------------------------------------------------ seeding
 
 /** Uniform random numbers in [0, 1). */

@@ -7,7 +7,7 @@
 // synchronous, as tfjs's own ops are. This file is also the workers' script (new Worker(import.meta.url)).
 import * as tf from "@tensorflow/tfjs";
 import { type Scalar, setBackend, type Tensor, type Tensor1D, type Tensor4D } from "../kernels/backend.ts";
-import { type NoiseModel, weightedMse } from "../diffusion.ts";
+import { type NoiseModel, simpleLoss } from "../diffusion.ts";
 import { type AdamWStep, fusedAdamW } from "../kernels/fused.ts";
 import { clipScale, sumsOfSquares } from "../kernels/fused_wasm.ts";
 import { type Module, UNet, type UNetOptions } from "../modules.ts";
@@ -16,10 +16,7 @@ import type { AdamW } from "./adamw.ts";
 /** A step's loss and the gradients of its weights, by name. */
 export type LossGradients = { value: Scalar; grads: Map<string, Tensor> };
 
-/**
- * The loss of Algorithm 1, ‖target - ε_θ(x_t, t)‖² (each image's mean, weighted by `lossWeights` if given: weightedMse),
- * and its gradients by weight name, times `share`.
- */
+/** The loss of Algorithm 1 (diffusion.ts's simpleLoss) and its gradients by weight name, times `share`. */
 export function lossGradients(
   model: UNet,
   xt: Tensor4D,
@@ -31,7 +28,7 @@ export function lossGradients(
 ): LossGradients {
   const weights = [...model.weights.values()];
   const { value, grads } = tf.variableGrads(() => {
-    const loss = weightedMse(target, model.forward(xt, t, labels), lossWeights);
+    const loss = simpleLoss(model, xt, t, target, lossWeights, labels);
     return share === 1 ? loss : loss.mul(share);
   }, weights);
   // (a weight the step did not use has none: the label embedding on an unconditional step)
