@@ -43,14 +43,13 @@ export async function train(
   options: TrainOptions = {},
 ): Promise<{ runDir: string; step: number; losses: number[] }> {
   const run = await Run.start(config, options); // the run's folder and data; on resume, its saved config
-  const { imageSize, width, removeDeepConv, emaBeta, emaStart } = run.config;
-  const { lr, warmupSteps, lrDecay, maxGradNorm, noiseSteps, schedule, prediction, minSnrGamma } = run.config;
+  const { imageSize, emaBeta, emaStart, lr, warmupSteps, lrDecay, maxGradNorm } = run.config;
   const numClasses = run.config.conditional ? run.data.classes.length : 0;
-  const model = run.pretrained ?? new UNet({ width, numClasses, removeDeepConv }); // (--weights: the file's model)
-  const emaModel = emaBeta > 0 ? new UNet({ width, numClasses, removeDeepConv }) : null;
+  const model = run.pretrained ?? new UNet({ ...run.config, numClasses }); // (--weights: the file's model)
+  const emaModel = emaBeta > 0 ? new UNet({ ...run.config, numClasses }) : null;
   const decaySteps = lrDecay === "cosine" ? run.totalSteps : 0; // (the tutorial's lr is constant)
   const opt = new AdamW(model, { lr, warmupSteps, decaySteps, maxGradNorm });
-  const diffusion = new Diffusion({ noiseSteps, imgSize: imageSize, schedule, prediction, minSnrGamma });
+  const diffusion = new Diffusion(run.config);
   const ema = new EMA(emaBeta);
   try {
     if (emaModel) ema.resetParameters(emaModel, model); // ema_model = copy.deepcopy(model)

@@ -11,6 +11,7 @@ import { Diffusion } from "../diffusion.ts";
 import { EMA } from "../ema.ts";
 import { UNet } from "../modules.ts";
 import { AdamW } from "../run/adamw.ts";
+import { DEFAULTS } from "../run/config.ts";
 import { trainStep } from "../train.ts";
 import { threadCount, Threads } from "../run/threads.ts";
 
@@ -145,10 +146,11 @@ async function main() {
   if (a["gpu-time"]) timePasses();
   const backend = await setBackend(a.backend as BackendName, (s) => console.error(s));
   setSeed(0);
-  const model = new UNet({ width, numClasses: classes });
-  const emaModel = a.ema ? new UNet({ width, numClasses: classes }) : null;
+  const config = { ...DEFAULTS, imageSize, width }; // the tutorial's, at this size and width
+  const model = new UNet({ ...config, numClasses: classes });
+  const emaModel = a.ema ? new UNet({ ...config, numClasses: classes }) : null;
   const ema = new EMA();
-  const diffusion = new Diffusion({ imgSize: imageSize });
+  const diffusion = new Diffusion(config);
   const opt = new AdamW(model, { lr: 3e-4 });
   const x0 = tf.randomUniform([batch, imageSize, imageSize, 3], -1, 1) as tf.Tensor4D;
   const labels = classes > 0 ? tf.randomUniformInt([batch], 0, classes) as tf.Tensor1D : null;

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { type BackendName, mulberry32, setBackend, setSeed } from "../kernels/backend.ts";
 import { assignWeights, saveWeights } from "../weights/checkpoint.ts";
 import { loadFile, loadRun, readState, type RunState } from "../run/trained.ts";
-import { type Config, DEFAULTS, gridSampling, loadRunData, newDiffusion } from "../run/config.ts";
+import { type Config, DEFAULTS, gridSampling, loadRunData } from "../run/config.ts";
 import {
   Classifier,
   classify,
@@ -119,11 +119,11 @@ async function sampleChunks(
   labels: number[] | null,
   opts: SampleSettings,
 ) {
-  const out = new Uint8Array(n * diffusion.imgSize ** 2 * 3);
+  const out = new Uint8Array(n * diffusion.imageSize ** 2 * 3);
   for (let s = 0; s < n; s += 256) {
     const m = Math.min(256, n - s);
     const px = await diffusion.sample(model, m, { ...opts, labels: labels?.slice(s, s + m) ?? null });
-    out.set(px, s * diffusion.imgSize ** 2 * 3);
+    out.set(px, s * diffusion.imageSize ** 2 * 3);
   }
   return out;
 }
@@ -264,7 +264,7 @@ export async function evaluate(o: EvalOptions) {
   const d = clf.featureDim;
   const realFeatures = (await classify(clf, real, task)).features;
 
-  const diffusion = newDiffusion(config);
+  const diffusion = new Diffusion(config);
   const threadsUsed = threadCount(tf.getBackend(), o.threads ?? DEFAULTS.threads);
   const threads = threadsUsed > 1 ? await Threads.start(threadsUsed, model) : null; // the samples' rows shared
   const on = (net: UNet): NoiseModel => threads?.noiseModel(net) ?? net;

@@ -77,7 +77,7 @@ async function loadModel(): Promise<{ state: RunState; model: UNet; weights: str
     state = await (await fetchOk(`${dir}/state.json`)).json();
   }
   const c = state.config, weights = c.emaBeta > 0 ? "ema.bin" : "model.bin", path = `${dir}/${weights}`;
-  const model = new UNet({ width: c.width, numClasses: c.conditional ? state.classes.length : 0 });
+  const model = new UNet({ ...c, numClasses: c.conditional ? state.classes.length : 0 });
   assignTensors(path, model.weights, parseWeights(new Uint8Array(await (await fetchOk(path)).arrayBuffer()), path));
   return { state, model, weights: weights === "ema.bin" ? "EMA" : "model" };
 }
@@ -124,7 +124,7 @@ const fmt = (v: number) =>
 
 /** Part 1: a training image, a fixed ε and the slider over t (t = 0 is x_0 itself; index t - 1 of the code). */
 function forwardView(diffusion: Diffusion, data: tf.Tensor4D) {
-  const s = diffusion.imgSize, big = Math.max(1, Math.floor(192 / s));
+  const s = diffusion.imageSize, big = Math.max(1, Math.floor(192 / s));
   let chosen = 0, epsSeed = 1;
   const thumbs = Array.from({ length: data.shape[0] }, (_, i) => {
     const cv = document.createElement("canvas");
@@ -163,7 +163,7 @@ function forwardView(diffusion: Diffusion, data: tf.Tensor4D) {
 
 /** Part 2: "Sample" runs Diffusion.sampleX0 step by step, drawing x_t and x̂_0; the scrubber replays the steps. */
 function reverseView(diffusion: Diffusion, model: UNet, state: RunState) {
-  const s = diffusion.imgSize, T = diffusion.noiseSteps, k = model.numClasses;
+  const s = diffusion.imageSize, T = diffusion.noiseSteps, k = model.numClasses;
   if (k) {
     $("cond").hidden = false;
     $("label").innerHTML = state.classes.map((c, i) => `<option value="${i}">${c}</option>`).join("");
@@ -234,12 +234,7 @@ async function main() {
   view.backend = await startBackend();
   const { state, model, weights } = await loadModel();
   const c = state.config;
-  const diffusion = new Diffusion({
-    noiseSteps: c.noiseSteps,
-    imgSize: c.imageSize,
-    schedule: c.schedule,
-    prediction: c.prediction, // (runs saved before v-prediction have none: ε)
-  });
+  const diffusion = new Diffusion(c);
   $("backend").textContent = `live parts: tfjs ${tf.version.tfjs} on ${view.backend}, ${weights} weights ` +
     `(${model.parameterCount.toLocaleString("en")} parameters)`;
   document.body.classList.add("ready");

@@ -3,8 +3,8 @@ import { dirname, join } from "node:path";
 import { type BackendName, setBackend, setSeed } from "../kernels/backend.ts";
 import { saveWeights } from "../weights/checkpoint.ts";
 import { loadFile, loadRun } from "../run/trained.ts";
-import { DEFAULTS, gridSampling, newDiffusion } from "../run/config.ts";
-import { type Sampler, toUint8 } from "../diffusion.ts";
+import { DEFAULTS, gridSampling } from "../run/config.ts";
+import { Diffusion, type Sampler, toUint8 } from "../diffusion.ts";
 import { helpText, numberFlag, readFlags, runCli, runFolder, UsageError } from "../run/cli.ts";
 import { stepProgress } from "../run/progress.ts";
 import { saveGrid } from "../utils.ts";
@@ -81,7 +81,7 @@ async function main() {
     labels = Array.from({ length: k * perClass }, (_, i) => Math.floor(i / perClass));
   }
   const n = labels?.length ?? o.n ?? DEFAULTS.nSamples;
-  const diffusion = newDiffusion(config);
+  const diffusion = new Diffusion(config);
   const sampler = o.sampler ?? config.sampler ?? DEFAULTS.sampler, grid = gridSampling(config); // as the run's grids
   const sampleSteps = numberFlag("sample-steps", o.sampleSteps, 1, config.noiseSteps) ?? grid.sampleSteps;
   const t0 = performance.now(), progress = stepProgress(diffusion.stepCount(sampler, sampleSteps), "sampling");

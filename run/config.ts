@@ -1,7 +1,6 @@
 // A run's settings: the Config, its DEFAULTS (the tutorial's), the PRESETS (the tutorial's two runs and a CPU demo),
-// and the objects a config describes (the U-Net, the Diffusion, the data).
-import { Diffusion, type Prediction, type Sampler, type Schedule } from "../diffusion.ts";
-import { UNet } from "../modules.ts";
+// and the data a config describes. Its U-Net is `new UNet({ ...config, numClasses })`, its `new Diffusion(config)`.
+import type { Prediction, Sampler, Schedule } from "../diffusion.ts";
 import { loadDataset } from "../utils.ts";
 import type { BackendName } from "../kernels/backend.ts";
 
@@ -179,19 +178,6 @@ export const DEFAULTS: Config = {
   emaStart: 2000,
   count: 0,
 };
-
-/** The (untrained) U-Net that a run's config describes. */
-export const newUNet = (config: Config, numClasses: number) =>
-  new UNet({ width: config.width, numClasses, removeDeepConv: config.removeDeepConv });
-
-/** The Diffusion that a run's config describes (runs saved before an option have none: the tutorial's). */
-export const newDiffusion = (
-  { noiseSteps, imageSize, schedule, prediction, minSnrGamma }: Pick<Config, "noiseSteps" | "imageSize"> & {
-    schedule?: Schedule;
-    prediction?: Prediction;
-    minSnrGamma?: number;
-  },
-) => new Diffusion({ noiseSteps, imgSize: imageSize, schedule, prediction, minSnrGamma });
 
 /** The data set of a run's config, as its training loads it. */
 export const loadRunData = (

@@ -3,8 +3,8 @@ import { join } from "node:path";
 import { assignWeights, findCheckpoint } from "../weights/checkpoint.ts";
 import { loadTorchModel, torchFileMetadata } from "../weights/pytorch.ts";
 import { CheckpointError } from "../weights/weights.ts";
-import { type Config, DEFAULTS, newUNet } from "./config.ts";
-import type { UNet } from "../modules.ts";
+import { type Config, DEFAULTS } from "./config.ts";
+import { UNet } from "../modules.ts";
 
 /** What a run keeps between sessions, beside the weights. */
 export interface RunState {
@@ -47,7 +47,7 @@ export async function loadRun(runDir: string, ema = false): Promise<Trained> {
     throw new CheckpointError(`${runDir} was trained without EMA (--ema-beta 0)`);
   }
   const state = await readState(runDir, ["state.json", file]);
-  const model = newUNet(state.config, state.config.conditional ? state.classes.length : 0);
+  const model = new UNet({ ...state.config, numClasses: state.config.conditional ? state.classes.length : 0 });
   try {
     assignWeights(join(state.dir!, file), model.weights);
   } catch (e) {

@@ -20,7 +20,7 @@ Deno.test("ᾱ_t is the running product of 1 - β_t, β linear from 1e-4 to 0.02
 
 Deno.test("q(x_t|x_0) has mean √ᾱ_t·x_0 and variance 1-ᾱ_t (Eq. 4) over many draws", async () => {
   setSeed(1);
-  const d = new Diffusion({ imgSize: 8 });
+  const d = new Diffusion({ imageSize: 8 });
   for (const step of [0, 250, 999]) {
     const x0 = tf.fill([500, 8, 8, 3], 0.7) as tf.Tensor4D;
     const t = tf.fill([500], step, "int32") as tf.Tensor1D;
@@ -61,7 +61,7 @@ const fakeModel: NoiseModel = {
 };
 
 Deno.test("classifier-free guidance: lerp from the unconditional to the conditional prediction", async () => {
-  const d = new Diffusion({ imgSize: 8 });
+  const d = new Diffusion({ imageSize: 8 });
   const x = tf.zeros([2, 8, 8, 3]) as tf.Tensor4D;
   const t = tf.tensor1d([5, 5], "int32");
   const y = tf.tensor1d([0, 2], "int32"); // conditional predictions 1 and 3, unconditional -0.5
@@ -80,7 +80,7 @@ Deno.test("classifier-free guidance: lerp from the unconditional to the conditio
 Deno.test("Algorithm 2 at t = 1 (T = 1, no noise) by hand; sampling is repeatable with a seed", async () => {
   // With ε_θ = 0 the chain is x_{t-1} = x_t/√α_t + √β_t·z: the final image depends only on the seed.
   const zero: NoiseModel = { forward: (x) => tf.zerosLike(x) };
-  const d = new Diffusion({ imgSize: 8, noiseSteps: 5 });
+  const d = new Diffusion({ imageSize: 8, noiseSteps: 5 });
   setSeed(42);
   const a = await d.sample(zero, 3, { cfgScale: 0 });
   setSeed(42);
@@ -92,7 +92,7 @@ Deno.test("Algorithm 2 at t = 1 (T = 1, no noise) by hand; sampling is repeatabl
   assert.deepEqual(a, b);
   assert.notDeepEqual(a, c);
   // One step by hand from x_T = 0-noise: noiseSteps 1 means x_0 = (x_T - (1-α)/√(1-ᾱ)·ε)/√α with no noise added.
-  const one = new Diffusion({ imgSize: 8, noiseSteps: 1, betaStart: 0.02, betaEnd: 0.02 });
+  const one = new Diffusion({ imageSize: 8, noiseSteps: 1, betaStart: 0.02, betaEnd: 0.02 });
   const half: NoiseModel = { forward: (x) => x.mul(0.5) }; // ε = x/2 → x_0 = x·(1 - 0.02/√0.02·0.5)/√0.98
   setSeed(7);
   const out = await one.sample(half, 1, { cfgScale: 0 });
@@ -106,7 +106,7 @@ Deno.test("Algorithm 2 at t = 1 (T = 1, no noise) by hand; sampling is repeatabl
 });
 
 Deno.test("Algorithm 2 at t > 1: x_{t-1} = (x_t - (1-α_t)/√(1-ᾱ_t)·ε_θ)/√α_t + σ_t·z, σ_t = √β_t", async () => {
-  const d = new Diffusion({ imgSize: 8, noiseSteps: 5 });
+  const d = new Diffusion({ imageSize: 8, noiseSteps: 5 });
   const half: NoiseModel = { forward: (x) => x.mul(0.5) }; // ε_θ(x_t, t) = x_t/2
   const steps: Float32Array[] = [];
   setSeed(11);
@@ -165,7 +165,7 @@ Deno.test("DDIM sub-sequence τ: evenly spaced from T-1 down to 0; all T steps w
 Deno.test("DDIM with all T steps and η = 1 is the DDPM step with σ_t² = β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t)·β_t", async () => {
   setSeed(3);
   for (const schedule of ["linear", "cosine"] as const) {
-    const d = new Diffusion({ imgSize: 4, schedule });
+    const d = new Diffusion({ imageSize: 4, schedule });
     const x = tf.randomNormal([2, 4, 4, 3], 0, 1, "float32", 11) as tf.Tensor4D;
     const eps = tf.randomNormal([2, 4, 4, 3], 0, 1, "float32", 12) as tf.Tensor4D; // a fake model's ε_θ
     for (const i of [0, 1, 10, 500, 998, 999]) {
@@ -193,7 +193,7 @@ const xtModel: NoiseModel = {
 };
 
 Deno.test("DDIM η = 0 is deterministic given x_T; η = 1 and DDPM draw noise from the seed", async () => {
-  const d = new Diffusion({ imgSize: 8, noiseSteps: 100 });
+  const d = new Diffusion({ imageSize: 8, noiseSteps: 100 });
   const xT = tf.randomNormal([3, 8, 8, 3], 0, 1, "float32", 5) as tf.Tensor4D;
   const run = (seed: number, opts: Parameters<Diffusion["sample"]>[2]) => {
     setSeed(seed);
@@ -213,7 +213,7 @@ Deno.test("DDIM η = 0 is deterministic given x_T; η = 1 and DDPM draw noise fr
 
 Deno.test("DDIM's last step is x̂_0 of Eq. 12, with classifier-free guidance; same as DDPM's last step", async () => {
   // One step from x_T = 0: x_0 = (x_T - √(1-ᾱ)·ε)/√ᾱ = -√(0.02/0.98)·ε, ε = ε_u + s·(ε_c - ε_u) of fakeModel.
-  const d = new Diffusion({ imgSize: 8, noiseSteps: 1, betaStart: 0.02, betaEnd: 0.02 });
+  const d = new Diffusion({ imageSize: 8, noiseSteps: 1, betaStart: 0.02, betaEnd: 0.02 });
   const xT = tf.zeros([2, 8, 8, 3]) as tf.Tensor4D;
   const epsCfg = [-0.5 + 0.5 * 1.5, -0.5 + 0.5 * 3.5]; // cfgScale 0.5, labels 0 and 2: conditional 1 and 3
   const expected = epsCfg.map((e) => Math.round((-Math.sqrt(0.02 / 0.98) * e + 1) * 127.5));
@@ -227,7 +227,7 @@ Deno.test("DDIM's last step is x̂_0 of Eq. 12, with classifier-free guidance; s
 });
 
 Deno.test("sample() leaks no tensors with DDIM, and refuses bad options", async () => {
-  const d = new Diffusion({ imgSize: 8, noiseSteps: 20 });
+  const d = new Diffusion({ imageSize: 8, noiseSteps: 20 });
   setSeed(0);
   await d.sample(xtModel, 2, { sampler: "ddim", sampleSteps: 5, eta: 0.5, cfgScale: 0 }); // warm-up
   const before = tf.memory().numTensors;
@@ -240,7 +240,7 @@ Deno.test("sample() leaks no tensors with DDIM, and refuses bad options", async 
 });
 
 Deno.test("clipping x̂_0: the DDPM mean is Eq. 7's posterior mean of the clipped x̂_0, and unchanged in range", async () => {
-  const d = new Diffusion({ imgSize: 4, noiseSteps: 100 });
+  const d = new Diffusion({ imageSize: 4, noiseSteps: 100 });
   const i = 40, [a, ah, b, ahPrev] = [d.alpha[40], d.alphaHat[40], d.beta[40], d.alphaHat[39]];
   const x = tf.tensor4d([0.3, -2.5, 4, 0.1], [1, 2, 2, 1]), eps = tf.tensor4d([0.2, -0.1, 0.05, 0.4], [1, 2, 2, 1]);
   const x0 = await d.predictX0(x, eps, i, { clip: false }).data();
@@ -263,7 +263,7 @@ Deno.test("clipping x̂_0: the DDPM mean is Eq. 7's posterior mean of the clippe
 });
 
 Deno.test("onStep sees each x_t and its x̂_0 (Eq. 15); sampleX0 returns the floats sample() rounds", async () => {
-  const d = new Diffusion({ imgSize: 8, noiseSteps: 50 });
+  const d = new Diffusion({ imageSize: 8, noiseSteps: 50 });
   const xT = tf.randomNormal([2, 8, 8, 3], 0, 1, "float32", 3) as tf.Tensor4D;
   const seen: { k: number; x: Float32Array; x0: Float32Array }[] = [];
   const opts = { cfgScale: 0, xT, sampler: "ddim", sampleSteps: 5, eta: 0 } as const;
@@ -291,7 +291,7 @@ Deno.test("onStep sees each x_t and its x̂_0 (Eq. 15); sampleX0 returns the flo
 });
 
 // T = 2 with β = (0.2, 0.6): ᾱ = (0.8, 0.32), SNR = ᾱ/(1-ᾱ) = (4, 8/17).
-const small = (o = {}) => new Diffusion({ noiseSteps: 2, betaStart: 0.2, betaEnd: 0.6, imgSize: 2, ...o });
+const small = (o = {}) => new Diffusion({ noiseSteps: 2, betaStart: 0.2, betaEnd: 0.6, imageSize: 2, ...o });
 const near = (a: ArrayLike<number>, b: number[], tol = 1e-6) =>
   assert.ok(b.every((x, i) => Math.abs(a[i] - x) < tol), `${Array.from(a)} vs ${b}`);
 

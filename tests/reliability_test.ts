@@ -42,7 +42,7 @@ Deno.test("memory: numTensors and bytes are flat over 200 steps and sampling; 10
   setSeed(0);
   const model = new UNet({ width: 4 });
   const opt = new AdamW(model);
-  const diffusion = new Diffusion({ imgSize: 8 });
+  const diffusion = new Diffusion({ imageSize: 8 });
   const x0 = tf.randomUniform([2, 8, 8, 3], -1, 1) as tf.Tensor4D;
   const counts: [number, number][] = [];
   for (let step = 1; step <= 200; step++) {

@@ -67,7 +67,7 @@ Deno.test("2 threads: two training steps (AdamW included) track the 1-thread one
     const { model, xt, noise, labels, dispose } = setup();
     noise.dispose(); // (trainStep draws its own)
     const threads = count > 1 ? await Threads.start(count, model) : null;
-    const opt = new AdamW(model, { lr: 1e-3 }), diffusion = new Diffusion({ imgSize: 16, noiseSteps: 1000 });
+    const opt = new AdamW(model, { lr: 1e-3 }), diffusion = new Diffusion({ imageSize: 16, noiseSteps: 1000 });
     setSeed(7); // the same t and ε for both
     const run = [];
     for (let i = 0; i < 3; i++) {

@@ -13,7 +13,7 @@ Deno.test("trainStep is Algorithm 1: the MSE of ε at the drawn t, then one Adam
   const model = new UNet({ width: 8 });
   const lr = 1e-3, weightDecay = 0.01;
   const opt = new AdamW(model, { lr, weightDecay });
-  const diffusion = new Diffusion({ imgSize: 16 });
+  const diffusion = new Diffusion({ imageSize: 16 });
   const x0 = tf.randomUniform([3, 16, 16, 3], -1, 1, "float32", 1) as tf.Tensor4D;
   setSeed(5); // by hand: t ~ U{0..T-1}, ε ~ N(0, I), x_t (Eq. 4), ‖ε - ε_θ(x_t, t)‖² and its gradient
   const t = diffusion.sampleTimesteps(3);
@@ -41,7 +41,7 @@ Deno.test("overfit: trainStep on a fixed batch of a tiny model lowers its loss",
   setSeed(0);
   const model = new UNet({ width: 8 });
   const opt = new AdamW(model, { lr: 2e-3 });
-  const diffusion = new Diffusion({ imgSize: 16, noiseSteps: 100 });
+  const diffusion = new Diffusion({ imageSize: 16, noiseSteps: 100 });
   const x0 = tf.randomUniform([4, 16, 16, 3], -1, 1, "float32", 1) as tf.Tensor4D;
   const losses: number[] = [];
   for (let i = 0; i < 60; i++) {
@@ -62,7 +62,7 @@ Deno.test("no tensor leak: tf.memory().numTensors after step 10 equals after ste
   setSeed(0);
   const model = new UNet({ width: 8, numClasses: 2 });
   const opt = new AdamW(model);
-  const diffusion = new Diffusion({ imgSize: 16 });
+  const diffusion = new Diffusion({ imageSize: 16 });
   const x0 = tf.randomUniform([2, 16, 16, 3], -1, 1) as tf.Tensor4D;
   const y = tf.tensor1d([0, 1], "int32");
   let after2 = 0;
@@ -82,7 +82,7 @@ Deno.test("no tensor leak: tf.memory().numTensors after step 10 equals after ste
 Deno.test("sampling a tiny model: shape, dtype, range, and the same seed gives the same images", async () => {
   setSeed(3);
   const model = new UNet({ width: 8, numClasses: 2 });
-  const diffusion = new Diffusion({ imgSize: 16, noiseSteps: 8 });
+  const diffusion = new Diffusion({ imageSize: 16, noiseSteps: 8 });
   const before = tf.memory().numTensors;
   const draw = async (seed: number) => {
     setSeed(seed);
