@@ -2,16 +2,16 @@
  * DDPM (Ho et al. 2020) from scratch on tfjs: the tutorial's U-Net, the diffusion process, its training loop, and
  * PyTorch's files.
  *
- * @example Train a small model; sample a grid
+ * @example Train a short run of the CPU demo's recipe; sample a grid as its grids sample
  * ```ts
- * import { DEFAULTS, Diffusion, saveGrid, setBackend, train, UNet } from "@ddpm/ddpm";
+ * import { DEFAULTS, Diffusion, loadRun, PRESETS, saveGrid, setBackend, train } from "@ddpm/ddpm";
  *
  * await setBackend("wasm");
- * await train({ ...DEFAULTS, imageSize: 16, width: 16, epochs: 1, count: 64, name: "first" }); // runs/first
- * const model = new UNet({ width: 16 }); // (untrained: noise; loadRun gives a trained one)
- * const diffusion = new Diffusion({ noiseSteps: 1000, imageSize: 16 });
- * const pixels = await diffusion.sample(model, 4, { sampler: "ddim", sampleSteps: 50 }); // NHWC bytes
- * await saveGrid("grid.png", pixels, 4, 16);
+ * const { runDir } = await train({ ...DEFAULTS, ...PRESETS.demo, name: "short", maxSteps: 200 }); // runs/short
+ * const { model, config } = await loadRun(runDir, true); // its EMA weights, and its settings
+ * const diffusion = new Diffusion(config); // its T, schedule, prediction and image size
+ * const pixels = await diffusion.sample(model, 16, config); // NHWC bytes: its sampler, steps, η and clipping
+ * await saveGrid("grid.png", pixels, 16, config.imageSize);
  * ```
  *
  * @module
