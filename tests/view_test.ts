@@ -1,6 +1,7 @@
 // The run's page in headless Chromium: served by `deno task view`, the forward process and the model run in the page,
-// and its sample equal to `deno task sample`'s. On a tiny run trained here, or VIEW_RUN=runs/NAME (unconditional);
-// SCREENSHOT=FILE keeps the page's screenshot (the README's: VIEW_RUN=runs/demo).
+// and its sample equal to `deno task sample`'s. On a tiny run trained here from the tutorial's later U-Net (no bot2),
+// or VIEW_RUN=runs/NAME (unconditional). SCREENSHOT=docs/page.png VIEW_RUN=runs/demo retakes the docs' screenshot and
+// writes the recipe it shows beside it (docs/page.json), which the last test holds against PRESETS.demo.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
@@ -8,11 +9,11 @@ import { Image } from "imagescript";
 import { nextSeed, setBackend, setSeed } from "../kernels/backend.ts";
 import { loadWeights } from "../weights/checkpoint.ts";
 import { readState } from "../run/trained.ts";
-import { DEFAULTS } from "../run/config.ts";
+import { DEFAULTS, PRESETS } from "../run/config.ts";
 import { Diffusion, toUint8 } from "../diffusion.ts";
 import { train } from "../train.ts";
 import { Chromium } from "./chromium.ts";
-import { assertOneLine, readUntil, runScript } from "./helpers.ts";
+import { assertOneLine, readUntil, ROOT, runScript } from "./helpers.ts";
 
 await setBackend("cpu"); // (training the tiny run switches to wasm)
 const GAP = 2;
@@ -100,9 +101,12 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
       emaBeta: 0.9, // the page must take the EMA weights
       prediction: "v" as const, // and the run's prediction (the demo's)
       emaStart: 0,
+      weights: join(ROOT, "tests/fixtures/unet_w8_nodeep.pt"), // the page must build the U-Net without bot2
     };
     const runDir = Deno.env.get("VIEW_RUN") ?? (await train(config, { log: () => {} })).runDir;
-    ({ imageSize: S, noiseSteps: T } = (await readState(runDir)).config);
+    const runConfig = (await readState(runDir)).config;
+    ({ imageSize: S, noiseSteps: T } = runConfig);
+    if (!Deno.env.get("VIEW_RUN")) assert.equal(runConfig.removeDeepConv, true);
     const view = await startView(runDir);
     steps.push(view.stop);
     const page = await Chromium.launch();
@@ -121,7 +125,7 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
     // t = 300: √ᾱ·x_0 + √(1-ᾱ)·ε with the page's ε (seed 1), computed here with diffusion.ts.
     await slide(page, 300);
     setSeed(1);
-    const diffusion = new Diffusion({ noiseSteps: T, imgSize: S });
+    const diffusion = new Diffusion(runConfig); // (its schedule: the demo's is cosine)
     const x0t = tf.tensor4d(x0.map((v) => v / 127.5 - 1), [1, S, S, 3]), t300 = tf.tensor1d([299], "int32");
     const [xt, eps] = diffusion.noiseImages(x0t, t300);
     const at300 = await canvas(page, "f-xt");
@@ -179,14 +183,31 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
     }
     diffusion.dispose();
 
-    // The screenshot: a partly noised x_t, and the sample replayed at its middle step (x_t and x̂_0 side by side).
-    await page.evaluate(`(() => { const s = document.getElementById("scrub"); s.value = "2"; s.oninput(); })()`);
+    // The screenshot: the page as it opens (the run's own sampler, on wasm), a partly noised x_t, and a sample replayed
+    // at 80 % of its steps: x_t being denoised beside the x̂_0 it predicts.
+    await page.open(`${view.url}?backend=wasm`);
+    await page.waitFor("window.ddpmView && (ddpmView.ready || ddpmView.error)");
+    await page.evaluate(`document.getElementById("sample").click()`);
+    await page.waitFor("ddpmView.sample || ddpmView.error", 600);
+    assert.equal(await page.evaluate("ddpmView.error"), "");
+    const frames = await page.evaluate<number>("ddpmView.frames.length");
+    await page.evaluate(`(() => {
+      const s = document.getElementById("scrub");
+      s.value = "${Math.round(0.8 * (frames - 1))}";
+      s.oninput();
+    })()`);
     await slide(page, 150);
     const top = await page.evaluate<number>(`document.getElementById("grids").getBoundingClientRect().top`);
     const shot = await page.screenshot(top);
     assert.deepEqual([...shot.subarray(1, 4)], [80, 78, 71]); // "PNG"
     const keep = Deno.env.get("SCREENSHOT");
-    if (keep) await Deno.writeFile(keep, shot);
+    if (keep) {
+      await Deno.writeFile(keep, shot);
+      const recipe = Object.fromEntries(
+        Object.keys(PRESETS.demo).map((k) => [k, runConfig[k as keyof typeof runConfig]]),
+      );
+      await Deno.writeTextFile(keep.replace(/\.png$/, ".json"), JSON.stringify(recipe, null, 2) + "\n");
+    }
   } finally {
     for (const stop of steps.reverse()) await stop();
     await Deno.remove(dir, { recursive: true });
@@ -199,4 +220,9 @@ Deno.test("deno task view: a folder that is not a run is one line of error", asy
     1,
     "error: no run at /nonexistent/run",
   );
+});
+
+Deno.test("docs/page.png shows the demo's recipe as it is (else: retake it, SCREENSHOT=docs/page.png VIEW_RUN=runs/demo)", () => {
+  const shown = JSON.parse(Deno.readTextFileSync(join(ROOT, "docs/page.json")));
+  assert.deepEqual(shown, { ...PRESETS.demo }, "docs/page.png was taken of another recipe than PRESETS.demo");
 });
