@@ -8,8 +8,11 @@
 // - Slice (copies its whole input out of the heap, and rank > 4 runs element by element): block copies.
 // - Identity (a copy): shares the data.
 // They work on TensorInfos with the backend's own memory, so no tensor data leaves the wasm heap.
+// Where a CBLAS loads (native.ts), every product is its sgemm on the heap in place, transposes given as flags, and the
+// three convolution kernels are sums of shifted products (nativeConv2D and its gradients): no XNNPACK, no im2col.
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
+import { loadBlas, sgemm } from "./native.ts";
 
 type Info = tf.TensorInfo;
 type Heap = Float32Array | Int32Array | Uint8Array;
@@ -55,7 +58,7 @@ export const onBackend = (f: (args: never) => Info | Info[]): tf.KernelFunc => (
 export const alloc = (shape: number[], dtype: tf.DataType = "float32") => be.makeOutput(shape, dtype);
 export const heap = (t: Info) => be.typedArrayFromHeap(t) as Float32Array;
 export const free = (...ts: Info[]) => ts.forEach((t) => be.disposeData(t.dataId));
-const nativeKernel = (name: string, inputs: Record<string, Info>, attrs: object) =>
+const shippedKernel = (name: string, inputs: Record<string, Info>, attrs: object) =>
   original.get(name)!({ inputs, attrs: attrs as tf.NamedAttrMap, backend: be as unknown as tf.KernelBackend }) as Info;
 
 /** A tensor that aliases `shape`-many floats of `t`, starting at element `offset` (free it with dropView). */
@@ -70,6 +73,7 @@ const shapeBytes = (s: number[]) => new Uint8Array(new Int32Array(s).buffer);
 /** out[m, n] = a[m, k]·b[k, n] with XNNPACK, all three given as tensors (views allowed) and shapes. */
 const id = (t: Info) => be.dataIdMap.get(t.dataId).id;
 export function matMul2d(a: Info, b: Info, out: Info, m: number, k: number, n: number) {
+  if (sgemm) return sgemm(false, false, m, n, k, heap(a), k, heap(b), n, 0, heap(out), n);
   // XNNPACK keeps b packed under b's tensor id and would reuse it after b's data changed: a fresh id every time.
   const fresh = view(b, 0, [k, n]);
   bmm(id(a), shapeBytes([1, m, k]), 3, id(fresh), shapeBytes([1, k, n]), 3, false, false, id(out));
@@ -81,10 +85,11 @@ export const softmaxRows = (x: Info, out: Info, rows: number, cols: number) => s
 
 /** [batch, r, c] -> [batch, c, r] by the shipped (native) Transpose. */
 const transpose3d = (t: Info, [batch, r, c]: number[]) =>
-  nativeKernel("Transpose", { x: { ...t, shape: [batch, r, c] } }, { perm: [0, 2, 1] });
+  shippedKernel("Transpose", { x: { ...t, shape: [batch, r, c] } }, { perm: [0, 2, 1] });
 
 /** [batch, m, n] = op(a)·op(b) for a, b of `batchA`, `batchB` (1 or batch) matrices: transposes made real. */
 function products(a: Info, b: Info, tA: boolean, tB: boolean, batchA: number, batchB: number, [m, k, n]: number[]) {
+  if (sgemm) return sgemmProducts(a, b, tA, tB, batchA, batchB, [m, k, n]);
   const at = tA ? transpose3d(a, [batchA, k, m]) : a; // [batchA, m, k]
   const bt = tB ? transpose3d(b, [batchB, n, k]) : b; // [batchB, k, n]
   const batch = Math.max(batchA, batchB);
@@ -105,6 +110,26 @@ function products(a: Info, b: Info, tA: boolean, tB: boolean, batchA: number, ba
   return out;
 }
 
+/** products() by sgemm, one call a matrix, its transposes as flags. */
+function sgemmProducts(
+  a: Info,
+  b: Info,
+  tA: boolean,
+  tB: boolean,
+  batchA: number,
+  batchB: number,
+  [m, k, n]: number[],
+) {
+  const batch = Math.max(batchA, batchB);
+  const out = alloc([batch, m, n]);
+  const [A, B, C] = [heap(a), heap(b), heap(out)];
+  for (let i = 0; i < batch; i++) {
+    const ai = A.subarray((batchA === 1 ? 0 : i) * m * k), bi = B.subarray((batchB === 1 ? 0 : i) * k * n);
+    sgemm!(tA, tB, m, n, k, ai, tA ? m : k, bi, tB ? k : n, 0, C.subarray(i * m * n), n);
+  }
+  return out;
+}
+
 /** XNNPACK repacks the right operand of every product: about 0.4 of a transpose of it (measured). */
 const PACK = 0.4;
 
@@ -118,7 +143,7 @@ function batchMatMul({ inputs, attrs }: { inputs: { a: Info; b: Info }; attrs: t
   const outer = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
   const batch = size(outer);
   if (a.dtype !== "float32" || (batchA !== batchB && batchA !== 1 && batchB !== 1)) {
-    return nativeKernel("BatchMatMul", inputs, attrs);
+    return shippedKernel("BatchMatMul", inputs, attrs);
   }
   // Elements moved: by the transposes the flags ask for and by packing b; or, for (op(b)ᵀ·op(a)ᵀ)ᵀ, by the
   // transposes of the operands without a flag, by packing a, and by transposing the result.
@@ -126,7 +151,7 @@ function batchMatMul({ inputs, attrs }: { inputs: { a: Info; b: Info }; attrs: t
   const direct = (tA ? sa : 0) + (tB ? sb : 0) + PACK * sb;
   const swapped = (tA ? 0 : sa) + (tB ? 0 : sb) + PACK * sa + batch * m * n;
   let out: Info;
-  if (direct <= swapped || batchA !== batchB) {
+  if (sgemm || direct <= swapped || batchA !== batchB) {
     out = products(a, b, tA, tB, batchA, batchB, [m, k, n]);
   } else {
     const outT = products(b, a, !tB, !tA, batchB, batchA, [n, k, m]);
@@ -136,8 +161,8 @@ function batchMatMul({ inputs, attrs }: { inputs: { a: Info; b: Info }; attrs: t
   return { ...out, shape: [...outer, m, n] };
 }
 
-/** Padding (top, left) of a stride-1 NHWC conv with this filter size, as the forward pass used it. */
-function convPadding(a: Conv2DAttrs): [number, number] | null {
+/** Padding (top, left) and output size of a stride-1 NHWC conv with this filter size, as the forward pass used it. */
+function convPadding(a: Conv2DAttrs): [number, number, number, number] | null {
   const strides = typeof a.strides === "number" ? [a.strides, a.strides] : a.strides;
   if (strides[0] !== 1 || strides[1] !== 1 || a.dataFormat !== "NHWC") return null;
   const info = tf.backend_util.computeConv2DInfo(
@@ -150,7 +175,116 @@ function convPadding(a: Conv2DAttrs): [number, number] | null {
     false,
     "channelsLast",
   );
-  return [info.padInfo.top, info.padInfo.left];
+  return [info.padInfo.top, info.padInfo.left, info.outHeight, info.outWidth];
+}
+
+/** Conv2D: by sgemm where it loaded (stride 1, no dilation, NHWC), else the shipped (XNNPACK) kernel. */
+function conv2d({ inputs, attrs }: { inputs: { x: Info; filter: Info }; attrs: tf.NamedAttrMap }): Info {
+  const a = attrs as unknown as Conv2DAttrs & { dilations?: number | [number, number] };
+  const { x, filter } = inputs;
+  const dilated = [a.dilations ?? 1].flat().some((d) => d !== 1);
+  const shapes = { inputShape: x.shape, filterShape: filter.shape } as Pick<Conv2DAttrs, "inputShape" | "filterShape">;
+  const pad = sgemm && !dilated && convPadding({ ...a, ...shapes });
+  if (!pad) return shippedKernel("Conv2D", inputs, attrs);
+  return nativeConv2D(x, filter, pad);
+}
+
+// A stride-1 conv as kh·kw products. With x zero-padded to [n, hp, wp, ci] and seen as rows p = (n, y, x) of ci,
+// the output at p (in the padded grid: rows whose y, x are past ho, wo are dropped) is Σ_{i,j} xp[p + i·wp + j]·W[i, j]:
+// each (i, j) is one sgemm of all rows at once, its input rows a shifted view of xp.
+
+/** x [n, h, w, c] zero-padded into the grid [n, hp, wp, c] at (top, left); x itself where there is no padding. */
+function padded(x: Info, hp: number, wp: number, top: number, left: number): Info {
+  const [nb, h, w, c] = x.shape;
+  if (hp === h && wp === w) return x;
+  const xp = alloc([nb, hp, wp, c]);
+  const [src, dst] = [heap(x), heap(xp)];
+  dst.fill(0);
+  for (let n = 0; n < nb; n++) {
+    for (let y = 0; y < h; y++) {
+      const from = ((n * h + y) * w) * c;
+      dst.set(src.subarray(from, from + w * c), ((n * hp + y + top) * wp + left) * c);
+    }
+  }
+  return xp;
+}
+
+/** The [n, ho, wo, c] window at (top, left) of a grid [n, hp, wp, c]; the grid itself when they are the same. */
+function window(grid: Info, [nb, hp, wp, c]: number[], ho: number, wo: number, top: number, left: number): Info {
+  if (ho === hp && wo === wp) return { ...grid, shape: [nb, ho, wo, c] };
+  const out = alloc([nb, ho, wo, c]);
+  const [src, dst] = [heap(grid), heap(out)];
+  for (let n = 0; n < nb; n++) {
+    for (let y = 0; y < ho; y++) {
+      const from = ((n * hp + y + top) * wp + left) * c;
+      dst.set(src.subarray(from, from + wo * c), ((n * ho + y) * wo) * c);
+    }
+  }
+  free(grid);
+  return out;
+}
+
+/** y = conv(x, W), stride 1: Σ over the filter's (i, j) of shifted-row products (the comment above). */
+function nativeConv2D(x: Info, filter: Info, [top, left, ho, wo]: number[]): Info {
+  const [nb, , , ci] = x.shape;
+  const [kh, kw, , co] = filter.shape;
+  const [hp, wp] = [ho + kh - 1, wo + kw - 1];
+  const xp = padded(x, hp, wp, top, left);
+  const rows = nb * hp * wp - ((kh - 1) * wp + kw - 1); // the rows p whose shifted reads stay inside xp
+  const yp = alloc([nb, hp, wp, co]);
+  const [X, W, Y] = [heap(xp), heap(filter), heap(yp)];
+  Y.fill(0, rows * co);
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const wij = W.subarray((i * kw + j) * ci * co);
+      sgemm!(false, false, rows, co, ci, X.subarray((i * wp + j) * ci), ci, wij, co, i + j ? 1 : 0, Y, co);
+    }
+  }
+  if (xp !== x) free(xp);
+  return window(yp, [nb, hp, wp, co], ho, wo, 0, 0);
+}
+
+/** dy [n, ho, wo, co] placed in the output's padded grid [n, hp, wp, co] (zeros past ho, wo). */
+const dyGrid = (dy: Info, hp: number, wp: number) => padded(dy, hp, wp, 0, 0);
+
+/** dL/dx of nativeConv2D: dxp[p + i·wp + j] += dy[p]·W[i, j]ᵀ, then the window of x in the padded grid. */
+function nativeBackpropInput(dy: Info, filter: Info, [nb, h, w]: number[], [top, left]: number[]): Info {
+  const [kh, kw, ci, co] = filter.shape;
+  const [, ho, wo] = dy.shape;
+  const [hp, wp] = [ho + kh - 1, wo + kw - 1];
+  const dyp = dyGrid(dy, hp, wp);
+  const rows = nb * hp * wp - ((kh - 1) * wp + kw - 1);
+  const dxp = alloc([nb, hp, wp, ci]);
+  const [D, W, X] = [heap(dyp), heap(filter), heap(dxp)];
+  X.fill(0);
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const wij = W.subarray((i * kw + j) * ci * co);
+      sgemm!(false, true, rows, ci, co, D, co, wij, co, 1, X.subarray((i * wp + j) * ci), ci);
+    }
+  }
+  if (dyp !== dy) free(dyp);
+  return window(dxp, [nb, hp, wp, ci], h, w, top, left);
+}
+
+/** dL/dW of nativeConv2D: dW[i, j] = Σ_p xp[p + i·wp + j]ᵀ·dy[p], one sgemm per (i, j). */
+function nativeBackpropFilter(x: Info, dy: Info, [kh, kw, ci, co]: number[], [top, left]: number[]): Info {
+  const [nb] = x.shape;
+  const [, ho, wo] = dy.shape;
+  const [hp, wp] = [ho + kh - 1, wo + kw - 1];
+  const xp = padded(x, hp, wp, top, left);
+  const dyp = dyGrid(dy, hp, wp);
+  const rows = nb * hp * wp - ((kh - 1) * wp + kw - 1);
+  const dW = alloc([kh, kw, ci, co]);
+  const [X, D, G] = [heap(xp), heap(dyp), heap(dW)];
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const gij = G.subarray((i * kw + j) * ci * co);
+      sgemm!(true, false, ci, co, rows, X.subarray((i * wp + j) * ci), ci, D, co, 0, gij, co);
+    }
+  }
+  free(...[xp, dyp].filter((t) => t !== x && t !== dy));
+  return dW;
 }
 
 /**
@@ -162,7 +296,8 @@ function conv2dBackpropInput({ inputs, attrs }: { inputs: { dy: Info; filter: In
   const a = attrs as unknown as Conv2DAttrs;
   const { dy, filter } = inputs;
   const pad = convPadding({ ...a, filterShape: filter.shape as Conv2DAttrs["filterShape"] });
-  if (!pad) return nativeKernel("Conv2DBackpropInput", inputs, attrs);
+  if (!pad) return shippedKernel("Conv2DBackpropInput", inputs, attrs);
+  if (sgemm) return nativeBackpropInput(dy, filter, a.inputShape, pad);
   const [kh, kw, ci, co] = filter.shape;
   const [nb, h, w] = a.inputShape;
   const [, ho, wo] = dy.shape;
@@ -170,9 +305,9 @@ function conv2dBackpropInput({ inputs, attrs }: { inputs: { dy: Info; filter: In
   const viaConv = (1 + PACK) * size(filter.shape);
   const viaCols = (1 + PACK) * len * co + 0.3 * kh * kw * ci * len + nb * h * w * ci;
   if (viaCols < viaConv && kh * kw * ci * len <= limits.colsFloats) {
-    return col2imBackpropInput(dy, filter, a.inputShape, pad);
+    return col2imBackpropInput(dy, filter, a.inputShape, [pad[0], pad[1]]);
   }
-  const swapped = nativeKernel("Transpose", { x: filter }, { perm: [0, 1, 3, 2] }); // [kh, kw, co, ci]
+  const swapped = shippedKernel("Transpose", { x: filter }, { perm: [0, 1, 3, 2] }); // [kh, kw, co, ci]
   const flipped = alloc([kh, kw, co, ci]);
   const [src, dst, block] = [heap(swapped), heap(flipped), co * ci];
   for (let i = 0; i < kh; i++) {
@@ -185,7 +320,7 @@ function conv2dBackpropInput({ inputs, attrs }: { inputs: { dy: Info; filter: In
   // Padding that maps the [ho, wo] grid of dy back onto the [h, w] grid of x.
   const [top, left] = [kh - 1 - pad[0], kw - 1 - pad[1]];
   const explicit = [[0, 0], [top, h - ho - top + kh - 1], [left, w - wo - left + kw - 1], [0, 0]];
-  const dx = nativeKernel("Conv2D", { x: dy, filter: flipped }, {
+  const dx = shippedKernel("Conv2D", { x: dy, filter: flipped }, {
     strides: 1,
     pad: explicit,
     dataFormat: "NHWC",
@@ -200,7 +335,7 @@ function col2imBackpropInput(dy: Info, filter: Info, [nb, h, w]: number[], [top,
   const [kh, kw, ci, co] = filter.shape;
   const [, ho, wo] = dy.shape;
   const len = nb * ho * wo;
-  const dyT = nativeKernel("Transpose", { x: dy }, { perm: [3, 0, 1, 2] }); // [co, n, ho, wo]
+  const dyT = shippedKernel("Transpose", { x: dy }, { perm: [3, 0, 1, 2] }); // [co, n, ho, wo]
   const cols = alloc([kh * kw * ci, len]);
   matMul2d(filter, dyT, cols, kh * kw * ci, co, len);
   free(dyT);
@@ -225,7 +360,7 @@ function col2imBackpropInput(dy: Info, filter: Info, [nb, h, w]: number[], [top,
     }
   }
   free(cols);
-  const dx = nativeKernel("Transpose", { x: dxT }, { perm: [1, 2, 3, 0] });
+  const dx = shippedKernel("Transpose", { x: dxT }, { perm: [1, 2, 3, 0] });
   free(dxT);
   return dx;
 }
@@ -241,10 +376,11 @@ function conv2dBackpropFilter({ inputs, attrs }: { inputs: { x: Info; dy: Info }
   const a = attrs as unknown as Conv2DAttrs;
   const pad = convPadding({ ...a, inputShape: inputs.x.shape as Conv2DAttrs["inputShape"] });
   if (!pad) throw new Error("wasm Conv2DBackpropFilter supports stride-1 NHWC convolutions only");
+  if (sgemm) return nativeBackpropFilter(inputs.x, inputs.dy, a.filterShape, pad);
   const [kh, kw, ci, co] = a.filterShape;
   const [nb, h, w] = inputs.x.shape;
   const [, ho, wo] = inputs.dy.shape;
-  const xt = nativeKernel("Transpose", { x: inputs.x }, { perm: [3, 0, 1, 2] }); // [ci, n, h, w]
+  const xt = shippedKernel("Transpose", { x: inputs.x }, { perm: [3, 0, 1, 2] }); // [ci, n, h, w]
   const rows = kh * kw * ci;
   const chunk = Math.max(1, Math.min(nb, Math.floor(limits.colsFloats / (rows * ho * wo)))); // images per product
   const cols = alloc([rows, chunk * ho * wo]);
@@ -309,7 +445,7 @@ function conv2dBackpropFilter({ inputs, attrs }: { inputs: { x: Info; dy: Info }
 /** Slice as block copies inside the heap: the trailing full axes and the last partial one make one run. */
 function slice({ inputs, attrs }: { inputs: { x: Info }; attrs: tf.NamedAttrMap }): Info {
   const { x } = inputs;
-  if (x.dtype === "string") return nativeKernel("Slice", inputs, attrs);
+  if (x.dtype === "string") return shippedKernel("Slice", inputs, attrs);
   const [begin, sz] = tf.slice_util.parseSliceParams(x as tf.Tensor, attrs.begin as number[], attrs.size as number[]);
   const out = alloc(sz, x.dtype);
   if (size(sz) === 0) return out;
@@ -333,7 +469,7 @@ function slice({ inputs, attrs }: { inputs: { x: Info }; attrs: tf.NamedAttrMap 
  * the backward pass, so a copying Identity doubles the memory of the saved activations. */
 function identity({ inputs }: { inputs: { x: Info } }): Info {
   const { x } = inputs;
-  if (x.dtype === "string") return nativeKernel("Identity", inputs, {});
+  if (x.dtype === "string") return shippedKernel("Identity", inputs, {});
   be.incRef(x.dataId);
   return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 }
@@ -373,6 +509,7 @@ function maxPoolGrad({ inputs: { dy, input }, attrs }: { inputs: { dy: Info; inp
 }
 
 const replacements: [string, (args: never) => Info][] = [
+  ["Conv2D", conv2d],
   ["MaxPoolGrad", maxPoolGrad],
   ["Identity", identity],
   ["BatchMatMul", batchMatMul],
@@ -383,6 +520,7 @@ const replacements: [string, (args: never) => Info][] = [
 
 /** Registers the kernels above for the wasm backend and makes it the current backend. */
 export async function registerWasmKernels() {
+  loadBlas();
   await tf.setBackend("wasm");
   if (original.size) return;
   for (const [name, kernelFunc] of replacements) {
@@ -394,5 +532,4 @@ export async function registerWasmKernels() {
     tf.registerKernel({ kernelName: name, backendName: "wasm", kernelFunc: onBackend(kernelFunc) });
   }
   original.set("Transpose", tf.getKernel("Transpose", "wasm")!.kernelFunc);
-  original.set("Conv2D", tf.getKernel("Conv2D", "wasm")!.kernelFunc);
 }

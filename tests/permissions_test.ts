@@ -40,7 +40,8 @@ Deno.test("every task says what it does and none asks for all permissions", () =
     assert.ok(!words.includes("-A") && !words.includes("--allow-all"), `${name}: ${task.command}`);
   }
   assert.deepEqual(flagsOf("demo").filter((f) => f.startsWith("--allow-ffi")), [
-    "--allow-ffi=node_modules/.deno/imagescript@1.3.1", // its PNG and JPEG codecs only (tfjs-node-gpu: deno task gpu)
+    // imagescript's PNG and JPEG codecs and OpenBLAS only (tfjs-node-gpu: deno task gpu)
+    "--allow-ffi=node_modules/.deno/imagescript@1.3.1,/usr/lib/x86_64-linux-gnu/openblas-pthread,/usr/lib/aarch64-linux-gnu/openblas-pthread",
   ]);
 });
 
@@ -48,6 +49,10 @@ Deno.test("the demo task's permissions are enough to train, and a withheld one i
   await withTempDir(async (dir) => {
     const ok = await runWith(flagsOf("demo"), "train.ts", ...tinyRun(dir));
     assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /backend wasm, \d+ threads?, native \(OpenBLAS/); // (tests/bring.sh installs it)
+    const noBlas = flagsOf("demo").map((f) => f.startsWith("--allow-ffi=") ? f.split(",")[0] : f);
+    const wasm = await runWith(noBlas, "train.ts", ...tinyRun(dir), "--name", "wasm");
+    assert.match(wasm.stdout, /wasm kernels: native products need --allow-ffi=\/usr\/lib\/\S+openblas/);
     assert.ok((await Deno.stat(join(dir, "run", "checkpoint", "model.bin"))).isFile);
     const noWrite = await runWith(flagsOf("demo").filter((f) => f !== "-W"), "train.ts", ...tinyRun(dir));
     assertOneLine(noWrite, 1, "--allow-write");

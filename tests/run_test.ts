@@ -135,7 +135,7 @@ Deno.test("CLI: a training start prints the backend and parameter count; missing
     assert.equal(ok.code, 0, ok.stderr);
     assert.match(
       ok.stdout,
-      /backend wasm, \d+ threads? \| conditional U-Net width 8: [\d,]+ parameters \| data builtin:shapes: 8 images/,
+      /backend wasm, \d+ threads?, (native \(OpenBLAS [^)]+\)|wasm kernels[^|]*) \| conditional U-Net width 8: [\d,]+ parameters \| data builtin:shapes: 8 images/,
     );
     assertOneLine(await cli("--data", join(dir, "nope"), "--out", dir), 1, join(dir, "nope"));
   });

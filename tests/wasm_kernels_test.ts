@@ -1,11 +1,14 @@
-// The wasm kernels of wasm_kernels.ts against tfjs's pure-JS cpu backend: forward values and gradients.
+// The wasm kernels of wasm_kernels.ts (XNNPACK's products; tests/native_test.ts has the sgemm ones) against tfjs's
+// pure-JS cpu backend: forward values and gradients.
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { setSeed } from "../kernels/backend.ts";
 import { UNet } from "../modules.ts";
 import { limits, registerWasmKernels } from "../kernels/wasm_kernels.ts";
+import { loadBlas } from "../kernels/native.ts";
 
 await registerWasmKernels();
+loadBlas(false);
 
 /** Deterministic values in [-1, 1). */
 function values(n: number, seed: number): Float32Array {
