@@ -10,6 +10,7 @@ import { type Scalar, setBackend, type Tensor, type Tensor1D, type Tensor4D } fr
 import { type NoiseModel, simpleLoss } from "../diffusion.ts";
 import { type AdamWStep, fusedAdamW } from "../kernels/fused.ts";
 import { clipScale, sumsOfSquares } from "../kernels/fused_wasm.ts";
+import { blasNote } from "../kernels/native.ts";
 import { type Module, UNet, type UNetOptions } from "../modules.ts";
 import type { AdamW } from "./adamw.ts";
 
@@ -47,9 +48,9 @@ export function descend(opt: AdamW, { value, grads }: LossGradients): Scalar {
 export const threadCount = (backend: string, requested: number) =>
   backend === "wasm" ? requested || navigator.hardwareConcurrency || 1 : 1;
 
-/** A log line's words for a backend and its threads. */
+/** A log line's words for a backend and its threads (on wasm: what its products run on, kernels/native.ts). */
 export const describeThreads = (backend: string, count: number) =>
-  `backend ${backend}, ${count} thread${count > 1 ? "s" : ""}`;
+  `backend ${backend}, ${count} thread${count > 1 ? "s" : ""}${backend === "wasm" ? `, ${blasNote}` : ""}`;
 
 const NAME = "ddpm-thread";
 const scope = self as unknown as {
