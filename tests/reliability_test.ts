@@ -219,7 +219,10 @@ Deno.test("bad image files: corrupt, zero-byte, tiny, huge and unsupported ones"
   const noise = new Image(32, 32); // (a flat image survives truncation: its data fits in the first bytes)
   noise.bitmap.forEach((_, i) => noise.bitmap[i] = (i * 7919) % 251);
   const png = await noise.encode(), jpeg = await noise.encodeJPEG(90);
-  for (let i = 0; i < 3; i++) await Deno.writeFile(join(data, `ok${i}.png`), png);
+  for (let i = 0; i < 3; i++) { // three images (three copies of one would be one)
+    noise.bitmap[0] = i;
+    await Deno.writeFile(join(data, `ok${i}.png`), await noise.encode());
+  }
   await Deno.writeFile(join(data, "truncated.jpg"), jpeg.subarray(0, jpeg.length >> 1));
   await Deno.writeFile(join(data, "truncated.png"), png.subarray(0, png.length >> 1));
   await Deno.writeFile(join(data, "empty.png"), new Uint8Array());
