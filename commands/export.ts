@@ -1,4 +1,4 @@
-// Weights to PyTorch, `deno task export (--run RUN [--ema] | --weights FILE) --out FILE.safetensors` (or .pt).
+// Weights to PyTorch, `deno task export (--run RUN [--ema] | --weights FILE) --to FILE.safetensors` (or .pt).
 import { setBackend } from "../kernels/backend.ts";
 import { DEFAULTS } from "../run/config.ts";
 import { diffusionMetadata, loadFile, loadRun } from "../run/trained.ts";

@@ -355,7 +355,7 @@ Deno.test("damaged checkpoint: a file changed after it was written is named on -
   const changed = /model\.bin has changed since it was written \(its SHA-256 is not the one in state\.json\)/;
   assertOneLine(await runScript("train.ts", "--resume", run, "--epochs", "2", "--backend", "wasm"), 1, changed);
   assertOneLine(await runScript("commands/sample.ts", "--run", run, "--n", "1", "--backend", "wasm"), 1, changed);
-  assertOneLine(await runScript("commands/export.ts", "--run", run, "--out", join(dir, "x.safetensors")), 1, changed);
+  assertOneLine(await runScript("commands/export.ts", "--run", run, "--to", join(dir, "x.safetensors")), 1, changed);
   Deno.writeFileSync(join(ckpt, "model.bin"), pristine);
   const flipped = Deno.readFileSync(join(ckpt, "adam_v.bin")); // one finite bit flip
   flipped[flipped.length - 3] ^= 4;
@@ -370,7 +370,7 @@ Deno.test("PyTorch files: a run starts from one, is exported as one; a bad one g
   // lr 0: the trained weights stay the file's, and the export gives them back bit for bit
   await train(tiny(dir, { weights: file, lr: 0, count: 4, epochs: 1 }), { log: quiet });
   assert.equal((await readState(join(dir, "run"))).config.width, 8); // the file's width, not tiny's 4
-  const r = await runScript("commands/export.ts", "--run", join(dir, "run"), "--out", out);
+  const r = await runScript("commands/export.ts", "--run", join(dir, "run"), "--to", out);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(readTorchFile(out), readTorchFile(file));
   const base = ["--image-size", "8", "--count", "4", "--batch-size", "4", "--backend", "wasm", "--out", dir]
@@ -383,7 +383,7 @@ Deno.test("PyTorch files: a run starts from one, is exported as one; a bad one g
     ["train.ts", [...base, "--weights", join(fixtures, "unet_w8_cond.pt")], 2, /conditional UNet: add --conditional/],
     ["train.ts", [...base, "--weights", file, "--width", "16"], 2, "--width 16"],
     ["train.ts", [...base, "--weights", file, "--resume", join(dir, "run")], 2, "--weights"],
-    ["commands/export.ts", ["--weights", file, "--out", join(dir, "x.bin")], 2, "--out"],
+    ["commands/export.ts", ["--weights", file, "--to", join(dir, "x.bin")], 2, "--to"],
   ];
   for (const [script, args, code, what] of cases) assertOneLine(await runScript(script, ...args), code, what);
   await Deno.remove(dir, { recursive: true });
