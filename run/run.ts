@@ -1,5 +1,5 @@
 // A training run's folder around train()'s loop: the backend, seed and data, resume, the loss log (read back every few
-// steps), checkpoints, sample grids at epoch ends, and Ctrl-C.
+// steps), checkpoints, sample grids at epoch ends, and the stop signals (Ctrl-C, SIGTERM, SIGHUP).
 import * as tf from "@tensorflow/tfjs";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -178,13 +178,12 @@ export class Run {
 
   private describe() {
     const { config: c, data, parts } = this;
+    const skipped = data.skipped ? ` (${data.skipped} skipped)` : "";
+    const classes = c.conditional ? `, ${data.classes.length} classes` : ""; // (an unconditional run has none)
     return `${c.conditional ? "conditional " : ""}U-Net width ${c.width}: ` +
       `${parts!.model.parameterCount.toLocaleString("en")} parameters | data ${data.name}: ${data.length} images` +
-      `${data.skipped ? ` (${data.skipped} skipped)` : ""}${
-        c.conditional ? `, ${data.classes.length} classes` : ""
-      }, ` +
-      `${c.imageSize} px | ` +
-      `${this.totalSteps} steps of batch ${c.batchSize} | run folder ${this.dir}`;
+      `${skipped}${classes}, ${c.imageSize} px | ${this.totalSteps} steps of batch ${c.batchSize} | ` +
+      `run folder ${this.dir}`;
   }
 
   /** What the sample grids cost, when they take more than a tenth of the run's time (else ""). */
