@@ -5,7 +5,7 @@ import { Diffusion } from "./diffusion.ts";
 import { EMA } from "./ema.ts";
 import { UNet } from "./modules.ts";
 import { AdamW } from "./run/adamw.ts";
-import { HELP, parseConfig, runCli } from "./run/cli.ts";
+import { parseConfig, runCli, trainHelp } from "./run/cli.ts";
 import type { Config } from "./run/config.ts";
 import { Run, type TrainOptions } from "./run/run.ts";
 import { descend, lossGradients, type Threads } from "./run/threads.ts";
@@ -76,11 +76,11 @@ export async function train(
 
 if (import.meta.main) {
   await runCli(async () => {
-    const { config, resume, help, given } = parseConfig(Deno.args);
-    if (help) return console.log(HELP);
+    const { config, resume, overwrite, help, preset, given } = parseConfig(Deno.args);
+    if (help) return console.log(trainHelp(preset));
     if (!resume && config.data === "builtin:landscapes" && !Deno.args.includes("--data")) {
       console.log("no --data given: training on the built-in procedural landscapes (builtin:landscapes)");
     }
-    await train(config, { resume, given });
+    await train(config, { resume, overwrite, given });
   });
 }

@@ -19,10 +19,10 @@ import { threadCount, Threads } from "../run/threads.ts";
 const SETTINGS = {
   threads: 0,
   "image-size": 32,
-  batch: 4,
+  "batch-size": 4,
   width: 64,
   steps: 5,
-  warmup: 1,
+  "untimed-steps": 1,
   mode: "train",
   backend: "auto",
   classes: 0,
@@ -32,7 +32,7 @@ const HELP = helpText(
   `Time one training step (forward, backward, AdamW [+ EMA]) or one sampling forward pass of the U-Net, and count what
 it costs the backend. Prints one JSON line, as torch/torch_ref.py does with the same flags:
 
-  deno task bench --image-size 32 --batch 4 --width 64 --steps 5 --mode train [--by-kernel]`,
+  deno task bench --image-size 32 --batch-size 4 --width 64 --steps 5 --mode train [--by-kernel]`,
   defaultNotes(SETTINGS),
 );
 let countOnly = false; // --count-only: the work is recorded, counted and dropped, never run
@@ -141,7 +141,8 @@ function peakRssMb(): number {
 async function main() {
   const a = readFlags("bench", Deno.args, SETTINGS);
   if (a.help) return console.log(HELP);
-  const { "image-size": imageSize, batch, width, steps, warmup, classes } = a as typeof SETTINGS;
+  const { "image-size": imageSize, "batch-size": batch, width, steps, "untimed-steps": warmup, classes } =
+    a as typeof SETTINGS;
   countOnly = !!a["count-only"];
   if (a["gpu-time"]) timePasses();
   const backend = await setBackend(a.backend as BackendName, (s) => console.error(s));

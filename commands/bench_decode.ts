@@ -23,7 +23,10 @@ function photo(w: number, h: number, seed: number) {
   return img;
 }
 
-/** n files, half JPEG (quality 90) and half PNG, written from 16 distinct images. */
+/**
+ * n files, half JPEG (quality 90) and half PNG, written from 16 distinct images; each copy ends in its number after
+ * the image's end, a file of its own (a folder's images are deduplicated by content).
+ */
 async function writeFolder(dir: string, n: number, w: number, h: number) {
   await Deno.mkdir(dir, { recursive: true });
   const kinds = Math.min(16, n), names: string[] = [];
@@ -34,7 +37,10 @@ async function writeFolder(dir: string, n: number, w: number, h: number) {
   }
   for (let i = kinds; i < n; i++) {
     const from = names[i % kinds];
-    await Deno.copyFile(from, join(dir, `img_${String(i).padStart(4, "0")}${from.slice(-4)}`));
+    const bytes = await Deno.readFile(from), copy = new Uint8Array(bytes.length + 4);
+    copy.set(bytes);
+    new DataView(copy.buffer).setUint32(bytes.length, i);
+    await Deno.writeFile(join(dir, `img_${String(i).padStart(4, "0")}${from.slice(-4)}`), copy);
   }
 }
 
@@ -46,21 +52,21 @@ async function timeLoad(dir: string, size: number, workers: number, cacheDir: st
   return { seconds, cores: (cpu.user + cpu.system) / 1e6 / seconds };
 }
 
-const SIZES = { n: 500, width: 2000, height: 1500, size: 64 }; // the defaults
+const SIZES = { files: 500, "photo-width": 2000, "photo-height": 1500, "image-size": 64 }; // the defaults
 
 const HELP = helpText(
   "bench:decode",
   `Time the decoding of an image folder: a generated folder of large JPEGs and PNGs, decoded with 1 worker and with
 one per core (no cache), then a start that writes the cache and one that reads it.
 
-  deno task bench:decode [--n 500] [--width 2000] [--height 1500] [--size 64] [--dir DIR]`,
+  deno task bench:decode [--files 500] [--photo-width 2000] [--photo-height 1500] [--image-size 64] [--dir DIR]`,
   defaultNotes(SIZES),
 );
 
 async function main() {
   const v = readFlags("bench:decode", Deno.args, SIZES);
   if (v.help) return console.log(HELP);
-  const { n, size, width: w, height: h } = v as typeof SIZES;
+  const { files: n, "image-size": size, "photo-width": w, "photo-height": h } = v as typeof SIZES;
   const root = (v.dir as string | undefined) ?? await Deno.makeTempDir({ prefix: "ddpm_bench_decode_" });
   const dir = join(root, "images"), cache = join(root, "cache"), all = navigator.hardwareConcurrency;
   try {

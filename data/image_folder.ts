@@ -98,7 +98,41 @@ export async function listImageFolder(path: string, log: Log) {
     files.push(...found);
   }
   if (!files.length) throw new DataError(`no .png/.jpg/.jpeg images found in ${path}`);
-  return { classes, files, skips };
+  return { classes, files: await once(files, log), skips };
+}
+
+/**
+ * Each image once: a file reached by several paths (symbolic links) by its first, and files of the same bytes (by
+ * their SHA-256, among those of one size) by the first; the duplicates left out are counted in `log`.
+ */
+async function once(files: ImageFile[], log: Log) {
+  const paths = new Set<string>(), hashes = new Set<string>(), kept: ImageFile[] = [];
+  const sizes = new Map<number, number>();
+  for (const f of files) sizes.set(f.bytes, (sizes.get(f.bytes) ?? 0) + 1);
+  let links = 0, copies = 0;
+  for (const f of files) {
+    const real = await Deno.realPath(f.file);
+    if (paths.has(real)) {
+      links++;
+      continue;
+    }
+    paths.add(real);
+    if (sizes.get(f.bytes)! > 1) { // the same bytes can only be in a file of the same size
+      const hash = createHash("sha256").update(await Deno.readFile(f.file)).digest("hex");
+      if (hashes.has(hash)) {
+        copies++;
+        continue;
+      }
+      hashes.add(hash);
+    }
+    kept.push(f);
+  }
+  if (links + copies) {
+    log(
+      `left out ${links + copies} duplicate(s): ${links} path(s) to a file listed already, ${copies} copie(s) of one`,
+    );
+  }
+  return kept;
 }
 
 // ---------------------------------------------------------------- the cache file

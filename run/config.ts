@@ -144,6 +144,17 @@ export function gridSampling(config: Partial<Config>): { sampleSteps: number; et
   return { sampleSteps, eta, clip: config.clip ?? true };
 }
 
+/** U-Net passes over one image: a grid's (its images × its steps, twice with CFG) and a run's (3 a trained image). */
+export const gridPasses = (c: Config, steps: number) => c.nSamples * steps * (c.conditional && c.cfgScale ? 2 : 1);
+export const runPasses = (c: Config, totalSteps: number) => 3 * totalSteps * c.batchSize; // forward + backward
+
+/** When a run is short (gridSampler); in words for --help. */
+export const SHORT_RUN = "a short run: a ddpm grid > 1/10 of its training";
+
+/** The grids' sampler when --sampler is not given: the config's, but DDIM for a short run (SHORT_RUN). */
+export const gridSampler = (c: Config, totalSteps: number): Sampler =>
+  c.sampler === "ddpm" && 10 * gridPasses(c, c.noiseSteps) > runPasses(c, totalSteps) ? "ddim" : c.sampler;
+
 /** The tutorial's settings. */
 export const DEFAULTS: Config = {
   data: "builtin:landscapes",

@@ -1,10 +1,11 @@
 // A training run's folder around train()'s loop: the backend, seed and data, resume, the loss log (read back every few
-// steps), checkpoints, sample grids at epoch ends, and Ctrl-C.
+// steps), checkpoints, sample grids at epoch ends, and the stop signals (Ctrl-C, SIGTERM, SIGHUP).
 import * as tf from "@tensorflow/tfjs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { getSeedState, mulberry32, setBackend, setSeed } from "../kernels/backend.ts";
 import { assignWeights, saveCheckpoint } from "../weights/checkpoint.ts";
-import { type Config, DEFAULTS, loadRunData } from "./config.ts";
+import { type Config, DEFAULTS, gridPasses, gridSampler, loadRunData, runPasses } from "./config.ts";
 import { readState, type RunState } from "./trained.ts";
 import { flagOf, TrainingError, UsageError } from "./cli.ts";
 import type { Diffusion } from "../diffusion.ts";
@@ -22,7 +23,9 @@ import { describeThreads, threadCount, Threads } from "./threads.ts";
 export interface TrainOptions {
   /** continue config.out/config.name from its checkpoint */
   resume?: boolean;
-  /** the settings given as flags (on resume, only some may change) */
+  /** a new run whose folder exists clears it (else that is an error: a run is never overwritten) */
+  overwrite?: boolean;
+  /** the settings given as flags (on resume, only some may change; without "sampler", a short run's grids are DDIM) */
   given?: (keyof Config)[];
   /** steps between loss read-backs (default: 20 on a GPU, where one waits ≥ 10 ms; else 1) */
   readEvery?: number;
@@ -32,6 +35,16 @@ export interface TrainOptions {
 
 /** Minutes of training between checkpoints within an epoch (one is also written at each epoch's end). */
 const CHECKPOINT_MINUTES = 10;
+
+/** The signals that stop a run after its step, with a checkpoint (Ctrl-C, kill, timeout, a scheduler, a hang-up). */
+const STOP_SIGNALS: Deno.Signal[] = Deno.build.os === "windows"
+  ? ["SIGINT", "SIGBREAK"]
+  : ["SIGINT", "SIGTERM", "SIGHUP"];
+const SIGNAL_EXIT: Partial<Record<Deno.Signal, number>> = { SIGINT: 130, SIGBREAK: 130, SIGTERM: 143, SIGHUP: 129 };
+
+/** A run's steps: its epochs of batches, or fewer (maxSteps). */
+const stepsOf = (config: Config, images: number) =>
+  Math.min(config.epochs * Math.ceil(images / config.batchSize), config.maxSteps || Infinity);
 
 type Pending = { loss: tf.Scalar; step: number; epoch: number };
 
@@ -57,7 +70,7 @@ export class Run {
   epoch = 0;
   stepInEpoch = 0;
   losses: number[] = [];
-  stopRequested = false; // a Ctrl-C: stop after this step
+  stopRequested = false; // a Ctrl-C, SIGTERM or SIGHUP: stop after this step
   readonly totalSteps: number;
   private parts: RunParts | null = null;
   threads: Threads | null = null; // the CPU threads that share each batch (wasm, more than one)
@@ -78,8 +91,7 @@ export class Run {
     private readonly readEvery: number,
     log: (line: string) => void,
   ) {
-    const stepsInAll = config.epochs * Math.ceil(data.length / config.batchSize);
-    this.totalSteps = Math.min(stepsInAll, config.maxSteps || Infinity);
+    this.totalSteps = stepsOf(config, data.length);
     this.lossFile = Deno.openSync(join(dir, "loss.jsonl"), { append: true, create: true });
     this.progress = new Progress(this.totalSteps, config.batchSize, log);
     this.slow = new SlowCheck(this.totalSteps, SLOW_RUN_SECONDS, (left) => {
@@ -91,22 +103,32 @@ export class Run {
 
   /** A new run in config.out/config.name, or (resume) that run's saved config; the backend, the seed and the data. */
   static async start(config: Config, options: TrainOptions) {
-    const { resume = false, given = [], log = console.log } = options, dir = join(config.out, config.name);
+    const { resume = false, overwrite = false, given = [], log = console.log } = options;
+    const dir = join(config.out, config.name);
     const state = resume ? await readState(dir, ["state.json", "model.bin", "adam_m.bin", "adam_v.bin"]) : null;
     if (state) config = { ...DEFAULTS, ...state.config, ...changedOnResume(config, state.config, given) };
+    else await clearFolder(dir, overwrite);
     const backend = await setBackend(config.backend, log);
     await Deno.mkdir(join(dir, "samples"), { recursive: true });
-    setSeed(config.seed);
-    const data = await loadRunData(config, log);
-    await saveDataImages(dir, data, config.seed);
-    const numClasses = config.conditional ? data.classes.length : 0;
-    const pretrained = config.weights && !state ? fromWeights(config, numClasses, given) : null;
-    if (pretrained) config = { ...config, width: pretrained.width, removeDeepConv: pretrained.removeDeepConv };
-    const gpu = backend === "webgpu" || backend === "tensorflow"; // a read-back waits for the GPU's queue
-    const readEvery = options.readEvery ?? (gpu ? 20 : 1);
-    const run = new Run(config, dir, data, pretrained, state, backend, readEvery, log);
-    Deno.addSignalListener("SIGINT", run.onSigint);
-    return run;
+    try {
+      setSeed(config.seed);
+      const data = await loadRunData(config, log);
+      await saveDataImages(dir, data, config.seed);
+      const numClasses = config.conditional ? data.classes.length : 0;
+      const pretrained = config.weights && !state ? fromWeights(config, numClasses, given) : null;
+      if (pretrained) config = { ...config, width: pretrained.width, removeDeepConv: pretrained.removeDeepConv };
+      if (!state && !given.includes("sampler")) {
+        config = { ...config, sampler: gridSampler(config, stepsOf(config, data.length)) };
+      }
+      const gpu = backend === "webgpu" || backend === "tensorflow"; // a read-back waits for the GPU's queue
+      const readEvery = options.readEvery ?? (gpu ? 20 : 1);
+      const run = new Run(config, dir, data, pretrained, state, backend, readEvery, log);
+      for (const [signal, stop] of run.stops) Deno.addSignalListener(signal, stop);
+      return run;
+    } catch (e) { // a failed start leaves no folder behind
+      if (!state) await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw e;
+    }
   }
 
   /**
@@ -134,6 +156,8 @@ export class Run {
       this.log(`resuming ${this.dir} at step ${this.step} (epoch ${this.epoch + 1})`);
     }
     this.log(`${describeThreads(this.backend, threads)} | ${this.describe()}`);
+    const gridNote = this.gridCost();
+    if (gridNote) this.log(gridNote);
   }
 
   /**
@@ -154,18 +178,35 @@ export class Run {
 
   private describe() {
     const { config: c, data, parts } = this;
+    const skipped = data.skipped ? ` (${data.skipped} skipped)` : "";
+    const classes = c.conditional ? `, ${data.classes.length} classes` : ""; // (an unconditional run has none)
     return `${c.conditional ? "conditional " : ""}U-Net width ${c.width}: ` +
       `${parts!.model.parameterCount.toLocaleString("en")} parameters | data ${data.name}: ${data.length} images` +
-      `${data.skipped ? ` (${data.skipped} skipped)` : ""}, ${data.classes.length} class(es), ${c.imageSize} px | ` +
-      `${this.totalSteps} steps of batch ${c.batchSize} | run folder ${this.dir}`;
+      `${skipped}${classes}, ${c.imageSize} px | ${this.totalSteps} steps of batch ${c.batchSize} | ` +
+      `run folder ${this.dir}`;
   }
 
-  /** A Ctrl-C asks the loop to stop after the current step; a second one exits at once. */
-  private onSigint = () => {
-    if (this.stopRequested) Deno.exit(130);
-    this.stopRequested = true;
-    this.log("\nstopping after this step (Ctrl-C again to quit without saving)");
-  };
+  /** What the sample grids cost, when they take more than a tenth of the run's time (else ""). */
+  private gridCost() {
+    const { config: c, totalSteps } = this, steps = this.parts!.diffusion.stepCount(c.sampler, c.sampleSteps);
+    const epochs = Math.ceil(totalSteps / Math.ceil(this.data.length / c.batchSize));
+    const grids = Math.ceil(epochs / c.sampleEvery) * (this.parts!.emaModel ? 2 : 1);
+    const share = grids * gridPasses(c, steps) / (grids * gridPasses(c, steps) + runPasses(c, totalSteps));
+    if (share <= 0.1) return "";
+    return `note: the ${grids} sample grid(s) of ${c.nSamples} images × ${steps} ${c.sampler} steps take about ` +
+      `${Math.round(100 * share)} % of this run's time; cheaper: fewer --n-samples, a larger --sample-every` +
+      `${c.sampler === "ddpm" ? ", --sampler ddim" : ", fewer --sample-steps"}`;
+  }
+
+  /** A stop signal (Ctrl-C, SIGTERM, SIGHUP) asks the loop to stop after the current step; a second one exits at once. */
+  readonly stops = STOP_SIGNALS.map((signal) =>
+    [signal, () => {
+      if (this.stopRequested) Deno.exit(SIGNAL_EXIT[signal] ?? 1);
+      this.stopRequested = true;
+      const what = signal === "SIGINT" ? "Ctrl-C" : signal;
+      this.log(`\n${what}: stopping after this step, with a checkpoint (again: quit without saving)`);
+    }] as const
+  );
 
   /** Training goes on: epochs and steps are left, and no Ctrl-C came. */
   get going() {
@@ -261,7 +302,7 @@ export class Run {
 
   /** Frees what the run holds (also after an error); train() frees the parts. */
   close() {
-    Deno.removeSignalListener("SIGINT", this.onSigint);
+    for (const [signal, stop] of this.stops) Deno.removeSignalListener(signal, stop);
     this.lossFile.close();
     tf.dispose(this.pending.map((r) => r.loss));
     this.threads?.close();
@@ -309,6 +350,18 @@ function changedOnResume(config: Config, saved: Config, given: (keyof Config)[])
   }
   const changed = given.filter((k) => CHANGEABLE.includes(k)).map((k) => [k, config[k]]);
   return { ...Object.fromEntries(changed), out: config.out, name: config.name };
+}
+
+/** A new run's folder: one that exists stops the run (a run is never overwritten), or with `overwrite` is cleared. */
+async function clearFolder(dir: string, overwrite: boolean) {
+  const entries = await Array.fromAsync(Deno.readDir(dir)).catch(() => []);
+  if (!entries.length) return;
+  if (!overwrite) throw new UsageError(`${dir} exists: --resume ${dir} to continue, or --name OTHER (or --overwrite)`);
+  const isRun = ["checkpoint", "checkpoint.old", "loss.jsonl"].some((f) => existsSync(join(dir, f)));
+  if (!isRun) {
+    throw new UsageError(`--overwrite: ${dir} is not a run folder (no checkpoint, no loss.jsonl): not cleared`);
+  }
+  await Deno.remove(dir, { recursive: true });
 }
 
 /** The losses of steps 1..step from loss.jsonl (later lines, written after the checkpoint, are dropped). */

@@ -59,12 +59,13 @@ export async function loadRun(runDir: string, ema = false): Promise<Trained> {
 
 /**
  * The model of a PyTorch file of the tutorial's U-Net, with the tutorial's settings (64 px, T = 1000, linear, ε) but
- * for the diffusion a `.safetensors` file of ours names (diffusionMetadata).
+ * for the image size and diffusion a `.safetensors` file of ours names (diffusionMetadata, image_size), or `imageSize`.
  */
-export function loadFile(path: string, imageSize = 64): Trained {
+export function loadFile(path: string, imageSize?: number): Trained {
   const model = loadTorchModel(path);
   const classes = Array.from({ length: model.numClasses }, (_, i) => String(i));
-  const config = { ...DEFAULTS, imageSize, conditional: model.numClasses > 0, ...diffusionIn(path) };
+  const config = { ...DEFAULTS, conditional: model.numClasses > 0, ...diffusionIn(path) };
+  if (imageSize) config.imageSize = imageSize;
   return { model, config, classes };
 }
 
@@ -75,10 +76,11 @@ export const diffusionMetadata = ({ prediction, schedule, noiseSteps }: Config):
   noise_steps: String(noiseSteps),
 });
 
-/** The diffusion settings a file's metadata gives (diffusionMetadata's; none: the tutorial's). */
+/** The image size and diffusion settings a file's metadata gives (export's; none: the tutorial's). */
 function diffusionIn(path: string): Partial<Config> {
-  const { prediction, schedule, noise_steps } = torchFileMetadata(path);
+  const { prediction, schedule, noise_steps, image_size } = torchFileMetadata(path);
   return {
+    ...(Number(image_size) >= 8 && Number(image_size) % 8 === 0 ? { imageSize: Number(image_size) } : {}),
     ...(prediction === "v" || prediction === "eps" ? { prediction } : {}),
     ...(schedule === "cosine" || schedule === "linear" ? { schedule } : {}),
     ...(Number(noise_steps) >= 1 ? { noiseSteps: Number(noise_steps) } : {}),

@@ -1,23 +1,25 @@
 // The flags of every command: one table (run/cli.ts) for parsing, ranges, choices and --help.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { parseConfig, UsageError } from "../run/cli.ts";
-import { DEFAULTS } from "../run/config.ts";
+import { flagsMarkdown, parseConfig, readFlags, UsageError, VERSION } from "../run/cli.ts";
+import { DEFAULTS, gridSampler, PRESETS } from "../run/config.ts";
 import { parseEvalArgs } from "../commands/eval.ts";
 import { parseSampleArgs } from "../commands/sample.ts";
-import { assertOneLine, ROOT, runScript } from "./helpers.ts";
+import { assertOneLine, ROOT, runScript, withTempDir } from "./helpers.ts";
 import { train } from "../train.ts";
 import { loadWeights } from "../weights/checkpoint.ts";
+import { readTorchFile, torchFileMetadata } from "../weights/pytorch.ts";
 
 const ACCEPTS = { // what each script's README and users rely on
-  train: "preset data out name resume weights epochs max-steps batch-size image-size width lr warmup-steps lr-decay " +
+  train:
+    "preset data out name resume overwrite weights epochs max-steps batch-size image-size width lr warmup-steps lr-decay " +
     "max-grad-norm noise-steps schedule prediction min-snr-gamma " +
     "conditional label-drop ema-beta ema-start count cache-dir no-cache sample-every n-samples cfg-scale sampler " +
-    "sample-steps eta no-clip seed backend threads help",
+    "sample-steps eta no-clip seed backend threads help version",
   sample:
-    "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend threads out raw " +
-    "help",
-  eval: "run weights ema n seconds full sampler sample-steps eta no-clip seed backend threads help",
+    "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend threads to raw " +
+    "help version",
+  eval: "run weights ema n seconds full sampler sample-steps eta no-clip seed backend threads help version",
 };
 const PARSE = { // each script's parser, on flags that are otherwise complete
   train: (args: string[]) => parseConfig(args),
@@ -43,7 +45,7 @@ function isUnknown(parse: () => unknown) {
     parse();
     return false;
   } catch (e) {
-    return usage(/^Unknown option/)(e);
+    return usage(/^unknown flag/)(e);
   }
 }
 
@@ -56,7 +58,12 @@ Deno.test("--help of train, sample and eval lists every flag each accepts, and o
     const accepts = ACCEPTS[script].split(" ");
     assert.deepEqual([...listed].sort(), [...accepts].sort(), `${script} --help`);
     for (const flag of everyFlag) {
-      assert.equal(isUnknown(() => PARSE[script]([`--${flag}`])), !accepts.includes(flag), `${script} --${flag}`);
+      const old = script === "sample" && flag === "out"; // sample's old spelling of --to
+      assert.equal(
+        isUnknown(() => PARSE[script]([`--${flag}`])),
+        !accepts.includes(flag) && !old,
+        `${script} --${flag}`,
+      );
     }
   }
 });
@@ -65,7 +72,7 @@ Deno.test("--help shows the static defaults, and the run-dependent ones in words
   const [train, sample, evalHelp] = await Promise.all(["demo", "sample", "eval"].map(taskHelp));
   const line = (text: string, flag: string) => text.split("\n").find((l) => l.startsWith(`  --${flag} `)) ?? "";
   assert.match(line(train.stdout, "noise-steps"), /\(default 1000\)/);
-  assert.match(line(train.stdout, "lr"), /\(default 0\.0003\)/);
+  assert.match(line(train.stdout, "lr"), /\(default 0\.002\)/); // the demo preset's
   assert.match(line(train.stdout, "backend"), /auto \| tensorflow \| webgpu \| wasm \| cpu \(default auto\)/);
   assert.match(line(sample.stdout, "sampler"), /ddpm \| ddim.*\(default: the run's; a file: ddpm, the tutorial's\)/);
   assert.match(line(sample.stdout, "sample-steps"), /\(default: the run's if it samples with DDIM, else 50; at most/);
@@ -134,6 +141,7 @@ Deno.test("sample flags: a run or a file, typed values with the defaults", () =>
     [o.run, o.n, o.sampler, o.sampleSteps, o.eta, o.clip, o.seed, o.backend, o.ema, o.help],
     [join("runs", "demo"), 4, "ddim", undefined, undefined, false, 7, "auto", false, false], // (undefined: the run's)
   );
+  assert.equal(parseSampleArgs(["--run", "demo"]).seed, DEFAULTS.seed); // train's default, not the clock
   const file = parseSampleArgs(["--weights", "w.pt", "--image-size", "32", "--sample-steps", "20"]);
   assert.deepEqual([file.run, file.weights, file.imageSize, file.sampleSteps], [undefined, "w.pt", 32, 20]);
   assert.equal(parseSampleArgs(["--help"]).help, true); // --help needs no --run
@@ -183,10 +191,11 @@ Deno.test("eval flags: bad values are one-line usage errors; the CLI exits with 
 
 Deno.test("export, view, bench and bench:decode: --help from the same table; a bad flag is one line, exit 2", async () => {
   const accepts: Record<string, string> = {
-    export: "run weights ema out help",
-    view: "run port help",
-    bench: "batch image-size width backend threads mode steps warmup classes ema by-kernel gpu-time count-only help",
-    "bench:decode": "n width height size dir help",
+    export: "run weights ema to help version",
+    view: "run port help version",
+    bench: "batch-size image-size width backend threads mode steps untimed-steps classes ema by-kernel gpu-time " +
+      "count-only help version",
+    "bench:decode": "files photo-width photo-height image-size dir help version",
   };
   const scripts: Record<string, string> = {
     export: "commands/export.ts",
@@ -203,7 +212,7 @@ Deno.test("export, view, bench and bench:decode: --help from the same table; a b
   }
   assertOneLine(await runScript("commands/bench.ts", "--mode", "x"), 2, "--mode x: use one of train, sample");
   assertOneLine(await runScript("commands/view.ts", "--port", "70000"), 2, "--port 70000");
-  assertOneLine(await runScript("commands/bench_decode.ts", "--n", "0"), 2, "--n 0");
+  assertOneLine(await runScript("commands/bench_decode.ts", "--files", "0"), 2, "--files 0");
 });
 
 Deno.test("the tutorial's presets keep ε-prediction, plain MSE, a constant lr and no clipping", () => {
@@ -214,4 +223,108 @@ Deno.test("the tutorial's presets keep ε-prediction, plain MSE, a constant lr a
       ["eps", 0, "constant", 0, 0],
     );
   }
+});
+
+Deno.test("one vocabulary: --version, the nearest flag, negative numbers, --lr > 0, old spellings with a note", async () => {
+  for (const script of ["train.ts", "commands/sample.ts", "commands/bench_decode.ts"]) {
+    const r = await runScript(script, "--version");
+    assert.deepEqual([r.code, r.stdout.trim()], [
+      0,
+      JSON.parse(Deno.readTextFileSync(join(ROOT, "deno.json"))).version,
+    ]);
+  }
+  assert.equal(VERSION, "0.1.0");
+  for (
+    const [args, message] of [
+      [["--epoch", "3"], "unknown flag --epoch: did you mean --epochs? (see --help)"],
+      [["--sample-step", "3"], "unknown flag --sample-step: did you mean --sample-steps? (see --help)"],
+      [["--bogus"], "unknown flag --bogus (see --help)"],
+      [["--lr", "-1e-3"], "--lr -1e-3: must be > 0"],
+      [["--lr", "0"], "--lr 0: must be > 0"],
+      [["--threads", "-1"], "--threads -1: expected an integer in [0, 1024]"],
+      [["--seed", "-1"], `--seed -1: expected an integer in [0, ${2 ** 31 - 1}]`],
+    ] as [string[], string][]
+  ) assert.throws(() => parseConfig(args), usage(message), args.join(" "));
+  assert.equal(parseConfig(["--lr", "1e-3"]).config.lr, 1e-3);
+  const notes: string[] = [], error = console.error;
+  console.error = (line: string) => notes.push(line);
+  try {
+    const bench = readFlags("bench", ["--batch", "3", "--warmup=0"]);
+    assert.deepEqual([bench["batch-size"], bench["untimed-steps"]], [3, 0]);
+    assert.equal(readFlags("sample", ["--out", "x.png"]).to, "x.png");
+    assert.equal(readFlags("bench:decode", ["--size", "16"])["image-size"], 16);
+  } finally {
+    console.error = error;
+  }
+  assert.deepEqual(notes, [
+    "note: --batch is now --batch-size (the old name is accepted until the next version)",
+    "note: --warmup is now --untimed-steps (the old name is accepted until the next version)",
+    "note: --out is now --to (the old name is accepted until the next version)",
+    "note: --size is now --image-size (the old name is accepted until the next version)",
+  ]);
+  assert.ok(isUnknown(() => readFlags("train", ["--batch", "3"]))); // train never had it
+});
+
+Deno.test("train:cifar --help shows the cifar preset's defaults, not the landscape's", async () => {
+  const help = await taskHelp("train:cifar");
+  assert.equal(help.code, 0, help.stderr);
+  const line = (flag: string) => help.stdout.split("\n").find((l) => l.startsWith(`  --${flag} `)) ?? "";
+  const cifar = PRESETS.cifar;
+  assert.match(line("batch-size"), new RegExp(`\\(default ${cifar.batchSize}\\)`));
+  assert.match(line("epochs"), new RegExp(`\\(default ${cifar.epochs}\\)`));
+  assert.match(line("ema-beta"), new RegExp(`\\(default ${cifar.emaBeta}\\)`));
+  assert.match(line("data"), /\(default cifar10\)/);
+});
+
+Deno.test("docs/flags.md is the flag table of run/cli.ts, current", () => {
+  const words = (md: string) => md.replace(/-{3,}/g, "---").replace(/\s+/g, " ").replace(/ ?\| ?/g, "|");
+  const file = Deno.readTextFileSync(join(ROOT, "docs", "flags.md"));
+  assert.equal(words(file), words(flagsMarkdown()), "run `deno run -A run/cli.ts && deno fmt docs/flags.md`");
+  assert.ok(file.includes("args.batch_size") && file.includes("args.run_name") && file.includes("args.dataset_path"));
+});
+
+Deno.test("a short run's grids are DDIM unless --sampler says; the tutorial's runs keep DDPM", () => {
+  const tiny = { ...DEFAULTS, imageSize: 8, batchSize: 12, nSamples: 16 };
+  assert.equal(gridSampler(tiny, 20), "ddim"); // a DDPM grid: 16 images × 1000 steps; 20 steps: 720 passes
+  assert.equal(gridSampler({ ...DEFAULTS, ...PRESETS.landscape }, 500 * Math.ceil(2000 / 12)), "ddpm");
+  assert.equal(gridSampler({ ...DEFAULTS, ...PRESETS.cifar }, 300 * Math.ceil(50000 / 14)), "ddpm");
+  assert.equal(gridSampler({ ...tiny, sampler: "ddim" }, 1e9), "ddim"); // never DDIM to DDPM
+});
+
+Deno.test("a weights file says its image size; sample prints its seed and --seed repeats it", async () => {
+  await withTempDir(async (out) => {
+    const tiny = {
+      imageSize: 16,
+      width: 4,
+      maxSteps: 1,
+      count: 8,
+      nSamples: 1,
+      noiseSteps: 10,
+      backend: "wasm",
+    } as const;
+    await train({ ...DEFAULTS, ...tiny, data: "builtin:landscapes", out, name: "run" }, { log: () => {} });
+    const [st, pt] = [join(out, "w.safetensors"), join(out, "w.pt")];
+    for (const file of [st, pt]) {
+      const r = await runScript("commands/export.ts", "--run", join(out, "run"), "--to", file);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    assert.equal(torchFileMetadata(st).image_size, "16");
+    assert.deepEqual(readTorchFile(st), readTorchFile(pt));
+    const draw = async (name: string, ...flags: string[]) => {
+      const raw = join(out, `${name}.bin`), args = ["--n", "1", "--threads", "1", "--backend", "wasm"];
+      const r = await runScript("commands/sample.ts", ...args, "--raw", raw, "--to", out, ...flags);
+      assert.equal(r.code, 0, r.stderr);
+      return { stdout: r.stdout, samples: loadWeights(raw).get("samples")! };
+    };
+    const fromSt = await draw("st", "--weights", st);
+    assert.deepEqual(fromSt.samples.shape, [1, 16, 16, 3]); // the file's size, not the tutorial's 64
+    assert.ok(!fromSt.stdout.includes("image size"), fromSt.stdout);
+    const fromPt = await draw("pt", "--weights", pt);
+    assert.deepEqual(fromPt.samples.shape, [1, 64, 64, 3]);
+    assert.match(fromPt.stdout, /note: .*w\.pt does not say its image size: 64 px, the tutorial's \(--image-size N\)/);
+    const first = await draw("first", "--run", join(out, "run"), "--seed", "12345");
+    assert.match(first.stdout, /seed 12345 \(--seed 12345 draws them again\)/);
+    assert.deepEqual((await draw("again", "--run", join(out, "run"), "--seed", "12345")).samples, first.samples);
+    assert.match((await draw("default", "--run", join(out, "run"))).stdout, /seed 0 /);
+  });
 });

@@ -65,7 +65,7 @@ Deno.test("a run trained here trains on under torchrun (2 processes, gloo) and c
     );
     assert.equal(train.code, 0, train.stderr);
     const init = join(dir, "init.pt");
-    const exported = await runScript("commands/export.ts", "--run", join(dir, "tiny"), "--out", init);
+    const exported = await runScript("commands/export.ts", "--run", join(dir, "tiny"), "--to", init);
     assert.equal(exported.code, 0, exported.stderr);
 
     // 3 steps, 4 images a step; labels dropped on 2 of them (--seed 0), the EMA averaging from its first step
@@ -100,7 +100,7 @@ Deno.test("a run trained here trains on under torchrun (2 processes, gloo) and c
     const sample = await runScript(
       "commands/sample.ts",
       ...["--weights", join(two, "ema_ckpt.pt"), "--image-size", "16", "--sampler", "ddim", "--sample-steps", "5"],
-      ...["--seed", "1", "--backend", "wasm", "--out", png, "--raw", raw],
+      ...["--seed", "1", "--backend", "wasm", "--to", png, "--raw", raw],
     );
     assert.equal(sample.code, 0, sample.stderr);
     assert.match(sample.stdout, /2 samples of 0, 1 in/); // UNet_conditional(num_classes=2): a row per class

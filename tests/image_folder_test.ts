@@ -151,7 +151,7 @@ Deno.test("warnings name dangling links, unreadable, undecodable and unsupported
   await withTempDir(async (dir) => {
     const data = join(dir, "img"), cache = join(dir, "cache");
     await Deno.mkdir(data);
-    for (let i = 0; i < 3; i++) await writeSolid(join(data, `ok${i}.png`), [10, 20, 30]);
+    for (let i = 0; i < 3; i++) await writeSolid(join(data, `ok${i}.png`), [10 + i, 20, 30]); // (a copy: left out)
     await Deno.writeTextFile(join(data, "broken.jpg"), "not a jpeg");
     await Deno.writeFile(join(data, "empty.png"), new Uint8Array());
     await Deno.writeFile(join(data, "anim.gif"), new Uint8Array([0x47, 0x49, 0x46]));
@@ -238,7 +238,9 @@ Deno.test("image folder with class sub-folders: labels, decoding, skipping", asy
       await Deno.mkdir(join(dir, name, ".."), { recursive: true });
       await Deno.writeFile(join(dir, name), bytes);
     }
-    await Deno.symlink(join(dir, "dogs", "gray.png"), join(dir, "dogs", "link.png")); // links are followed
+    await Deno.mkdir(join(dir, ".elsewhere")); // (hidden: not listed)
+    await Deno.writeFile(join(dir, ".elsewhere", "gray.png"), png(2, 2, 8, 0, [[100, 100], [100, 100]]));
+    await Deno.symlink(join(dir, ".elsewhere", "gray.png"), join(dir, "dogs", "link.png")); // links are followed
     const lines: string[] = [];
     const ds = await loadDataset(dir, 16, { cacheDir: join(dir, ".cache"), log: (l) => lines.push(l) });
     assert.deepEqual(ds.classes, ["cats", "dogs"]);
@@ -255,7 +257,8 @@ Deno.test("image folder with class sub-folders: labels, decoding, skipping", asy
       assert.equal(x.length, 16 * 16 * 3);
       // Solid images stay solid through resize and crop: check the mean colour.
       const mean = [0, 1, 2].map((k) => x.filter((_, j) => j % 3 === k).reduce((a, b) => a + b) / 256);
-      const expected = labels[i] === 1 ? [200, 200, 200] : mean[0] > 0 ? [255, 0, 0] : [0, 255, 0];
+      const grey = mean[0] < 0 ? 100 : 200; // (the link's, or the others')
+      const expected = labels[i] === 1 ? [grey, grey, grey] : mean[0] > 0 ? [255, 0, 0] : [0, 255, 0];
       mean.forEach((m, k) => assert.ok(Math.abs((m + 1) * 127.5 - expected[k]) < 4, `${mean} vs ${expected}`));
     });
   });
@@ -270,7 +273,10 @@ Deno.test("flat image folder: one class named after the folder; upright crops; c
     }
     const flat = join(dir, "faces");
     await Deno.mkdir(flat);
-    for (let i = 0; i < 5; i++) await Deno.writeFile(join(flat, `${i}.png`), await img.encode());
+    for (let i = 0; i < 5; i++) {
+      img.bitmap[(19 * 30 + 29) * 4 + 2] = i; // (blue, unchecked: five files, not five copies of one)
+      await Deno.writeFile(join(flat, `${i}.png`), await img.encode());
+    }
     const cacheDir = join(dir, "cache");
     const ds = await loadDataset(flat, 8, { cacheDir, log: quiet });
     assert.deepEqual(ds.classes, ["faces"]);
@@ -308,5 +314,26 @@ Deno.test("bad folders throw DataError naming the path", async () => {
     await Deno.writeTextFile(join(dir, "broken", "a.jpg"), "not a jpeg");
     await rejects(join(dir, "broken"), /could be decoded/);
     await rejects("builtin:nothing", /unknown dataset/);
+  });
+});
+
+Deno.test("the same image once: links to one file and copies of its bytes are left out, and counted", async () => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, "wallpapers");
+    await Deno.mkdir(data);
+    await writeSolid(join(data, "a.png"), [200, 10, 10]);
+    await writeSolid(join(data, "b.png"), [10, 200, 10]);
+    await Deno.symlink(join(data, "a.png"), join(data, "a_link.png")); // as Debian's wallpaper packages do
+    await Deno.symlink(join(data, "a.png"), join(data, "z_link.png"));
+    await Deno.copyFile(join(data, "b.png"), join(data, "b_copy.png"));
+    const lines: string[] = [];
+    const { files } = await listImageFolder(data, (l) => lines.push(l));
+    assert.deepEqual(files.map((f) => f.file.slice(data.length + 1)), ["a.png", "b.png"]);
+    assert.ok(
+      lines.includes("left out 3 duplicate(s): 2 path(s) to a file listed already, 1 copie(s) of one"),
+      lines.join("\n"),
+    );
+    const ds = await loadDataset(data, 8, { noCache: true, log: quiet });
+    assert.equal(ds.length, 2);
   });
 });

@@ -30,7 +30,7 @@ async function runIn(env: Record<string, string>, flags: string[], script: strin
 /** A training run of seconds: 8 px, width 4, 8 images, one step, a sample grid of 2 DDIM steps, on wasm. */
 const tinyRun = (out: string) =>
   ["--max-steps", "1", "--image-size", "8", "--width", "4", "--count", "8", "--n-samples", "1"].concat(
-    ["--sampler", "ddim", "--sample-steps", "2", "--backend", "wasm", "--out", out, "--name", "run"],
+    ["--sampler", "ddim", "--sample-steps", "2", "--backend", "wasm", "--out", out, "--name", "run", "--overwrite"],
   );
 
 Deno.test("every task says what it does and none asks for all permissions", () => {

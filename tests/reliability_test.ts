@@ -5,7 +5,9 @@
  *  crash       SIGKILL while a checkpoint is written (files half written, between the renames, at random):
  *              --resume always starts from a readable checkpoint
  *  resume      N steps straight = N/2 + --resume + N/2, bit for bit (cpu; wasm on 2 threads; same seed)
- *  Ctrl-C      the current step finishes, a checkpoint is saved, exit 0
+ *  signals     Ctrl-C, SIGTERM, SIGHUP: the current step finishes, a checkpoint is saved, exit 0
+ *  overwrite   a second start of a run stops with one line; --overwrite clears it; killed and resumed, the loss log
+ *              holds each step once; a failed start leaves no folder
  *  NaN         a non-finite loss stops the run naming the step; the last good checkpoint stays
  *  disk full   a failed checkpoint write (ENOSPC) stops with one line; the previous one stays
  *  damaged     a checkpoint file changed after it was written (NaNs in model.bin, a bit flip): its SHA-256 in
@@ -131,24 +133,72 @@ Deno.test("crash: SIGKILL during checkpoint writes never leaves a run that canno
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("Ctrl-C: the step finishes, a checkpoint is saved, exit 0", async () => {
-  const dir = await tmp();
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  Deno.test(`${signal}: the step finishes, a checkpoint is saved, exit 0`, async () => {
+    const dir = await tmp();
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "train.ts", "--image-size", "8", "--width", "4", "--count", "8", "--batch-size", "4"]
+        .concat(["--epochs", "100000", "--sample-every", "100000", "--out", dir, "--name", "c", "--backend", "wasm"]),
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    while (!existsSync(join(dir, "c", "loss.jsonl")) || !Deno.readTextFileSync(join(dir, "c", "loss.jsonl"))) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill(signal);
+    const out = await child.output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.match(stdout, new RegExp(`${signal === "SIGINT" ? "Ctrl-C" : signal}: stopping after this step`));
+    const stopped = Number(stdout.match(/stopped at step (\d+)/)?.[1]);
+    assert.ok(stopped >= 1, stdout);
+    assert.equal((await readState(join(dir, "c"))).step, stopped);
+    await Deno.remove(dir, { recursive: true });
+  });
+}
+
+Deno.test("a run is never overwritten: a second start stops; --overwrite starts afresh; killed and resumed, no step twice", async () => {
+  const dir = await tmp(), run = join(dir, "x");
+  const args = ["--image-size", "8", "--width", "4", "--count", "4", "--batch-size", "4", "--backend", "wasm"]
+    .concat(["--sample-every", "100000", "--n-samples", "1", "--noise-steps", "10", "--out", dir, "--name", "x"]);
+  const first = await runScript("train.ts", ...args, "--max-steps", "3");
+  assert.equal(first.code, 0, first.stderr);
+  const grid = join(run, "samples", "epoch_0003.png"); // the last grid of the first run
+  assert.ok(existsSync(grid));
+  const before = Deno.readTextFileSync(join(run, "loss.jsonl"));
+  assertOneLine(
+    await runScript("train.ts", ...args, "--max-steps", "5"),
+    2,
+    `${run} exists: --resume ${run} to continue`,
+  );
+  assert.equal(Deno.readTextFileSync(join(run, "loss.jsonl")), before); // untouched
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "train.ts", "--image-size", "8", "--width", "4", "--count", "8", "--batch-size", "4"]
-      .concat(["--epochs", "100000", "--sample-every", "100000", "--out", dir, "--name", "c", "--backend", "wasm"]),
-    stdout: "piped",
-    stderr: "piped",
+    args: ["run", "-A", "train.ts", ...args, "--epochs", "100000", "--overwrite"],
+    stdout: "null",
+    stderr: "null",
   }).spawn();
-  while (!existsSync(join(dir, "c", "loss.jsonl")) || !Deno.readTextFileSync(join(dir, "c", "loss.jsonl"))) {
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  child.kill("SIGINT");
-  const out = await child.output();
-  const stdout = new TextDecoder().decode(out.stdout);
-  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-  const stopped = Number(stdout.match(/stopped at step (\d+)/)?.[1]);
-  assert.ok(stopped >= 1, stdout);
-  assert.equal((await readState(join(dir, "c"))).step, stopped);
+  const rows = () => (Deno.readTextFileSync(join(run, "loss.jsonl")).match(/\n/g) ?? []).length;
+  while (!existsSync(join(run, "checkpoint", "state.json")) || rows() < 4) await new Promise((r) => setTimeout(r, 20));
+  child.kill("SIGKILL"); // no checkpoint at the end: loss.jsonl holds steps the checkpoint has not
+  await child.status;
+  assert.ok(!existsSync(grid), "--overwrite cleared the first run's files");
+  const resumed = await runScript("train.ts", "--resume", run, "--max-steps", "12", "--backend", "wasm");
+  assert.equal(resumed.code, 0, resumed.stderr);
+  const steps = Deno.readTextFileSync(join(run, "loss.jsonl")).trim().split("\n").map((l) => JSON.parse(l).step);
+  assert.deepEqual(steps, Array.from({ length: 12 }, (_, i) => i + 1));
+  assertOneLine(await runScript("train.ts", "--resume", run, "--overwrite"), 2, "--overwrite");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("a failed start leaves no folder; --overwrite clears only a run folder", async () => {
+  const dir = await tmp();
+  const base = ["--image-size", "8", "--width", "4", "--backend", "wasm", "--out", dir];
+  assertOneLine(await runScript("train.ts", ...base, "--name", "f", "--data", join(dir, "missing")), 1, "missing");
+  assert.ok(!existsSync(join(dir, "f")));
+  await Deno.mkdir(join(dir, "notes"));
+  await Deno.writeTextFile(join(dir, "notes", "todo.txt"), "not a run");
+  assertOneLine(await runScript("train.ts", ...base, "--name", "notes", "--overwrite"), 2, "not a run folder");
+  assert.ok(existsSync(join(dir, "notes", "todo.txt")));
   await Deno.remove(dir, { recursive: true });
 });
 
@@ -219,7 +269,10 @@ Deno.test("bad image files: corrupt, zero-byte, tiny, huge and unsupported ones"
   const noise = new Image(32, 32); // (a flat image survives truncation: its data fits in the first bytes)
   noise.bitmap.forEach((_, i) => noise.bitmap[i] = (i * 7919) % 251);
   const png = await noise.encode(), jpeg = await noise.encodeJPEG(90);
-  for (let i = 0; i < 3; i++) await Deno.writeFile(join(data, `ok${i}.png`), png);
+  for (let i = 0; i < 3; i++) { // three images (three copies of one would be one)
+    noise.bitmap[0] = i;
+    await Deno.writeFile(join(data, `ok${i}.png`), await noise.encode());
+  }
   await Deno.writeFile(join(data, "truncated.jpg"), jpeg.subarray(0, jpeg.length >> 1));
   await Deno.writeFile(join(data, "truncated.png"), png.subarray(0, png.length >> 1));
   await Deno.writeFile(join(data, "empty.png"), new Uint8Array());
@@ -302,7 +355,7 @@ Deno.test("damaged checkpoint: a file changed after it was written is named on -
   const changed = /model\.bin has changed since it was written \(its SHA-256 is not the one in state\.json\)/;
   assertOneLine(await runScript("train.ts", "--resume", run, "--epochs", "2", "--backend", "wasm"), 1, changed);
   assertOneLine(await runScript("commands/sample.ts", "--run", run, "--n", "1", "--backend", "wasm"), 1, changed);
-  assertOneLine(await runScript("commands/export.ts", "--run", run, "--out", join(dir, "x.safetensors")), 1, changed);
+  assertOneLine(await runScript("commands/export.ts", "--run", run, "--to", join(dir, "x.safetensors")), 1, changed);
   Deno.writeFileSync(join(ckpt, "model.bin"), pristine);
   const flipped = Deno.readFileSync(join(ckpt, "adam_v.bin")); // one finite bit flip
   flipped[flipped.length - 3] ^= 4;
@@ -317,10 +370,11 @@ Deno.test("PyTorch files: a run starts from one, is exported as one; a bad one g
   // lr 0: the trained weights stay the file's, and the export gives them back bit for bit
   await train(tiny(dir, { weights: file, lr: 0, count: 4, epochs: 1 }), { log: quiet });
   assert.equal((await readState(join(dir, "run"))).config.width, 8); // the file's width, not tiny's 4
-  const r = await runScript("commands/export.ts", "--run", join(dir, "run"), "--out", out);
+  const r = await runScript("commands/export.ts", "--run", join(dir, "run"), "--to", out);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(readTorchFile(out), readTorchFile(file));
-  const base = ["--image-size", "8", "--count", "4", "--batch-size", "4", "--backend", "wasm", "--out", dir];
+  const base = ["--image-size", "8", "--count", "4", "--batch-size", "4", "--backend", "wasm", "--out", dir]
+    .concat(["--name", "new"]); // (not the run above: a run is never overwritten)
   Deno.writeFileSync(join(dir, "half.pt"), Deno.readFileSync(file).subarray(0, 5000));
   const cases: [string, string[], number, string | RegExp][] = [
     ["commands/sample.ts", ["--weights", join(dir, "half.pt")], 1, /half\.pt is not a readable PyTorch file/],
@@ -329,7 +383,7 @@ Deno.test("PyTorch files: a run starts from one, is exported as one; a bad one g
     ["train.ts", [...base, "--weights", join(fixtures, "unet_w8_cond.pt")], 2, /conditional UNet: add --conditional/],
     ["train.ts", [...base, "--weights", file, "--width", "16"], 2, "--width 16"],
     ["train.ts", [...base, "--weights", file, "--resume", join(dir, "run")], 2, "--weights"],
-    ["commands/export.ts", ["--weights", file, "--out", join(dir, "x.bin")], 2, "--out"],
+    ["commands/export.ts", ["--weights", file, "--to", join(dir, "x.bin")], 2, "--to"],
   ];
   for (const [script, args, code, what] of cases) assertOneLine(await runScript(script, ...args), code, what);
   await Deno.remove(dir, { recursive: true });

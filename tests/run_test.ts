@@ -137,6 +137,32 @@ Deno.test("CLI: a training start prints the backend and parameter count; missing
       ok.stdout,
       /backend wasm, \d+ threads?, (native \(OpenBLAS [^)]+\)|wasm kernels[^|]*) \| conditional U-Net width 8: [\d,]+ parameters \| data builtin:shapes: 8 images/,
     );
-    assertOneLine(await cli("--data", join(dir, "nope"), "--out", dir), 1, join(dir, "nope"));
+    assertOneLine(await cli("--data", join(dir, "nope"), "--out", dir, "--name", "nope"), 1, join(dir, "nope"));
+  });
+});
+
+Deno.test("a short run: its grids are DDIM and the banner prices them; an unconditional run does not speak of classes", async () => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, "photos"); // sub-folders, as a wallpaper folder has
+    for (const [i, sub] of ["a", "b", "c"].entries()) {
+      await Deno.mkdir(join(data, sub), { recursive: true });
+      const img = new Image(20, 20).fill(((i * 60) << 24 | 0x8040ff) >>> 0);
+      await Deno.writeFile(join(data, sub, "p.png"), await img.encode());
+    }
+    const lines: string[] = [];
+    const config = tiny(dir, { data, count: 0, epochs: 1, noCache: true, sampleEvery: 1, nSamples: 2, noiseSteps: 10 });
+    await train(config, { log: (l) => lines.push(l) });
+    const saved = JSON.parse(await Deno.readTextFile(join(dir, "run", "checkpoint", "state.json"))).config;
+    assert.equal(saved.sampler, "ddim"); // a DDPM grid: 2 images × 10 steps > a tenth of 1 step of 3 images
+    assert.ok(!lines.some((l) => /class/.test(l)), lines.join("\n"));
+    assert.ok(
+      lines.some((l) =>
+        /^note: the 1 sample grid\(s\) of 2 images × 10 ddim steps take about \d+ % of this run's time/.test(l)
+      ),
+      lines.join("\n"),
+    );
+    await train({ ...config, name: "given" }, { given: ["sampler"], log: quiet });
+    const kept = JSON.parse(await Deno.readTextFile(join(dir, "given", "checkpoint", "state.json"))).config;
+    assert.equal(kept.sampler, "ddpm"); // --sampler ddpm, given
   });
 });

@@ -159,7 +159,7 @@ Deno.test("the run's page in headless Chromium: forward process, and the page's 
     await run(
       "commands/sample.ts",
       ...["--run", runDir, "--ema", "--sampler", "ddim", "--sample-steps", `${sampleSteps}`, "--eta", "0.5"],
-      ...["--seed", `${seed}`, "--n", `${n}`, "--backend", "cpu", "--raw", raw, "--out", png],
+      ...["--seed", `${seed}`, "--n", `${n}`, "--backend", "cpu", "--raw", raw, "--to", png],
     );
     const cli = loadWeights(raw).get("samples")!, inPage = await page.evaluate<number[]>("Array.from(ddpmView.sample)");
     assert.deepEqual(cli.shape, [n, S, S, 3]);

@@ -9,17 +9,17 @@ Run from the repository root. Prints each command's JSON line as it goes, then t
 import argparse, json, os, platform, subprocess, sys
 
 CPU_ROWS = [  # (what, flags, steps)
-    ("train 16 px, b 16, w 16 (the demo's)", "--image-size 16 --batch 16 --width 16 --mode train", 5),
-    ("train 32 px, b 4, w 64", "--image-size 32 --batch 4 --width 64 --mode train", 3),
-    ("train 32 px, b 8, w 32", "--image-size 32 --batch 8 --width 32 --mode train", 3),
-    ("train 64 px, b 2, w 64", "--image-size 64 --batch 2 --width 64 --mode train", 3),
-    ("sample (one forward) 32 px, b 4, w 64", "--image-size 32 --batch 4 --width 64 --mode sample", 5),
+    ("train 16 px, b 16, w 16 (the demo's)", "--image-size 16 --batch-size 16 --width 16 --mode train", 5),
+    ("train 32 px, b 4, w 64", "--image-size 32 --batch-size 4 --width 64 --mode train", 3),
+    ("train 32 px, b 8, w 32", "--image-size 32 --batch-size 8 --width 32 --mode train", 3),
+    ("train 64 px, b 2, w 64", "--image-size 64 --batch-size 2 --width 64 --mode train", 3),
+    ("sample (one forward) 32 px, b 4, w 64", "--image-size 32 --batch-size 4 --width 64 --mode sample", 5),
 ]
-BIG = ("train 64 px, b 12, w 64 (one step)", "--image-size 64 --batch 12 --width 64 --mode train", 1)  # round 1 only
+BIG = ("train 64 px, b 12, w 64 (one step)", "--image-size 64 --batch-size 12 --width 64 --mode train", 1)  # round 1 only
 GPU_ROWS = [
-    ("train 32 px, b 4, w 64", "--image-size 32 --batch 4 --width 64 --mode train", 5),
-    ("train 64 px, b 12, w 64 (the tutorial's)", "--image-size 64 --batch 12 --width 64 --mode train", 5),
-    ("sample (one forward) 64 px, b 12, w 64", "--image-size 64 --batch 12 --width 64 --mode sample", 5),
+    ("train 32 px, b 4, w 64", "--image-size 32 --batch-size 4 --width 64 --mode train", 5),
+    ("train 64 px, b 12, w 64 (the tutorial's)", "--image-size 64 --batch-size 12 --width 64 --mode train", 5),
+    ("sample (one forward) 64 px, b 12, w 64", "--image-size 64 --batch-size 12 --width 64 --mode sample", 5),
 ]
 
 
@@ -88,16 +88,16 @@ def cpu(rounds, only):
 def gpu():
     results = []
     for what, flags, steps in GPU_ROWS:
-        torch = ms(run(torch_cmd(flags, steps, "cuda") + ["--warmup", "2"]))
-        ours = ms(run(ours_cmd(flags, steps, ["--backend", "webgpu", "--warmup", "2"])))
+        torch = ms(run(torch_cmd(flags, steps, "cuda") + ["--untimed-steps", "2"]))
+        ours = ms(run(ours_cmd(flags, steps, ["--backend", "webgpu", "--untimed-steps", "2"])))
         results.append((what, torch, ours))
     print("\n| step (image, batch, width) | PyTorch, CUDA | ours, `--backend webgpu` | ours / PyTorch |")
     print("| --- | ---: | ---: | ---: |")
     for what, torch, ours in results:
         print(f"| {what} | {torch:.1f} ms | {ours:.0f} ms | {ours / torch:.1f}× |")
     print("\nGPU time by kernel, one training step at 64 px, b 12, w 64:\n", flush=True)
-    subprocess.run(["deno", "task", "bench", "--backend", "webgpu", "--image-size", "64", "--batch", "12", "--width",
-                    "64", "--steps", "1", "--warmup", "2", "--gpu-time", "--by-kernel"], check=True)
+    subprocess.run(["deno", "task", "bench", "--backend", "webgpu", "--image-size", "64", "--batch-size", "12", "--width",
+                    "64", "--steps", "1", "--untimed-steps", "2", "--gpu-time", "--by-kernel"], check=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """The tutorial's training loop (ddpm.py, ddpm_conditional.py) on N processes with DistributedDataParallel: a run of
 `deno task train` continued on many GPUs (or CPUs), and its weights brought back to `deno task sample --weights`.
 
-  deno task export --run runs/landscape --out landscape.pt
+  deno task export --run runs/landscape --to landscape.pt
   torchrun --standalone --nproc_per_node=8 torch/train_ddp.py --data DIR --init landscape.pt --out models/landscape
   deno task sample --weights models/landscape/ema_ckpt.pt --n 16
 
@@ -144,7 +144,7 @@ def read_init(path):
             from safetensors.torch import load_file
         except ImportError:
             raise UsageError(f"--init {path}: reading .safetensors needs the safetensors package, which Debian does "
-                             "not have; export as .pt instead (deno task export ... --out FILE.pt)")
+                             "not have; export as .pt instead (deno task export ... --to FILE.pt)")
         load = load_file
     else:
         load = lambda p: torch.load(p, map_location="cpu", weights_only=True)
