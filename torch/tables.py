@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The README's speed tables, measured: PyTorch (torch_ref.py) and ours (deno task bench) interleaved, row by row.
 
-  /usr/bin/python3 torch/tables.py cpu [--rounds 2]   # PyTorch on every core; ours (wasm) on 1 thread and on every core
+  /usr/bin/python3 torch/tables.py cpu [--rounds 2]   # PyTorch on every core; ours on every core with the wasm kernels,
+                                                    # and native (OpenBLAS) on 1 thread and on every core
   python3 torch/tables.py gpu                         # PyTorch --device cuda; ours --backend webgpu; then GPU time by kernel
 
 Run from the repository root. Prints each command's JSON line as it goes, then the table in Markdown.
 """
-import argparse, json, os, platform, subprocess, sys
+import argparse, json, os, platform, shutil, subprocess, sys
 
 CPU_ROWS = [  # (what, flags, steps)
     ("train 16 px, b 16, w 16 (the demo's)", "--image-size 16 --batch-size 16 --width 16 --mode train", 5),
@@ -39,8 +40,16 @@ def torch_cmd(flags, steps, device="cpu"):
     return [sys.executable, "torch/torch_ref.py", *threads, "--device", device, "--steps", str(steps), *flags.split()]
 
 
+DENO = ["deno"] if shutil.which("deno") else ["npx", "-y", "deno@2.9.6"]
+
+
 def ours_cmd(flags, steps, extra):
-    return ["deno", "task", "bench", "--steps", str(steps), *flags.split(), *extra]
+    return [*DENO, "task", "bench", "--steps", str(steps), *flags.split(), *extra]
+
+
+def wasm_kernels(cmd):
+    """The command with DDPM_NATIVE=0 (the wasm kernels, not the native products)."""
+    return ["env", "DDPM_NATIVE=0", *cmd]
 
 
 def ms(row):
@@ -63,6 +72,8 @@ def cpu_name():
 
 
 def cpu(rounds, only):
+    from torch_ref import refuse_reference_blas  # (beside this file)
+    refuse_reference_blas()
     n = os.cpu_count()
     rows = [(what, flags, steps, []) for i, (what, flags, steps) in enumerate(CPU_ROWS + [BIG]) if only is None or i in only]
     for r in range(rounds):
@@ -70,19 +81,20 @@ def cpu(rounds, only):
             if r and (what, flags, steps) == BIG:
                 continue
             torch = ms(run(torch_cmd(flags, steps)))
+            wasm = ms(run(wasm_kernels(ours_cmd(flags, steps, ["--backend", "wasm", "--threads", str(n)]))))
             one = ms(run(ours_cmd(flags, steps, ["--backend", "wasm", "--threads", "1"])))
             alln = ms(run(ours_cmd(flags, steps, ["--backend", "wasm", "--threads", str(n)])))
-            results.append((torch, one, alln))
-    print(f"\n{cpu_name()}, {n} cores; PyTorch and ours on {n} threads; rounds " +
+            results.append((torch, wasm, one, alln))
+    print(f"\n{cpu_name()}, {n} cores; PyTorch and ours on {n} threads unless said; rounds " +
           " / ".join(str(i + 1) for i in range(rounds)) + "\n")
-    print(f"| step (image, batch, width) | PyTorch | ours, 1 thread | ours, {n} threads | ours ({n}) / PyTorch "
-          f"| speed-up, 1 → {n} threads |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| step (image, batch, width) | PyTorch | ours, wasm kernels | ours, native, 1 thread | ours, native "
+          f"| native / PyTorch | wasm kernels / PyTorch |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for what, _, _, results in rows:
-        torch, one, alln = zip(*results)
+        torch, wasm, one, alln = zip(*results)
         ratio = " / ".join(f"{a / t:.2f}×" for t, a in zip(torch, alln))
-        speedup = " / ".join(f"{o / a:.2f}×" for o, a in zip(one, alln))
-        print(f"| {what} | {fmt(torch)} | {fmt(one)} | {fmt(alln)} | {ratio} | {speedup} |")
+        before = " / ".join(f"{w / t:.2f}×" for t, w in zip(torch, wasm))
+        print(f"| {what} | {fmt(torch)} | {fmt(wasm)} | {fmt(one)} | {fmt(alln)} | {ratio} | {before} |")
 
 
 def gpu():
