@@ -312,6 +312,7 @@ Deno.test("a weights file says its image size; sample prints its seed and --seed
     assert.deepEqual(readTorchFile(st), readTorchFile(pt));
     const draw = async (name: string, ...flags: string[]) => {
       const raw = join(out, `${name}.bin`), args = ["--n", "1", "--threads", "1", "--backend", "wasm"];
+      args.push("--sampler", "ddim", "--sample-steps", "2"); // (a .pt gets the tutorial's 1000 DDPM steps: minutes)
       const r = await runScript("commands/sample.ts", ...args, "--raw", raw, "--to", out, ...flags);
       assert.equal(r.code, 0, r.stderr);
       return { stdout: r.stdout, samples: loadWeights(raw).get("samples")! };
