@@ -4,6 +4,7 @@ import { Diffusion, type Prediction, type Sampler, type Schedule } from "../diff
 import { UNet } from "../modules.ts";
 import { loadDataset } from "../utils.ts";
 import type { BackendName } from "../kernels/backend.ts";
+import type { Part } from "../data/image_folder.ts";
 
 /** A training run's settings: the data, the model, the diffusion, the optimizer, the samples, the backend. */
 export interface Config {
@@ -69,6 +70,8 @@ export interface Config {
   emaStart: number;
   /** images to load (0 = all) */
   count: number;
+  /** hold out half of each class folder (data/image_folder.ts holdoutSplit): never trained on; eval's judge's */
+  holdout?: boolean;
   /** CIFAR-10 files and the decoded image folders (default ~/.cache/ddpm-deno) */
   cacheDir?: string;
   /** decode an image folder without its disk cache */
@@ -193,15 +196,17 @@ export const newDiffusion = (
   },
 ) => new Diffusion({ noiseSteps, imgSize: imageSize, schedule, prediction, minSnrGamma });
 
-/** The data set of a run's config, as its training loads it. */
+/** The data set of a run's config, as its training loads it; with --holdout, the held-out half on request. */
 export const loadRunData = (
-  c: Pick<Config, "data" | "imageSize" | "seed" | "count" | "cacheDir" | "noCache">,
+  c: Pick<Config, "data" | "imageSize" | "seed" | "count" | "cacheDir" | "noCache" | "holdout">,
   log?: (line: string) => void,
+  part: Part = "train",
 ) =>
   loadDataset(c.data, c.imageSize, {
     seed: c.seed,
     count: c.count || undefined,
     cacheDir: c.cacheDir,
     noCache: c.noCache,
+    holdout: c.holdout ? part : undefined,
     log,
   });
