@@ -4,6 +4,8 @@ import { join } from "node:path";
 import { Run } from "../run/run.ts";
 import { loadRunData } from "../run/config.ts";
 import { parseConfig } from "../run/cli.ts";
+import { evaluate, judgeData } from "../commands/eval.ts";
+import { train } from "../train.ts";
 import { quiet, solidImage, tiny, withTempDir } from "./helpers.ts";
 
 /** A folder of 2 classes × 7 flat 8×8 PNGs, each of its own grey level (10 apart): a file's level names it. */
@@ -56,5 +58,30 @@ Deno.test("--holdout is a train flag; on built-in data it is one clear error", a
   await withTempDir(async (dir) => {
     const config = tiny(dir, { data: "builtin:shapes", holdout: true });
     await assert.rejects(() => loadRunData(config, quiet), /--holdout needs an image folder/);
+  });
+});
+
+Deno.test("eval's independent judge: trained and scored on the held-out half only, its ceiling on images it did not train on", async () => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, "data"), level = await greyFolder(data), cacheDir = join(dir, "cache");
+    const config = tiny(join(dir, "runs"), { data, holdout: true, count: 0, maxSteps: 2, conditional: true, cacheDir });
+    const { runDir } = await train(config, { log: quiet });
+    const held = new Set<number>(
+      JSON.parse(await Deno.readTextFile(join(runDir, "holdout.json"))).files
+        .map((f: string) => level.get(f)),
+    );
+    const { train: judgeTrain, test: ceiling } = await judgeData(config, quiet);
+    const [trainLevels, ceilingLevels] = [levels(judgeTrain.x, judgeTrain.n), levels(ceiling.x, ceiling.n)];
+    assert.ok(ceilingLevels.length > 0 && ceilingLevels.every((v) => !trainLevels.includes(v))); // not trained on
+    assert.deepEqual([...trainLevels, ...ceilingLevels].sort((p, q) => p - q), [...held].sort((p, q) => p - q));
+    const lines: string[] = [];
+    const report = await evaluate({ run: runDir, n: 2, sampler: "ddim", sampleSteps: 5, log: (l) => lines.push(l) });
+    const judge = report.judge as { trainImages: number; heldOutImages: number; heldOutAccuracy: number };
+    assert.deepEqual([judge.trainImages, judge.heldOutImages], [trainLevels.length, ceilingLevels.length]);
+    assert.equal(report.reference.judgeAccuracy, judge.heldOutAccuracy);
+    for (const r of report.results) assert.ok(r.judgeAccuracy!.total >= 0 && r.judgeAccuracy!.total <= 1);
+    assert.ok(lines.some((l) => l.startsWith("judge: held-out accuracy")), lines.join("\n"));
+    const html = await Deno.readTextFile(join(runDir, "index.html"));
+    assert.ok(html.includes("<th>independent judge</th>"));
   });
 });
