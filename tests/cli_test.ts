@@ -12,8 +12,8 @@ import { loadWeights } from "../weights/checkpoint.ts";
 const ACCEPTS = { // what each script's README and users rely on
   train: "preset data out name resume weights epochs max-steps batch-size image-size width lr warmup-steps lr-decay " +
     "max-grad-norm noise-steps schedule prediction min-snr-gamma " +
-    "conditional label-drop ema-beta ema-start count cache-dir no-cache sample-every n-samples cfg-scale sampler " +
-    "sample-steps eta no-clip seed backend threads help",
+    "conditional label-drop ema-beta ema-start count holdout cache-dir no-cache sample-every n-samples cfg-scale " +
+    "sampler sample-steps eta no-clip seed backend threads help",
   sample:
     "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend threads out raw " +
     "help",
