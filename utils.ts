@@ -135,7 +135,9 @@ async function loadFolder(path: string, size: number, opts: LoadOptions, log: (s
   const all = split?.[opts.holdout!] ?? listedFiles;
   const count = opts.count ?? Infinity; // if fewer: a seeded random subset
   const files = count < all.length ? shuffle(all, mulberry32(opts.seed ?? 0)).slice(0, count) : all;
-  const cacheDir = opts.noCache ? null : opts.cacheDir ?? join(cacheRoot(), "images");
+  const imageCache = opts.cacheDir ?? join(cacheRoot(), "images");
+  // (the held-out half has a cache file of its own: one file for both halves would be rewritten at each switch)
+  const cacheDir = opts.noCache ? null : opts.holdout === "held-out" ? join(imageCache, "held-out") : imageCache;
   let progress: Progress;
   const onDecoded = (done: number, total: number) => {
     if (done === 0) progress = new Progress(total, 1, log, "images/s");

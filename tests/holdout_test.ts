@@ -49,6 +49,10 @@ Deno.test("--holdout: the held-out half of each class never reaches a training b
     const judged = await loadRunData(config, quiet, "held-out");
     const judgedLevels = [...judged.batches(16, Math.random)].flatMap((b) => levels(b.x, b.n));
     assert.deepEqual(judgedLevels.sort((p, q) => p - q), [...held].sort((p, q) => p - q));
+    // each half keeps its own cache file: loading the trained half again decodes nothing
+    const lines: string[] = [];
+    await loadRunData(config, (l) => lines.push(l));
+    assert.ok(lines.some((l) => l.includes(": 8 from the cache") && l.endsWith(", 0 decoded")), lines.join("\n"));
   });
 });
 
