@@ -5,7 +5,7 @@ import { dirname, join, relative } from "node:path";
 import { mulberry32, type Rand } from "./kernels/backend.ts";
 import { CIFAR_CLASSES, readCifar } from "./data/cifar.ts";
 import { DataError, drawLandscape, drawShape, SHAPE_CLASSES } from "./data/datasets.ts";
-import { decodeFolder, holdoutSplit, listImageFolder, type Part } from "./data/image_folder.ts";
+import { decodeFolder, holdoutSplit, listImageFolder } from "./data/image_folder.ts";
 import { augment, fit } from "./data/transforms.ts";
 import { Progress } from "./run/progress.ts";
 
@@ -54,7 +54,7 @@ export interface LoadOptions {
   /** CIFAR-10 download URL (for mirrors and tests) */
   url?: string;
   /** --holdout: load only this half of an image folder (holdoutSplit) */
-  holdout?: Part;
+  holdout?: "train" | "held-out";
 }
 
 // ------------------------------------------------------------------ datasets
