@@ -1,11 +1,11 @@
 // The tutorial's utils.py, get_data and save_images: a Dataset of shuffled, augmented batches from the built-in sets,
 // an image folder or CIFAR-10, and PNG grids of images.
 import { Image } from "imagescript";
-import { dirname, join } from "node:path";
+import { dirname, join, relative } from "node:path";
 import { mulberry32, type Rand } from "./kernels/backend.ts";
 import { CIFAR_CLASSES, readCifar } from "./data/cifar.ts";
 import { DataError, drawLandscape, drawShape, SHAPE_CLASSES } from "./data/datasets.ts";
-import { decodeFolder, listImageFolder } from "./data/image_folder.ts";
+import { decodeFolder, holdoutSplit, listImageFolder } from "./data/image_folder.ts";
 import { augment, fit } from "./data/transforms.ts";
 import { Progress } from "./run/progress.ts";
 
@@ -31,6 +31,8 @@ export interface Dataset {
   length: number;
   /** files left out (named in a warning each): undecodable, unreadable, dangling links, other formats */
   skipped: number;
+  /** --holdout: the files of the half held out (relative to the folder), which this set never holds */
+  heldOut?: string[];
   /** One epoch: shuffled batches (the last may be smaller), freshly augmented. */
   batches(batchSize: number, rand: Rand): Generator<Batch>;
 }
@@ -51,6 +53,8 @@ export interface LoadOptions {
   log?: (line: string) => void;
   /** CIFAR-10 download URL (for mirrors and tests) */
   url?: string;
+  /** --holdout: load only this half of an image folder (holdoutSplit) */
+  holdout?: "train" | "held-out";
 }
 
 // ------------------------------------------------------------------ datasets
@@ -91,6 +95,9 @@ export function shuffle<T>(a: T[], rand: Rand): T[] {
 export async function loadDataset(spec: string, size: number, opts: LoadOptions = {}): Promise<Dataset> {
   const log = opts.log ?? console.log;
   if (!(Number.isInteger(size) && size > 0)) throw new RangeError(`bad image size ${size}`);
+  if (opts.holdout && (spec.startsWith("builtin:") || spec === "cifar10")) {
+    throw new DataError(`--holdout needs an image folder (class sub-folders or a flat folder), not ${spec}`);
+  }
   if (spec.startsWith("builtin:")) return builtin(spec, size, opts);
   if (spec === "cifar10") return await loadCifar(size, opts, log);
   return await loadFolder(spec, size, opts, log);
@@ -123,10 +130,14 @@ function builtin(spec: string, size: number, opts: LoadOptions): Dataset {
 
 /** An image folder like torchvision's ImageFolder (image_folder.ts): class sub-folders, or flat. */
 async function loadFolder(path: string, size: number, opts: LoadOptions, log: (s: string) => void) {
-  const { classes, files: all, skips: listed } = await listImageFolder(path, log);
+  const { classes, files: listedFiles, skips: listed } = await listImageFolder(path, log);
+  const split = opts.holdout ? holdoutSplit(path, listedFiles, opts.seed ?? 0) : null;
+  const all = split?.[opts.holdout!] ?? listedFiles;
   const count = opts.count ?? Infinity; // if fewer: a seeded random subset
   const files = count < all.length ? shuffle(all, mulberry32(opts.seed ?? 0)).slice(0, count) : all;
-  const cacheDir = opts.noCache ? null : opts.cacheDir ?? join(cacheRoot(), "images");
+  const imageCache = opts.cacheDir ?? join(cacheRoot(), "images");
+  // (the held-out half has a cache file of its own: one file for both halves would be rewritten at each switch)
+  const cacheDir = opts.noCache ? null : opts.holdout === "held-out" ? join(imageCache, "held-out") : imageCache;
   let progress: Progress;
   const onDecoded = (done: number, total: number) => {
     if (done === 0) progress = new Progress(total, 1, log, "images/s");
@@ -143,7 +154,8 @@ async function loadFolder(path: string, size: number, opts: LoadOptions, log: (s
   for (const s of skipped) why.set(s.why, (why.get(s.why) ?? 0) + 1);
   if (skipped.length) log(`skipped ${skipped.length} file(s): ${[...why].map(([w, n]) => `${n} ${w}`).join(", ")}`);
   if (!images.length) throw new DataError(`none of the ${files.length} images in ${path} could be decoded`);
-  const info = { name: path, size, classes, skipped: skipped.length };
+  const heldOut = split?.["held-out"].map((f) => relative(path, f.file));
+  const info = { name: path, size, classes, skipped: skipped.length, ...(split ? { heldOut } : {}) };
   return makeDataset(info, labels, (i, out, o, r) => augment(images[i], size, r, out, o));
 }
 

@@ -22,21 +22,31 @@ export interface ImageSet {
  */
 export type Task = "labels" | "rotation";
 
-/** [conv 3x3 + ReLU + 2x2 max-pool] down to 4 px, a last conv + ReLU, global average pool (the features), linear. */
+/**
+ * [`depth` × (conv 3x3 + ReLU), 2x2 max-pool] down to 4 px, `depth` last convs + ReLU, global average pool (the
+ * features), linear. Eval's judge is a deeper, wider one (depth 2, as VGG's stages) than its classifier (depth 1).
+ */
 export class Classifier extends Module {
-  convs: { w: tf.Variable; b: tf.Variable }[] = [];
+  convs: { w: tf.Variable; b: tf.Variable; pool: boolean }[] = [];
   head: Linear;
   readonly featureDim: number;
 
-  constructor(readonly imageSize: number, readonly numClasses: number, width = 16) {
+  constructor(readonly imageSize: number, readonly numClasses: number, width = 16, depth = 1) {
     super();
     let pools = 0, cin = 3;
     for (let s = imageSize; s > 4; s = Math.floor(s / 2)) pools++;
-    for (let k = 0; k <= pools; k++) { // a conv before each pooling, and one after the last
+    for (let k = 0; k <= pools; k++) { // convs before each pooling, and after the last
       const cout = width * 2 ** Math.min(k, 2);
-      const he = tf.randomNormal([3, 3, cin, cout], 0, Math.sqrt(2 / (9 * cin)), "float32", nextSeed()); // He init
-      this.convs.push({ w: this.param(`conv.${k}.weight`, he), b: this.param(`conv.${k}.bias`, tf.zeros([cout])) });
-      cin = cout;
+      for (let j = 0; j < depth; j++) {
+        const he = tf.randomNormal([3, 3, cin, cout], 0, Math.sqrt(2 / (9 * cin)), "float32", nextSeed()); // He init
+        const i = this.convs.length, pool = k < pools && j === depth - 1;
+        this.convs.push({
+          w: this.param(`conv.${i}.weight`, he),
+          b: this.param(`conv.${i}.bias`, tf.zeros([cout])),
+          pool,
+        });
+        cin = cout;
+      }
     }
     this.featureDim = cin;
     this.head = this.child("head", new Linear(cin, numClasses));
@@ -46,9 +56,9 @@ export class Classifier extends Module {
   features(x: T4): tf.Tensor2D {
     return tf.tidy(() => {
       let h = x;
-      for (const [k, { w, b }] of this.convs.entries()) {
+      for (const { w, b, pool } of this.convs) {
         h = tf.relu(tf.conv2d(h, w as T4, 1, "same").add(b));
-        if (k < this.convs.length - 1) h = tf.maxPool(h, 2, 2, "valid");
+        if (pool) h = tf.maxPool(h, 2, 2, "valid");
       }
       return h.mean([1, 2]) as tf.Tensor2D;
     });

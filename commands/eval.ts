@@ -40,6 +40,12 @@ const SECONDS = 90; // default sampling time: the sample count is sized to it on
 const K = 3; // the k of k-NN precision and recall, as Kynkäänniemi et al.
 const DRAWS = 20; // random pairs of disjoint real sets; each score is the median over them (one pair's FD is a lottery)
 const FULL_N = { conditional: 20, unconditional: 200 }; // --full: the tutorial's DDPM with these sample counts
+const JUDGE_TEST = 0.25; // share of the held-out half kept out of the judge's training: its ceiling's images
+const JUDGE_NOTE = "half of each class folder never trained on, a classifier of another architecture and seed " +
+  "trained on it";
+
+type Log = (line: string) => void;
+const NO_JUDGE = { none: "the independent judge needs a run trained with --holdout" };
 
 /** A run's config; runs saved before the DDIM / cosine options lack those fields. */
 type RunConfig =
@@ -62,44 +68,116 @@ export interface EvalOptions {
   log?: (line: string) => void;
 }
 
-/** The run's classifier: from RUN/classifier/ when it was trained on the same data, else trained and saved there. */
-async function runClassifier(
-  { runDir, config, task, classes, real, log }: {
-    runDir: string;
-    config: RunConfig;
+/** A trained classifier and what eval.json says of it: its training and held-out images, its held-out accuracy. */
+type Trained = {
+  clf: Classifier;
+  info: { key: unknown; task: string; heldOutAccuracy: number; trainImages: number; heldOutImages: number };
+};
+
+/**
+ * A classifier from dir when it was trained on the same data (key), else `clf` trained on `train`, scored on `test`
+ * (real images it did not train on: its ceiling), and saved there.
+ */
+async function cachedClassifier(
+  { dir, key, clf, train, test, task, seed, name, log }: {
+    dir: string;
+    key: Record<string, unknown>;
+    clf: Classifier;
+    train: ImageSet;
+    test: ImageSet;
     task: Task;
-    classes: number; // the classifier's outputs: the run's classes, or 4 rotations
-    real: ImageSet;
+    seed: number;
+    name: string; // in the log: "classifier" or "judge"
     log: (line: string) => void;
   },
-) {
-  const dir = join(runDir, "classifier"), heldOut = Math.max(1, Math.round(real.n * HELD_OUT));
-  const key = { data: config.data, imageSize: config.imageSize, count: config.count, seed: config.seed, task, classes };
-  const clf = new Classifier(config.imageSize, classes);
+): Promise<Trained> {
   const cached = await Deno.readTextFile(join(dir, "classifier.json")).then(JSON.parse).catch(() => null);
   if (cached && JSON.stringify(cached.key) === JSON.stringify(key)) {
     assignWeights(join(dir, "weights.bin"), clf.weights);
-    log(`classifier: ${dir} (held-out accuracy ${(100 * cached.heldOutAccuracy).toFixed(1)} %)`);
+    log(`${name}: ${dir} (held-out accuracy ${(100 * cached.heldOutAccuracy).toFixed(1)} %)`);
     return { clf, info: cached };
   }
-  log(`training the classifier (${task}) on ${real.n - heldOut} real images`);
+  log(`training the ${name} (${task}) on ${train.n} real images`);
   const t0 = performance.now();
-  await trainClassifier(clf, slice(real, heldOut, real.n), task, { seed: config.seed, log });
-  const { accuracy } = await classify(clf, slice(real, 0, heldOut), task);
+  await trainClassifier(clf, train, task, { seed, log });
+  const { accuracy } = await classify(clf, test, task);
   const info = {
     key,
     task: task === "labels" ? "the data set's classes" : "rotation by 0/90/180/270° (one-class data)",
     heldOutAccuracy: accuracy,
-    trainImages: real.n - heldOut,
-    heldOutImages: heldOut,
+    trainImages: train.n,
+    heldOutImages: test.n,
     featureDim: clf.featureDim,
     seconds: Math.round((performance.now() - t0) / 100) / 10,
   };
   await Deno.mkdir(dir, { recursive: true });
   await saveWeights(join(dir, "weights.bin"), clf.weights);
   await Deno.writeTextFile(join(dir, "classifier.json"), JSON.stringify(info, null, 1));
-  log(`classifier: held-out accuracy ${(100 * accuracy).toFixed(1)} % -> ${dir}`);
+  log(`${name}: held-out accuracy ${(100 * accuracy).toFixed(1)} % -> ${dir}`);
   return { clf, info };
+}
+
+/** The data's key of a run's classifiers: a cached one is used only for the same. */
+const dataKey = (config: RunConfig) => ({
+  data: config.data,
+  imageSize: config.imageSize,
+  count: config.count,
+  seed: config.seed,
+  ...(config.holdout ? { holdout: true } : {}),
+});
+
+/** The run's classifier, trained on its own data (all but HELD_OUT of it) and cached in RUN/classifier/. */
+function runClassifier(runDir: string, config: RunConfig, task: Task, classes: number, real: ImageSet, log: Log) {
+  const heldOut = Math.max(1, Math.round(real.n * HELD_OUT)), key = { ...dataKey(config), task, classes };
+  const clf = new Classifier(config.imageSize, classes);
+  const [train, test] = [slice(real, heldOut, real.n), slice(real, 0, heldOut)];
+  return cachedClassifier({
+    dir: join(runDir, "classifier"),
+    key,
+    clf,
+    train,
+    test,
+    task,
+    seed: config.seed,
+    name: "classifier",
+    log,
+  });
+}
+
+/**
+ * The independent judge's real images: the half of the folder the run held out (--holdout), in a shuffled pass; the
+ * first JUDGE_TEST of them are its ceiling's, the others it trains on.
+ */
+export async function judgeData(config: RunConfig, log: Log) {
+  const held = collect(await loadRunData({ ...config, count: 0 }, log, "held-out"), MAX_REAL, config.seed + 2);
+  const m = Math.max(1, Math.round(held.n * JUDGE_TEST));
+  return { train: slice(held, m, held.n), test: slice(held, 0, m) };
+}
+
+/**
+ * The independent judge (a conditional run trained with --holdout): another architecture (two convs a stage, width
+ * 24) and seed, trained only on images the run never saw; cached in RUN/judge/. Null (and a line) without --holdout.
+ */
+async function runJudge(runDir: string, config: RunConfig, classes: number, log: Log): Promise<Trained | null> {
+  if (!config.holdout) {
+    log(NO_JUDGE.none);
+    return null;
+  }
+  const seed = config.seed + 1, { train, test } = await judgeData(config, log);
+  setSeed(seed);
+  const clf = new Classifier(config.imageSize, classes, 24, 2);
+  const key = { ...dataKey(config), classes, judge: "width 24, depth 2" };
+  return await cachedClassifier({
+    dir: join(runDir, "judge"),
+    key,
+    clf,
+    train,
+    test,
+    task: "labels",
+    seed,
+    name: "judge",
+    log,
+  });
 }
 
 type SampleSettings = {
@@ -167,6 +245,7 @@ interface Result {
   precision: number; // k-NN precision and recall (Kynkäänniemi et al. 2019), k = K
   recall: number;
   classAccuracy?: ReturnType<typeof classAccuracy>;
+  judgeAccuracy?: ReturnType<typeof classAccuracy>; // the independent judge's (--holdout)
 }
 
 /** A PyTorch file's model, scored on a run's data and settings: its class count must be the run's. */
@@ -260,7 +339,8 @@ export async function evaluate(o: EvalOptions) {
   setSeed(config.seed); // the classifier: the run's, whatever --seed draws the samples (its cache key says so)
   const real = collect(data, MAX_REAL, config.seed);
   const outputs = conditional ? classes.length : 4;
-  const { clf, info } = await runClassifier({ runDir, config, task, classes: outputs, real, log });
+  const { clf, info } = await runClassifier(runDir, config, task, outputs, real, log);
+  const judge = conditional ? await runJudge(runDir, config, outputs, log) : null;
   const d = clf.featureDim;
   const realFeatures = (await classify(clf, real, task)).features;
 
@@ -300,7 +380,9 @@ export async function evaluate(o: EvalOptions) {
   log(
     `real vs real (2 × ${m} images, the median of ${DRAWS} draws; FD from ${floorRange[0]} to ${floorRange[1]}): ${
       describe(floor)
-    }${conditional ? `; class accuracy ${pct(info.heldOutAccuracy)} (held out)` : ""}`,
+    }${conditional ? `; class accuracy ${pct(info.heldOutAccuracy)} (held out)` : ""}${
+      judge ? `; the judge's ${pct(judge.info.heldOutAccuracy)} (held out)` : ""
+    }`,
   );
   const progress = stepProgress(models.length * scales.length * Math.ceil(count / 256) * stepCount, "sampling", log);
   const grids: Uint8Array[] = [];
@@ -338,6 +420,10 @@ export async function evaluate(o: EvalOptions) {
           result.classAccuracy = classAccuracy(scored.predicted, labels, classes, n);
           line = `class accuracy ${pct(result.classAccuracy.total)} | ${line}`;
         }
+        if (labels && judge) {
+          result.judgeAccuracy = classAccuracy((await classify(judge.clf, gen, task)).predicted, labels, classes, n);
+          line = `the judge's ${pct(result.judgeAccuracy.total)} | ${line}`;
+        }
         const setting = `${models.length > 1 ? `${weights}, ` : ""}${conditional ? `cfg scale ${cfgScale}: ` : ""}`;
         log(`${setting}${line} | ${seconds} s -> samples/${name}`);
         results.push(result);
@@ -350,6 +436,7 @@ export async function evaluate(o: EvalOptions) {
   } finally {
     threads?.close();
     for (const m of [...models, clf, diffusion]) m.dispose();
+    judge?.clf.dispose();
   }
   const report = {
     metric: METRIC_NOTE,
@@ -365,6 +452,7 @@ export async function evaluate(o: EvalOptions) {
     seed,
     backend: tf.getBackend(),
     classifier: { ...info, key: undefined },
+    ...(conditional ? { judge: judge ? { ...judge.info, key: undefined, what: JUDGE_NOTE } : NO_JUDGE } : {}),
     reference: {
       what: `${DRAWS} random pairs of disjoint sets of ${m} real images; each score the median over the pairs (the ` +
         `samples' against the second set of each pair)`,
@@ -374,6 +462,7 @@ export async function evaluate(o: EvalOptions) {
       ...floor,
       frechetDistanceRange: floorRange,
       ...(conditional ? { classAccuracy: info.heldOutAccuracy } : {}),
+      ...(judge ? { judgeAccuracy: judge.info.heldOutAccuracy } : {}),
     },
     results,
   };
@@ -407,7 +496,9 @@ const HELP = helpText(
 Writes RUN/eval.json (the settings; the ${METRIC} and k-NN precision and recall, k = ${K}, beside
 their real-vs-real floor from two disjoint sets of real images of the sample count, each the median over ${DRAWS}
 random draws of the real sets; class accuracy at cfg scale 0 and the run's), RUN/samples/eval_*.png, and
-RUN/index.html; the classifier is cached in RUN/classifier/. A conditional run with EMA is scored 2×2: the plain and
+RUN/index.html; the classifier is cached in RUN/classifier/. A conditional run trained with --holdout is also scored
+by an independent judge (${JUDGE_NOTE}; cached in RUN/judge/), each accuracy beside its classifier's on real images
+it did not train on. A conditional run with EMA is scored 2×2: the plain and
 the EMA model, each without and with CFG (and samples/eval_2x2.png).`,
 );
 

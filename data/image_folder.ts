@@ -135,6 +135,24 @@ async function once(files: ImageFile[], log: Log) {
   return kept;
 }
 
+/** Which half of a folder a run sees with --holdout: the half it trains on, or the half held out for the judge. */
+export type Part = "train" | "held-out";
+
+/**
+ * --holdout's split: in each class, the files in the order of sha256(`seed:path`) (path relative to the folder), the
+ * first ⌊n/2⌋ held out. Adding or removing a file moves no other file between the halves' orders.
+ */
+export function holdoutSplit(folder: string, files: ImageFile[], seed: number) {
+  const rank = (f: ImageFile) => createHash("sha256").update(`${seed}:${relative(folder, f.file)}`).digest("hex");
+  const heldOut = new Set<ImageFile>();
+  for (const label of new Set(files.map((f) => f.label))) {
+    const ranked = files.filter((f) => f.label === label).map((f) => ({ f, r: rank(f) }));
+    ranked.sort((a, b) => a.r < b.r ? -1 : 1);
+    for (const { f } of ranked.slice(0, ranked.length >> 1)) heldOut.add(f);
+  }
+  return { train: files.filter((f) => !heldOut.has(f)), "held-out": files.filter((f) => heldOut.has(f)) };
+}
+
 // ---------------------------------------------------------------- the cache file
 
 const VERSION = 1; // of the cache format and of the resize (transforms.ts fit)

@@ -66,6 +66,7 @@ const FLAGS: Flag[] = [
   ["ema-beta", "train", "number", [0, 0.999999], "emaBeta", "EMA decay β; 0: no EMA model"],
   ["ema-start", "train", "int", [0, 1e12], "emaStart", "steps of EMA warm-up"],
   ["count", "train", "int", [0, 1e9], "count", "load at most N images; 0: all"],
+  ["holdout", "train", "boolean", null, "holdout", "never train on half of each class folder: eval's judge's"],
   ["cache-dir", "train", "string", "DIR", "cacheDir", "CIFAR-10 files and decoded image folders"],
   ["no-cache", "train", "boolean", null, "noCache", "decode an image folder afresh, not from its cache"],
   ["sample-every", "train", "int", [1, 1e9], "sampleEvery", "epochs between sample grids"],

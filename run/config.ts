@@ -3,6 +3,7 @@
 import type { Prediction, Sampler, Schedule } from "../diffusion.ts";
 import { loadDataset } from "../utils.ts";
 import type { BackendName } from "../kernels/backend.ts";
+import type { Part } from "../data/image_folder.ts";
 
 /** A training run's settings: the data, the model, the diffusion, the optimizer, the samples, the backend. */
 export interface Config {
@@ -68,6 +69,8 @@ export interface Config {
   emaStart: number;
   /** images to load (0 = all) */
   count: number;
+  /** hold out half of each class folder (data/image_folder.ts holdoutSplit): never trained on; eval's judge's */
+  holdout?: boolean;
   /** CIFAR-10 files and the decoded image folders (default ~/.cache/ddpm-deno) */
   cacheDir?: string;
   /** decode an image folder without its disk cache */
@@ -190,15 +193,17 @@ export const DEFAULTS: Config = {
   count: 0,
 };
 
-/** The data set of a run's config, as its training loads it. */
+/** The data set of a run's config, as its training loads it; with --holdout, the held-out half on request. */
 export const loadRunData = (
-  c: Pick<Config, "data" | "imageSize" | "seed" | "count" | "cacheDir" | "noCache">,
+  c: Pick<Config, "data" | "imageSize" | "seed" | "count" | "cacheDir" | "noCache" | "holdout">,
   log?: (line: string) => void,
+  part: Part = "train",
 ) =>
   loadDataset(c.data, c.imageSize, {
     seed: c.seed,
     count: c.count || undefined,
     cacheDir: c.cacheDir,
     noCache: c.noCache,
+    holdout: c.holdout ? part : undefined,
     log,
   });

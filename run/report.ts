@@ -102,12 +102,14 @@ function scoresHtml(text: string): string {
       }</td><td>${x.recall ?? "-"}</td>`;
     const accuracy = (x?: { total: number } | number) =>
       x === undefined ? "-" : pct(typeof x === "number" ? x : x.total);
+    const judged = f.judgeAccuracy !== undefined; // the independent judge's column (a run trained with --holdout)
+    const judge = (x?: { total: number } | number, note = "") => judged ? `<td>${accuracy(x)}${note}</td>` : "";
     const floor = `<tr><td>real vs real</td><td>-</td>${cells({ ...f, n: f.n ?? "-" })}<td>${
       accuracy(f.classAccuracy)
-    } (held out)</td><td>-</td></tr>`;
+    } (held out)</td>${judge(f.judgeAccuracy, " (held out)")}<td>-</td></tr>`;
     const rows = r.results.map((x: Record<string, never>) =>
       `<tr><td>${esc(x.weights ?? r.weights)}</td><td>${x.cfgScale ?? "-"}</td>${cells(x)}
-<td>${accuracy(x.classAccuracy)}</td><td>${x.seconds}</td></tr>`
+<td>${accuracy(x.classAccuracy)}</td>${judge(x.judgeAccuracy)}<td>${x.seconds}</td></tr>`
     ).join("");
     const how = `step ${r.step}, ${r.sampler}${r.sampleSteps ? ` ${r.sampleSteps} steps η ${r.eta}` : ""}`;
     return `<p>${esc(how)}. ${esc(r.metric)} Precision and recall: k-NN (k = ${
@@ -116,7 +118,9 @@ function scoresHtml(text: string): string {
       f.draws ? ` Each score is the median over ${esc(f.draws)} random draws of the real sets.` : ""
     }</p>
 <table><tr><th>weights</th><th>cfg scale</th><th>n</th><th>Fréchet distance</th><th>precision</th><th>recall</th>
-<th>class accuracy</th><th>seconds</th></tr>${floor}${rows}</table>`;
+<th>class accuracy</th>${judged ? "<th>independent judge</th>" : ""}<th>seconds</th></tr>${floor}${rows}</table>${
+      r.judge?.what ? `<p>Independent judge: ${esc(r.judge.what)}.</p>` : ""
+    }`;
   } catch {
     return `<pre>${esc(text)}</pre>`;
   }

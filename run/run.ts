@@ -113,6 +113,7 @@ export class Run {
     try {
       setSeed(config.seed);
       const data = await loadRunData(config, log);
+      if (data.heldOut) await writeHoldout(dir, data.heldOut, config.seed);
       await saveDataImages(dir, data, config.seed);
       const numClasses = config.conditional ? data.classes.length : 0;
       const pretrained = config.weights && !state ? fromWeights(config, numClasses, given) : null;
@@ -307,6 +308,13 @@ export class Run {
     tf.dispose(this.pending.map((r) => r.loss));
     this.threads?.close();
   }
+}
+
+/** RUN/holdout.json: the files --holdout keeps out of training (relative to the data folder), and the rule. */
+async function writeHoldout(dir: string, files: string[], seed: number) {
+  const rule = `in each class, the files ordered by sha256("${seed}:" + path), the first half (rounded down)`;
+  const log = { rule, seed, heldOut: files.length, files };
+  await Deno.writeTextFile(join(dir, "holdout.json"), JSON.stringify(log, null, 1));
 }
 
 /** A new run's model from a PyTorch file (--weights): its width and variant are taken, its labels must fit the data. */

@@ -14,8 +14,8 @@ const ACCEPTS = { // what each script's README and users rely on
   train:
     "preset data out name resume overwrite weights epochs max-steps batch-size image-size width lr warmup-steps lr-decay " +
     "max-grad-norm noise-steps schedule prediction min-snr-gamma " +
-    "conditional label-drop ema-beta ema-start count cache-dir no-cache sample-every n-samples cfg-scale sampler " +
-    "sample-steps eta no-clip seed backend threads help version",
+    "conditional label-drop ema-beta ema-start count holdout cache-dir no-cache sample-every n-samples cfg-scale " +
+    "sampler sample-steps eta no-clip seed backend threads help version",
   sample:
     "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend threads to raw " +
     "help version",

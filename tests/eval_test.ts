@@ -183,6 +183,10 @@ Deno.test("end to end: a tiny conditional run with EMA is scored (the 2×2); eva
   const lines: string[] = [];
   const again = await evaluate({ ...opts, log: (l) => lines.push(l) });
   assert.ok(lines.some((l) => l.startsWith(`classifier: ${join(run, "classifier")}`)), lines.join("\n"));
+  // without --holdout: no independent judge, and one line that says what it needs
+  assert.equal(lines.filter((l) => l.includes("independent judge")).length, 1);
+  assert.ok(lines.some((l) => l.includes("the independent judge needs a run trained with --holdout")));
+  assert.deepEqual(saved.judge, { none: "the independent judge needs a run trained with --holdout" });
   const scores = (r: typeof report) => r.results.map((x) => [x.frechetDistance, x.classAccuracy]);
   assert.deepEqual(scores(again), scores(report));
   await Deno.remove(out, { recursive: true });
