@@ -4,6 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { type AdamWStep, fusedKernelConfigs, type FusedKernels } from "./fused.ts";
 import { alloc, free, heap, matMul2d, onBackend, softmaxRows } from "./wasm_kernels.ts";
+import { sgemm } from "./native.ts";
 
 type Info = tf.TensorInfo;
 const size = (t: Info) => t.shape.reduce((a, b) => a * b, 1);
@@ -269,6 +270,16 @@ function attentionGrad(
           let D = 0;
           for (let e = 0; e < d; e++) D += G[i * d + e] * oRows[i * d + e];
           dRows[i] = D;
+        }
+        if (sgemm) { // dS = P∘(dP - D) in place; dv += Pᵀ·dO and dk += dSᵀ·q by sgemm's flags, with no Pᵀ, dSᵀ made
+          for (let i = 0, at = 0; i < rows; i++) {
+            for (let j = 0; j < n; j++, at++) DS[at] = P[at] * (DS[at] - dRows[i]);
+          }
+          sgemm(true, false, n, d, rows, P, n, G, d, 1, dv, d);
+          sgemm(true, false, n, d, rows, DS, n, heap(q), d, 1, dk, d);
+          matMul2d(ds, k, dqb, rows, n, d);
+          scatter(heap(dqb), heap(dqkv), at(r0, 0), 3 * c, rows, d, a.scale);
+          continue;
         }
         for (let i0 = 0; i0 < rows; i0 += 32) { // dS = P∘(dP - D), and Pᵀ and dSᵀ, in 32 × 32 blocks
           for (let j0 = 0; j0 < n; j0 += 32) {
