@@ -1,8 +1,10 @@
-// What the tests share: a quiet log, tiny run settings, a temporary folder, the command line, and image fixtures.
+// What the tests share: a quiet log, tiny run settings, a temporary folder, the command line, image fixtures, and
+// seeded tensors with their gradients for the kernel tests.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { crc32, deflateSync } from "node:zlib";
 import { Image } from "imagescript";
+import * as tf from "@tensorflow/tfjs";
 import { type Config, DEFAULTS } from "../run/config.ts";
 import type { Dataset } from "../utils.ts";
 
@@ -117,3 +119,20 @@ export async function solidImage(w: number, h: number, rgba: number, format: "pn
   const img = new Image(w, h).fill(rgba);
   return format === "png" ? await img.encode() : await img.encodeJPEG(95);
 }
+
+/** Deterministic values in [-1, 1). */
+function values(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  return Float32Array.from({ length: n }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 31) - 1);
+}
+/** A tensor of deterministic values in [-1, 1). */
+export const rand = (shape: number[], seed: number) => tf.tensor(values(shape.reduce((a, b) => a * b, 1), seed), shape);
+
+/** f's output and its gradients with respect to all inputs (of a random weighting of the output). */
+export const withGrads = (f: (...xs: tf.Tensor[]) => tf.Tensor, shapes: number[][], seed = 1) => () => {
+  const xs = shapes.map((s, i) => rand(s, seed + i));
+  const y = f(...xs);
+  const r = rand(y.shape, seed + 99);
+  const grads = tf.grads((...ys: tf.Tensor[]) => f(...ys).mul(r).sum())(xs);
+  return [y, ...grads];
+};

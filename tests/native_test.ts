@@ -7,15 +7,9 @@ import { setSeed } from "../kernels/backend.ts";
 import { UNet } from "../modules.ts";
 import { registerWasmKernels } from "../kernels/wasm_kernels.ts";
 import { loadBlas } from "../kernels/native.ts";
+import { rand, withGrads } from "./helpers.ts";
 
 await registerWasmKernels();
-
-/** Deterministic values in [-1, 1). */
-function values(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  return Float32Array.from({ length: n }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 31) - 1);
-}
-const rand = (shape: number[], seed: number) => tf.tensor(values(shape.reduce((a, b) => a * b, 1), seed), shape);
 
 /** f's outputs on the native path, the wasm kernels and the cpu backend. */
 async function onAll(f: () => tf.Tensor[]) {
@@ -46,15 +40,6 @@ async function assertSame(what: string, f: () => tf.Tensor[], tol = 1e-4) {
     });
   }
 }
-
-/** f's output and its gradients with respect to all inputs (of a random weighting of the output). */
-const withGrads = (f: (...xs: tf.Tensor[]) => tf.Tensor, shapes: number[][], seed = 1) => () => {
-  const xs = shapes.map((s, i) => rand(s, seed + i));
-  const y = f(...xs);
-  const r = rand(y.shape, seed + 99);
-  const grads = tf.grads((...ys: tf.Tensor[]) => f(...ys).mul(r).sum())(xs);
-  return [y, ...grads];
-};
 
 Deno.test("native Conv2D and its gradients (input, filter): batch 1, odd channels, 8×8, 1×1, same, valid, explicit", async () => {
   const cases: [

@@ -6,16 +6,10 @@ import { setSeed } from "../kernels/backend.ts";
 import { UNet } from "../modules.ts";
 import { limits, registerWasmKernels } from "../kernels/wasm_kernels.ts";
 import { loadBlas } from "../kernels/native.ts";
+import { rand, withGrads } from "./helpers.ts";
 
 await registerWasmKernels();
 loadBlas(false);
-
-/** Deterministic values in [-1, 1). */
-function values(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  return Float32Array.from({ length: n }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 31) - 1);
-}
-const rand = (shape: number[], seed: number) => tf.tensor(values(shape.reduce((a, b) => a * b, 1), seed), shape);
 
 /** Runs f on the cpu and the wasm backend; returns the outputs of both as arrays. */
 async function onBoth(f: () => tf.Tensor[]): Promise<Record<"cpu" | "wasm", Float32Array[]>> {
@@ -41,15 +35,6 @@ async function assertSame(what: string, f: () => tf.Tensor[], tol = 1e-4) {
     assert.ok(diff <= tol * scale, `${what} output ${i}: max |diff| ${diff} > ${tol} x ${scale}`);
   });
 }
-
-/** f's output and its gradients with respect to all inputs (of a random weighting of the output). */
-const withGrads = (f: (...xs: tf.Tensor[]) => tf.Tensor, shapes: number[][], seed = 1) => () => {
-  const xs = shapes.map((s, i) => rand(s, seed + i));
-  const y = f(...xs);
-  const r = rand(y.shape, seed + 99);
-  const grads = tf.grads((...ys: tf.Tensor[]) => f(...ys).mul(r).sum())(xs);
-  return [y, ...grads];
-};
 
 Deno.test("BatchMatMul: batches, broadcasting, transpose flags, and gradients", async () => {
   for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]]) {
