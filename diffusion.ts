@@ -275,11 +275,11 @@ export class Diffusion {
     const tau = sampler === "ddim" ? this.ddimTimesteps(sampleSteps) : [...this.alpha.keys()]; // the indices i
     const y = labels ? tf.tensor1d(labels, "int32") : null;
     const s = this.imageSize;
+    const how = { cfgScale, sampler, eta, clip }; // each step's settings
     let x = opts.xT?.clone() ?? tf.randomNormal([n, s, s, 3], 0, 1, "float32", nextSeed()) as tf.Tensor4D; // x_T
     try {
       for (let k = tau.length - 1; k >= 0; k--) { // t = T, …, 1 (DDIM: the sub-sequence τ, backwards)
-        const step = { cfgScale, sampler, eta, clip };
-        const [next, x0] = tf.tidy(() => this.reverseStep(model, x, tau[k], tau[k - 1] ?? -1, y, step));
+        const [next, x0] = tf.tidy(() => this.reverseStep(model, x, tau[k], tau[k - 1] ?? -1, y, how));
         x.dispose();
         x = next;
         await afterStep(k, x, x0, opts.onStep);
