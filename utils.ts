@@ -31,6 +31,8 @@ export interface Dataset {
   length: number;
   /** files left out (named in a warning each): undecodable, unreadable, dangling links, other formats */
   skipped: number;
+  /** a folder's or CIFAR-10's images: random crops at each epoch (the tutorial's); false: each resized whole */
+  crop: boolean;
   /** --holdout: the files of the half held out (relative to the folder), which this set never holds */
   heldOut?: string[];
   /** One epoch: shuffled batches (the last may be smaller), freshly augmented. */
@@ -55,25 +57,27 @@ export interface LoadOptions {
   url?: string;
   /** --holdout: load only this half of an image folder (holdoutSplit) */
   holdout?: "train" | "held-out";
+  /** random crops of a folder's or CIFAR-10's images (default; Dataset.crop, which can be set after loading) */
+  crop?: boolean;
 }
 
 // ------------------------------------------------------------------ datasets
 
-type Draw = (i: number, out: Float32Array, offset: number, rand: Rand) => void;
+type Draw = (i: number, out: Float32Array, offset: number, rand: Rand, crop: boolean) => void;
 
 function makeDataset(info: Omit<Dataset, "batches" | "length">, labels: ArrayLike<number>, draw: Draw): Dataset {
   const length = labels.length, px = info.size * info.size * 3;
   return {
     ...info,
     length,
-    *batches(batchSize: number, rand: Rand) {
+    *batches(this: Dataset, batchSize: number, rand: Rand) {
       if (!(batchSize >= 1)) throw new RangeError(`bad batch size ${batchSize}`);
       const order = shuffle(Array.from({ length }, (_, i) => i), rand);
       for (let s = 0; s < length; s += batchSize) {
         const idx = order.slice(s, s + batchSize), n = idx.length;
         const x = new Float32Array(n * px), batchLabels = new Int32Array(n);
         idx.forEach((k, b) => {
-          draw(k, x, b * px, rand);
+          draw(k, x, b * px, rand, this.crop);
           batchLabels[b] = labels[k];
         });
         yield { x, labels: batchLabels, n };
@@ -117,7 +121,7 @@ function builtin(spec: string, size: number, opts: LoadOptions): Dataset {
     else drawLandscape(size, rand, pix, i * px);
   }
   const classes = shapes ? [...SHAPE_CLASSES] : ["landscape"];
-  return makeDataset({ name: spec, size, classes, skipped: 0 }, labels, (i, out, o, r) => {
+  return makeDataset({ name: spec, size, classes, skipped: 0, crop: false }, labels, (i, out, o, r) => {
     const flip = r() < 0.5;
     for (let y = 0; y < size; y++) {
       for (let x = 0; x < size; x++) {
@@ -155,8 +159,15 @@ async function loadFolder(path: string, size: number, opts: LoadOptions, log: (s
   if (skipped.length) log(`skipped ${skipped.length} file(s): ${[...why].map(([w, n]) => `${n} ${w}`).join(", ")}`);
   if (!images.length) throw new DataError(`none of the ${files.length} images in ${path} could be decoded`);
   const heldOut = split?.["held-out"].map((f) => relative(path, f.file));
-  const info = { name: path, size, classes, skipped: skipped.length, ...(split ? { heldOut } : {}) };
-  return makeDataset(info, labels, (i, out, o, r) => augment(images[i], size, r, out, o));
+  const info = {
+    name: path,
+    size,
+    classes,
+    skipped: skipped.length,
+    crop: opts.crop ?? true,
+    ...(split ? { heldOut } : {}),
+  };
+  return makeDataset(info, labels, (i, out, o, r, crop) => augment(images[i], size, r, out, o, crop));
 }
 
 /** $DDPM_CACHE, else ~/.cache/ddpm-deno. */
@@ -170,8 +181,8 @@ async function loadCifar(size: number, opts: LoadOptions, log: (s: string) => vo
   const { images, labels } = await readCifar(dir, opts.count ?? Infinity, opts.url, log);
   const items = images.map((pix) => fit({ w: 32, h: 32, pix }, size));
   log(`loaded ${items.length} CIFAR-10 images from ${dir}`);
-  const info = { name: "cifar10", size, classes: [...CIFAR_CLASSES], skipped: 0 };
-  return makeDataset(info, labels, (i, out, o, r) => augment(items[i], size, r, out, o));
+  const info = { name: "cifar10", size, classes: [...CIFAR_CLASSES], skipped: 0, crop: opts.crop ?? true };
+  return makeDataset(info, labels, (i, out, o, r, crop) => augment(items[i], size, r, out, o, crop));
 }
 
 // ---------------------------------------------------------------- PNG output

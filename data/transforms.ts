@@ -98,9 +98,18 @@ export function fit(img: RGBImage, size: number): Cached {
   return { img: { w: W, h: H, pix }, W, H };
 }
 
-/** The tutorial's transform: RandomResizedCrop(size, scale=(0.8, 1)) of the resized image. */
-export function augment(c: Cached, size: number, rand: Rand, out: Float32Array, offset: number) {
-  const b = randomCropBox(c.W, c.H, rand), sx = c.img.w / c.W, sy = c.img.h / c.H;
-  const crop = resample(c.img, { x: b.x * sx, y: b.y * sy, w: b.w * sx, h: b.h * sy }, size, size);
-  for (let i = 0; i < crop.length; i++) out[offset + i] = crop[i] / 127.5 - 1;
+/** The centred square of a W×H image: torchvision's CenterCrop(min(W, H)). */
+export function centerBox(W: number, H: number): Box {
+  const side = Math.min(W, H);
+  return { x: (W - side) / 2, y: (H - side) / 2, w: side, h: side };
+}
+
+/**
+ * The tutorial's transform: RandomResizedCrop(size, scale=(0.8, 1)) of the resized image; without `crop`, its centred
+ * square resized whole (a folder's images as they are: config.ts cropRule).
+ */
+export function augment(c: Cached, size: number, rand: Rand, out: Float32Array, offset: number, crop = true) {
+  const b = crop ? randomCropBox(c.W, c.H, rand) : centerBox(c.W, c.H), sx = c.img.w / c.W, sy = c.img.h / c.H;
+  const pix = resample(c.img, { x: b.x * sx, y: b.y * sy, w: b.w * sx, h: b.h * sy }, size, size);
+  for (let i = 0; i < pix.length; i++) out[offset + i] = pix[i] / 127.5 - 1;
 }

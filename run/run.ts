@@ -5,7 +5,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { getSeedState, mulberry32, setBackend, setSeed } from "../kernels/backend.ts";
 import { assignWeights, saveCheckpoint } from "../weights/checkpoint.ts";
-import { type Config, DEFAULTS, gridPasses, gridSampler, loadRunData, runPasses } from "./config.ts";
+import { type Config, DEFAULTS, fitToData, gridPasses, gridSampler, loadRunData, runPasses } from "./config.ts";
 import { readState, type RunState } from "./trained.ts";
 import { flagOf, TrainingError, UsageError } from "./cli.ts";
 import type { Diffusion } from "../diffusion.ts";
@@ -113,6 +113,8 @@ export class Run {
     try {
       setSeed(config.seed);
       const data = await loadRunData(config, log);
+      if (!state) config = fitToData(config, data.length); // the CPU recipes' epochs and crops for this data
+      data.crop = config.crop === "random";
       if (data.heldOut) await writeHoldout(dir, data.heldOut, config.seed);
       await saveDataImages(dir, data, config.seed);
       const numClasses = config.conditional ? data.classes.length : 0;
@@ -191,7 +193,7 @@ export class Run {
   private gridCost() {
     const { config: c, totalSteps } = this, steps = this.parts!.diffusion.stepCount(c.sampler, c.sampleSteps);
     const epochs = Math.ceil(totalSteps / Math.ceil(this.data.length / c.batchSize));
-    const grids = Math.ceil(epochs / c.sampleEvery) * (this.parts!.emaModel ? 2 : 1);
+    const grids = (c.sampleEvery ? Math.ceil(epochs / c.sampleEvery) : 1) * (this.parts!.emaModel ? 2 : 1);
     const share = grids * gridPasses(c, steps) / (grids * gridPasses(c, steps) + runPasses(c, totalSteps));
     if (share <= 0.1) return "";
     return `note: the ${grids} sample grid(s) of ${c.nSamples} images × ${steps} ${c.sampler} steps take about ` +
@@ -234,7 +236,8 @@ export class Run {
     if (this.stopRequested) return;
     await this.checkpoint();
     const last = this.step >= this.totalSteps || this.epoch >= config.epochs;
-    if ((this.stepInEpoch === 0 && this.epoch % config.sampleEvery === 0) || last) {
+    const due = config.sampleEvery > 0 && this.stepInEpoch === 0 && this.epoch % config.sampleEvery === 0;
+    if (due || last) {
       const label = this.stepInEpoch
         ? `step_${String(this.step).padStart(7, "0")}`
         : `epoch_${String(this.epoch).padStart(4, "0")}`;

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { flagsMarkdown, parseConfig, readFlags, UsageError, VERSION } from "../run/cli.ts";
-import { DEFAULTS, gridSampler, PRESETS } from "../run/config.ts";
+import { CROP_VIEWS, DEFAULTS, fitToData, gridSampler, PRESETS } from "../run/config.ts";
 import { parseEvalArgs } from "../commands/eval.ts";
 import { parseSampleArgs } from "../commands/sample.ts";
 import { assertOneLine, ROOT, runScript, withTempDir } from "./helpers.ts";
@@ -14,7 +14,7 @@ const ACCEPTS = { // what each script's README and users rely on
   train:
     "preset data out name resume overwrite weights epochs max-steps batch-size image-size width lr warmup-steps lr-decay " +
     "max-grad-norm noise-steps schedule prediction min-snr-gamma " +
-    "conditional label-drop ema-beta ema-start count holdout cache-dir no-cache sample-every n-samples cfg-scale " +
+    "conditional label-drop ema-beta ema-start count holdout crop cache-dir no-cache sample-every n-samples cfg-scale " +
     "sampler sample-steps eta no-clip seed backend threads help version",
   sample:
     "run weights ema image-size n labels cfg-scale sampler sample-steps eta no-clip seed backend threads to raw " +
@@ -289,6 +289,25 @@ Deno.test("a short run's grids are DDIM unless --sampler says; the tutorial's ru
   assert.equal(gridSampler({ ...DEFAULTS, ...PRESETS.landscape }, 500 * Math.ceil(2000 / 12)), "ddpm");
   assert.equal(gridSampler({ ...DEFAULTS, ...PRESETS.cifar }, 300 * Math.ceil(50000 / 14)), "ddpm");
   assert.equal(gridSampler({ ...tiny, sampler: "ddim" }, 1e9), "ddim"); // never DDIM to DDPM
+});
+
+Deno.test("the CPU recipes' rule: their steps whatever the folder's size, random crops only of a small folder", () => {
+  for (const preset of ["demo", "demo-cfg"]) {
+    const recipe = { ...DEFAULTS, ...PRESETS[preset] };
+    const steps = (images: number, c = fitToData(recipe, images)) =>
+      Math.min(c.epochs * Math.ceil(images / c.batchSize), c.maxSteps);
+    for (const images of [55, 898, 2000, 4000, 60000]) assert.equal(steps(images), recipe.maxSteps, `${images}`);
+    const views = (images: number) => recipe.maxSteps * recipe.batchSize / images; // each image seen this often
+    for (const images of [55, 400, 898, 2000, 4000, 60000]) {
+      assert.equal(fitToData(recipe, images).crop, views(images) > CROP_VIEWS ? "random" : "center", `${images}`);
+    }
+    assert.equal(fitToData(recipe, 55).crop, "random"); // 55 photos: each seen > 1000 times
+    assert.equal(fitToData(recipe, 4000).crop, "center"); // 4000 scans: 18 times
+    assert.equal(fitToData({ ...recipe, crop: "random" }, 60000).crop, "random"); // --crop given: kept
+    assert.equal(fitToData({ ...recipe, epochs: 3 }, 4000).epochs, 3); // --epochs given: kept
+  }
+  const tutorial = { ...DEFAULTS, ...PRESETS.cifar }; // the tutorial's runs: their epochs and random crops
+  assert.deepEqual(fitToData(tutorial, 50000), tutorial);
 });
 
 Deno.test("a weights file says its image size; sample prints its seed and --seed repeats it", async () => {

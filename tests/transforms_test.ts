@@ -1,7 +1,7 @@
 // Tests of the tutorial's transforms: torchvision's Resize and RandomResizedCrop.
 import assert from "node:assert/strict";
 import { mulberry32 } from "../kernels/backend.ts";
-import { randomCropBox, resample, resizeShortSide } from "../data/transforms.ts";
+import { augment, centerBox, fit, randomCropBox, resample, resizeShortSide } from "../data/transforms.ts";
 
 Deno.test("Resize: the short side becomes 1.25 × size (torchvision rounding)", () => {
   const short = Math.round(1.25 * 64);
@@ -44,4 +44,17 @@ Deno.test("resample: identity, area average, bilinear, crop output size", () => 
   ]);
   const crop = resample(img, { x: 0.5, y: 0.2, w: 3, h: 1.5 }, 7, 5);
   assert.equal(crop.length, 7 * 5 * 3);
+});
+
+Deno.test("without crop, each image is its centred square resized whole: the same at every epoch", () => {
+  const rand = mulberry32(3), w = 28, h = 20, pix = Uint8Array.from({ length: w * h * 3 }, () => rand() * 255);
+  const cached = fit({ w, h, pix }, 16), [a, b] = [new Float32Array(16 * 16 * 3), new Float32Array(16 * 16 * 3)];
+  augment(cached, 16, mulberry32(1), a, 0, false);
+  augment(cached, 16, mulberry32(2), b, 0, false);
+  assert.deepEqual(a, b);
+  const square = resample(cached.img, centerBox(cached.img.w, cached.img.h), 16, 16).map((v) => v / 127.5 - 1);
+  assert.deepEqual(a, square);
+  assert.deepEqual(centerBox(28, 20), { x: 4, y: 0, w: 20, h: 20 });
+  augment(cached, 16, mulberry32(2), b, 0); // (random crops differ from it)
+  assert.notDeepEqual(a, b);
 });
