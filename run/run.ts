@@ -35,6 +35,8 @@ export interface TrainOptions {
 
 /** Minutes of training between checkpoints within an epoch (one is also written at each epoch's end). */
 const CHECKPOINT_MINUTES = 10;
+/** The share of a run's time that its epoch-end checkpoints may take at most (a few images: epochs of a step or two). */
+const CHECKPOINT_SHARE = 0.05;
 
 /** The signals that stop a run after its step, with a checkpoint (Ctrl-C, kill, timeout, a scheduler, a hang-up). */
 const STOP_SIGNALS: Deno.Signal[] = Deno.build.os === "windows"
@@ -76,6 +78,7 @@ export class Run {
   threads: Threads | null = null; // the CPU threads that share each batch (wasm, more than one)
   private pending: Pending[] = [];
   private lastCheckpoint = performance.now();
+  private checkpointMs = 0; // the last checkpoint's time
   private readonly lossFile: Deno.FsFile;
   private readonly progress: Progress;
   private readonly slow: SlowCheck; // a run of more than a day: one line with the ways to a shorter one
@@ -226,7 +229,10 @@ export class Run {
     if (performance.now() - this.lastCheckpoint > CHECKPOINT_MINUTES * 60e3) await this.checkpoint();
   }
 
-  /** At an epoch's end (or the run's): a checkpoint, then the sample grids and the report when due. */
+  /**
+   * At an epoch's end (or the run's): a checkpoint (unless the last one is too recent: CHECKPOINT_SHARE), then the
+   * sample grids and the report when due.
+   */
   async epochDone() {
     const { config } = this;
     if (this.stepInEpoch >= Math.ceil(this.data.length / config.batchSize)) { // (not when stopped mid-epoch)
@@ -234,9 +240,10 @@ export class Run {
       this.stepInEpoch = 0;
     }
     if (this.stopRequested) return;
-    await this.checkpoint();
     const last = this.step >= this.totalSteps || this.epoch >= config.epochs;
     const due = config.sampleEvery > 0 && this.stepInEpoch === 0 && this.epoch % config.sampleEvery === 0;
+    const since = performance.now() - this.lastCheckpoint;
+    if (due || last || since * CHECKPOINT_SHARE >= this.checkpointMs) await this.checkpoint();
     if (due || last) {
       const label = this.stepInEpoch
         ? `step_${String(this.step).padStart(7, "0")}`
@@ -280,6 +287,7 @@ export class Run {
 
   /** RUN/checkpoint/: the weights, the optimizer's moments and the position, all or nothing (checkpoint.ts). */
   private async checkpoint() {
+    const started = performance.now();
     if (this.pending.length) await this.readBack();
     const { model, emaModel, opt, ema } = this.parts!;
     this.threads?.momentsInto(opt); // (the workers hold the moments of their share of the weights)
@@ -301,6 +309,7 @@ export class Run {
       classes: this.data.classes,
     };
     await saveCheckpoint(join(this.dir, "checkpoint"), files, state);
+    this.checkpointMs = performance.now() - started;
     this.lastCheckpoint = performance.now();
   }
 

@@ -166,3 +166,20 @@ Deno.test("a short run: its grids are DDIM and the banner prices them; an uncond
     assert.equal(kept.sampler, "ddpm"); // --sampler ddpm, given
   });
 });
+
+Deno.test("a recipe with epochs 0 and crop auto: its steps, and the crops cropRule chose, saved with the run", async () => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, "scans");
+    await Deno.mkdir(data);
+    for (let i = 0; i < 2; i++) await Deno.writeFile(join(data, `${i}.png`), await new Image(20, 20).fill(i).encode());
+    const recipe = { data, count: 0, epochs: 0, crop: "auto" as const, noCache: true }; // batches of 4: 1 step an epoch
+    const saved = async (name: string, maxSteps: number) => {
+      await train(tinyRun(dir, { ...recipe, name, maxSteps }), { log: quiet });
+      return JSON.parse(await Deno.readTextFile(join(dir, name, "checkpoint", "state.json")));
+    };
+    const few = await saved("few", 3); // each image seen 6 times: whole
+    assert.deepEqual([few.step, few.config.epochs, few.config.crop], [3, 3, "center"]);
+    const many = await saved("many", 51); // 102 times (> CROP_VIEWS): random crops
+    assert.deepEqual([many.step, many.config.epochs, many.config.crop], [51, 51, "random"]);
+  });
+});
