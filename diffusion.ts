@@ -240,7 +240,9 @@ export class Diffusion {
     const sigma = eta * Math.sqrt((1 - aPrev) / (1 - aT)) * Math.sqrt(1 - aT / aPrev);
     // Eq. 12: x̂_0 = (x_t - √(1-ᾱ_t)·ε_θ)/√ᾱ_t; x_{t-1} = √ᾱ_{t-1}·x̂_0 + √(1-ᾱ_{t-1}-σ_t²)·ε_θ + σ_t·z
     const x0 = this.predictX0(x, eps, i, { clip });
-    const mean = x0.mul(Math.sqrt(aPrev)).add(eps.mul(Math.sqrt(Math.max(0, 1 - aPrev - sigma ** 2))));
+    // with x̂_0 clipped, the ε that x_t and it imply (Eq. 4 solved for ε), as ddpmStep's μ̃_t: the step agrees with itself
+    const epsUsed = clip ? x.sub(x0.mul(Math.sqrt(aT))).div(Math.sqrt(1 - aT)) : eps;
+    const mean = x0.mul(Math.sqrt(aPrev)).add(epsUsed.mul(Math.sqrt(Math.max(0, 1 - aPrev - sigma ** 2))));
     return { mean: mean as tf.Tensor4D, sigma, x0 };
   }
 

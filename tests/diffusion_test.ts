@@ -164,15 +164,19 @@ Deno.test("DDIM sub-sequence τ: evenly spaced from T-1 down to 0; all T steps w
 
 Deno.test("DDIM with all T steps and η = 1 is the DDPM step with σ_t² = β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t)·β_t", async () => {
   setSeed(3);
-  for (const schedule of ["linear", "cosine"] as const) {
+  // x̂_0 clipped too: then DDIM's ε is the one x_t and the clipped x̂_0 imply, and its mean DDPM's μ̃_t of them
+  for (const [schedule, clip] of [["linear", false], ["cosine", false], ["linear", true], ["cosine", true]] as const) {
     const d = new Diffusion({ imageSize: 4, schedule });
     const x = tf.randomNormal([2, 4, 4, 3], 0, 1, "float32", 11) as tf.Tensor4D;
     const eps = tf.randomNormal([2, 4, 4, 3], 0, 1, "float32", 12) as tf.Tensor4D; // a fake model's ε_θ
     for (const i of [0, 1, 10, 500, 998, 999]) {
-      const ddpm = d.ddpmStep(x, eps, i, { clip: false }), ddim = d.ddimStep(x, eps, i, i - 1, { eta: 1, clip: false });
+      const ddpm = d.ddpmStep(x, eps, i, { clip }), ddim = d.ddimStep(x, eps, i, i - 1, { eta: 1, clip });
       const diff = (await ddim.mean.sub(ddpm.mean).abs().max().data())[0];
       const scale = (await ddpm.mean.abs().max().data())[0];
-      assert.ok(diff < 1e-5 * Math.max(1, scale), `${schedule} t=${i}: means differ by ${diff}`);
+      assert.ok(
+        diff < 1e-5 * Math.max(1, scale),
+        `${schedule}${clip ? ", clipped" : ""} t=${i}: means differ by ${diff}`,
+      );
       const betaTilde = i === 0 ? 0 : (1 - d.alphaHat[i - 1]) / (1 - d.alphaHat[i]) * d.beta[i];
       assert.ok(
         Math.abs(ddim.sigma ** 2 - betaTilde) < 1e-12,
