@@ -61,7 +61,7 @@ export type { AdamWStep } from "./kernels/fused.ts";
 export { train, trainStep } from "./train.ts";
 export { type LossGradients, Threads } from "./run/threads.ts";
 export type { TrainOptions } from "./run/run.ts";
-export { type Config, DEFAULTS, PRESETS } from "./run/config.ts";
+export { type Config, type Crop, DEFAULTS, PRESETS } from "./run/config.ts";
 export { loadFile, loadRun, type Trained } from "./run/trained.ts";
 export { type Batch, type Dataset, loadDataset, type LoadOptions, saveGrid } from "./utils.ts";
 export { savePlot } from "./run/plot.ts";
