@@ -340,6 +340,9 @@ export function parseConfig(
     throw new UsageError(`--image-size ${config.imageSize}: must be divisible by 8 (the U-Net halves it 3 times)`);
   }
   if (config.width % 4) throw new UsageError(`--width ${config.width}: must be divisible by 4 (4 attention heads)`);
+  if (config.epochs === 0 && !config.maxSteps) {
+    throw new UsageError("--epochs 0 (as many as --max-steps takes) needs --max-steps N > 0");
+  }
   const resume = values.resume as string | undefined;
   if (resume && config.weights) throw new UsageError("--weights starts a new run; --resume continues one: give one");
   if (resume && values.overwrite) {

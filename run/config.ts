@@ -184,13 +184,13 @@ export const cropRule = (c: Pick<Config, "crop" | "batchSize">, images: number, 
  * (16 epochs were 64 steps of a folder of 55 photos), and crop "auto" is decided by cropRule.
  */
 export function fitToData(c: Config, images: number): Config {
-  const epochs = c.epochs || Math.ceil(c.maxSteps / Math.ceil(images / c.batchSize));
-  return {
-    ...c,
-    epochs,
-    crop: cropRule(c, images, Math.min(c.maxSteps || Infinity, epochs * Math.ceil(images / c.batchSize))),
-  };
+  const fitted = { ...c, epochs: c.epochs || Math.ceil(c.maxSteps / Math.ceil(images / c.batchSize)) };
+  return { ...fitted, crop: cropRule(c, images, stepsOf(fitted, images)) };
 }
+
+/** A run's steps: its epochs of batches, or fewer (maxSteps). */
+export const stepsOf = (c: Pick<Config, "epochs" | "batchSize" | "maxSteps">, images: number) =>
+  Math.min(c.epochs * Math.ceil(images / c.batchSize), c.maxSteps || Infinity);
 
 /** The tutorial's settings. */
 export const DEFAULTS: Config = {

@@ -5,7 +5,16 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { getSeedState, mulberry32, setBackend, setSeed } from "../kernels/backend.ts";
 import { assignWeights, saveCheckpoint } from "../weights/checkpoint.ts";
-import { type Config, DEFAULTS, fitToData, gridPasses, gridSampler, loadRunData, runPasses } from "./config.ts";
+import {
+  type Config,
+  DEFAULTS,
+  fitToData,
+  gridPasses,
+  gridSampler,
+  loadRunData,
+  runPasses,
+  stepsOf,
+} from "./config.ts";
 import { readState, type RunState } from "./trained.ts";
 import { flagOf, TrainingError, UsageError } from "./cli.ts";
 import type { Diffusion } from "../diffusion.ts";
@@ -43,10 +52,6 @@ const STOP_SIGNALS: Deno.Signal[] = Deno.build.os === "windows"
   ? ["SIGINT", "SIGBREAK"]
   : ["SIGINT", "SIGTERM", "SIGHUP"];
 const SIGNAL_EXIT: Partial<Record<Deno.Signal, number>> = { SIGINT: 130, SIGBREAK: 130, SIGTERM: 143, SIGHUP: 129 };
-
-/** A run's steps: its epochs of batches, or fewer (maxSteps). */
-const stepsOf = (config: Config, images: number) =>
-  Math.min(config.epochs * Math.ceil(images / config.batchSize), config.maxSteps || Infinity);
 
 type Pending = { loss: tf.Scalar; step: number; epoch: number };
 

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { flagsMarkdown, parseConfig, readFlags, UsageError, VERSION } from "../run/cli.ts";
-import { CROP_VIEWS, DEFAULTS, fitToData, gridSampler, PRESETS } from "../run/config.ts";
+import { CROP_VIEWS, DEFAULTS, fitToData, gridSampler, PRESETS, stepsOf } from "../run/config.ts";
 import { parseEvalArgs } from "../commands/eval.ts";
 import { parseSampleArgs } from "../commands/sample.ts";
 import { assertOneLine, ROOT, runScript, withTempDir } from "./helpers.ts";
@@ -294,9 +294,9 @@ Deno.test("a short run's grids are DDIM unless --sampler says; the tutorial's ru
 Deno.test("the CPU recipes' rule: their steps whatever the folder's size, random crops only of a small folder", () => {
   for (const preset of ["demo", "demo-cfg"]) {
     const recipe = { ...DEFAULTS, ...PRESETS[preset] };
-    const steps = (images: number, c = fitToData(recipe, images)) =>
-      Math.min(c.epochs * Math.ceil(images / c.batchSize), c.maxSteps);
-    for (const images of [55, 898, 2000, 4000, 60000]) assert.equal(steps(images), recipe.maxSteps, `${images}`);
+    for (const images of [55, 898, 2000, 4000, 60000]) {
+      assert.equal(stepsOf(fitToData(recipe, images), images), recipe.maxSteps, `${images}`);
+    }
     const views = (images: number) => recipe.maxSteps * recipe.batchSize / images; // each image seen this often
     for (const images of [55, 400, 898, 2000, 4000, 60000]) {
       assert.equal(fitToData(recipe, images).crop, views(images) > CROP_VIEWS ? "random" : "center", `${images}`);
@@ -306,6 +306,7 @@ Deno.test("the CPU recipes' rule: their steps whatever the folder's size, random
     assert.equal(fitToData({ ...recipe, crop: "random" }, 60000).crop, "random"); // --crop given: kept
     assert.equal(fitToData({ ...recipe, epochs: 3 }, 4000).epochs, 3); // --epochs given: kept
   }
+  assert.throws(() => parseConfig(["--preset", "demo", "--max-steps", "0"]), /--epochs 0 .* needs --max-steps/);
   const tutorial = { ...DEFAULTS, ...PRESETS.cifar }; // the tutorial's runs: their epochs and random crops
   assert.deepEqual(fitToData(tutorial, 50000), tutorial);
 });
